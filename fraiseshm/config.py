@@ -1,0 +1,159 @@
+"""The one Settings object, and the only reader of os.environ.
+
+Settings come from defaults, then a TOML file (``FRAISESHM_CONFIG`` or the
+``path`` argument), then ``FRAISESHM_<FIELD>`` environment variables. A bad
+value raises ConfigError naming the field, the value and where it came from.
+gunicorn.conf.py, the app and the CLI all read this same object.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from fraiseshm.errors import ConfigError
+
+ENV_PREFIX = "FRAISESHM_"
+MiB = 1 << 20
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # --- HTTP / gunicorn -----------------------------------------------------
+    bind: str = "127.0.0.1:8000"  # host:port gunicorn listens on
+    workers: Annotated[int, Meta(ge=0)] = 0  # worker processes; 0 = one per core
+    worker_timeout: PositiveInt = 30  # seconds before gunicorn kills a silent worker
+    max_body_bytes: PositiveInt = 1 * MiB  # request bodies above this get 413
+    max_query_depth: PositiveInt = 12  # selection-set nesting limit
+    max_document_cache: PositiveInt = 1024  # parsed+validated documents kept per worker (LRU)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # --- PostgreSQL ----------------------------------------------------------
+    database_dsn: str = "embedded"  # postgres://... or "embedded" (private cluster)
+    embedded_dir: str = ""  # data directory of the embedded cluster; "" = per-checkout temp dir
+    embedded_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0 = a free port
+    seed_users: Annotated[int, Meta(ge=0)] = 2000  # embedded: users seeded into an empty db
+    pool_min_size: Annotated[int, Meta(ge=0)] = 1  # asyncpg connections per worker, at least
+    pool_max_size: PositiveInt = 8  # asyncpg connections per worker, at most
+    db_connect_timeout: PositiveFloat = 5.0  # seconds to wait for a connection
+    statement_timeout_ms: PositiveInt = 10_000  # PostgreSQL statement_timeout per query
+
+    # --- schema --------------------------------------------------------------
+    schema_sdl: str = "examples/blog/schema.graphql"  # SDL with @view/@function/@cache
+    schema_sql: tuple[str, ...] = ("examples/blog/schema.sql",)  # loaded into embedded db
+
+    # --- cache arena ---------------------------------------------------------
+    cache_enabled: bool = True  # false: every query goes to PostgreSQL
+    arena_name: str = "/fraiseshm"  # POSIX shm name (also prefixes the semaphores)
+    arena_size: Annotated[int, Meta(ge=4 * MiB)] = 256 * MiB  # bytes, fixed at start
+    max_entry_bytes: Annotated[int, Meta(ge=1024)] = 1 * MiB  # larger responses go uncached
+    arena_shards: Annotated[int, Meta(ge=1, le=256)] = 16  # index lock stripes
+    tag_slots: Annotated[int, Meta(ge=1024)] = 1 << 16  # invalidation table size
+    default_ttl: PositiveFloat = 86_400.0  # seconds an entry lives without @cache(ttl)
+
+    # --- coalescing ----------------------------------------------------------
+    coalesce: bool = True  # one database execution per key per host
+    coalesce_lease: PositiveFloat = 10.0  # seconds a leader owns a flight
+    coalesce_wait: PositiveFloat = 15.0  # seconds a follower waits before giving up
+    coalesce_on_timeout: Literal["error", "execute"] = "error"  # what a timed-out follower does
+    stale_while_revalidate: Annotated[float, Meta(ge=0)] = 0.0  # seconds; 0 = off
+
+    # --- isolation / admin ---------------------------------------------------
+    scope_header: str = ""  # request header whose value scopes the cache (tenant/user)
+    scope_jwt_claim: str = ""  # claim of the bearer JWT that scopes the cache
+    admin_token: str = ""  # token for /admin/*; empty = admin endpoints disabled
+
+    # --- cascade audit -------------------------------------------------------
+    cascade_failure_threshold: Annotated[float, Meta(ge=0, le=1)] = 0.0005  # alert ratio
+    audit_retention_rows: PositiveInt = 100_000  # audit records kept in PostgreSQL
+
+    def effective_workers(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.bind.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"\[?[\w.:-]*\]?:\d{1,5}", self.bind):
+            raise ConfigError(f"bind: expected host:port, got {self.bind!r}")
+        if self.pool_max_size < self.pool_min_size:
+            raise ConfigError(
+                f"pool_max_size ({self.pool_max_size}) is below pool_min_size ({self.pool_min_size})"
+            )
+        if self.max_entry_bytes * 4 > self.arena_size:
+            raise ConfigError(
+                f"max_entry_bytes ({self.max_entry_bytes}) must be at most a quarter of "
+                f"arena_size ({self.arena_size}); raise FRAISESHM_ARENA_SIZE"
+            )
+        if self.coalesce_lease >= self.worker_timeout:
+            raise ConfigError(
+                f"coalesce_lease ({self.coalesce_lease}s) must be shorter than worker_timeout "
+                f"({self.worker_timeout}s), or gunicorn kills a leader that still owns its flight"
+            )
+        if not self.arena_name.startswith("/") or "/" in self.arena_name[1:]:
+            raise ConfigError(f"arena_name: expected '/name', got {self.arena_name!r}")
+
+
+_FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
+
+
+def _env_value(field: str, raw: str) -> object:
+    """Environment strings -> the shapes msgspec.convert(strict=False) accepts."""
+    annotation = _FIELDS[field].type
+    if annotation == tuple[str, ...]:
+        return [p for p in raw.split(",") if p]
+    return raw
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Defaults < TOML file < FRAISESHM_* environment variables."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+
+    toml_path = path or env.get(ENV_PREFIX + "CONFIG")
+    if toml_path:
+        try:
+            data = tomllib.loads(Path(toml_path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {toml_path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {toml_path}: {exc}") from None
+        for key, value in data.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"{toml_path}: unknown setting {key!r}")
+            values[key], sources[key] = value, str(toml_path)
+
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in _FIELDS:
+            raise ConfigError(f"environment variable {name}: unknown setting {key!r}")
+        values[key], sources[key] = _env_value(key, raw), f"environment variable {name}"
+
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        match = re.search(r"at `\$\.(\w+)", str(exc))
+        if match is None:  # a cross-field check from __post_init__
+            origin = ", ".join(sorted(set(sources.values()))) or "defaults"
+            raise ConfigError(f"{exc} (settings from {origin})") from None
+        field = match.group(1)
+        raise ConfigError(
+            f"invalid setting {field!r} = {values.get(field)!r} from "
+            f"{sources.get(field, 'defaults')}: {exc}"
+        ) from None
