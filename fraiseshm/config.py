@@ -36,6 +36,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_query_depth: PositiveInt = 12  # selection-set nesting limit
     max_document_cache: PositiveInt = 1024  # parsed+validated documents kept per worker (LRU)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    expose_worker_header: bool = False  # add X-Fraiseshm-Worker: <pid> (diagnosis, tests)
 
     # --- PostgreSQL ----------------------------------------------------------
     database_dsn: str = "embedded"  # postgres://... or "embedded" (private cluster)

@@ -1,0 +1,130 @@
+"""A mutation response's graphql-cascade -> the cache tags it invalidates.
+
+The cascade arrives as the JSONB the PostgreSQL function built (snake_case
+keys). Every updated or deleted entity bumps ``Type:id`` and ``Type:*`` (no
+list survives a change of its membership). Query invalidations map onto the
+schema's root fields: EXACT one, PREFIX/PATTERN those that match, ALL a flush.
+A cascade that is missing or malformed is a failure: the safe wider
+invalidation ``type:T`` for every type the mutation touches. A truncated
+cascade bumps what it lists plus ``type:T`` for the types that were cut.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+
+class _Updated(msgspec.Struct):
+    typename: str = msgspec.field(name="__typename")
+    id: str
+    operation: Literal["CREATED", "UPDATED", "DELETED"]
+
+
+class _Deleted(msgspec.Struct):
+    typename: str = msgspec.field(name="__typename")
+    id: str
+
+
+class _Invalidation(msgspec.Struct):
+    scope: Literal["EXACT", "PREFIX", "PATTERN", "ALL"]
+    strategy: Literal["INVALIDATE", "REFETCH", "REMOVE"] = "INVALIDATE"
+    query_name: str | None = None
+    query_pattern: str | None = None
+
+
+class _Metadata(msgspec.Struct):
+    transaction_id: str | int | None = None
+    truncated: bool = False
+    truncated_types: list[str] | None = None
+
+
+class _Cascade(msgspec.Struct):
+    updated: list[_Updated]
+    deleted: list[_Deleted]
+    invalidations: list[_Invalidation]
+    metadata: _Metadata
+
+
+Verdict = Literal["ok", "missing", "malformed", "truncated", "not_applied"]
+
+
+@dataclass(slots=True)
+class CascadePlan:
+    """What to invalidate for one mutation response, and how healthy its cascade was."""
+
+    tags: set[str] = field(default_factory=set)
+    flush: bool = False
+    verdict: Verdict = "ok"
+    detail: str = ""
+    transaction_id: str | None = None
+    entities: set[str] = field(default_factory=set)  # "Type:id" the cascade names
+
+    @property
+    def is_failure(self) -> bool:
+        return self.verdict in ("missing", "malformed")
+
+
+def plan_invalidation(
+    response: Any,
+    *,
+    touches: Sequence[str],
+    query_names: Sequence[str],
+    known_types: Sequence[str],
+) -> CascadePlan:
+    """Never raises: a bad cascade becomes a failure verdict with the wide fallback."""
+    plan = CascadePlan()
+    fallback = {"type:" + t for t in touches} | {t + ":*" for t in touches}
+
+    if not isinstance(response, dict):
+        plan.verdict, plan.detail, plan.tags = "malformed", "response is not a JSON object", fallback
+        return plan
+    raw = response.get("cascade")
+    if raw is None:
+        if response.get("success") is False:
+            plan.verdict = "not_applied"  # a refused mutation changed nothing
+            return plan
+        plan.verdict, plan.detail, plan.tags = "missing", "response has no cascade", fallback
+        return plan
+    try:
+        cascade = msgspec.convert(raw, _Cascade)
+    except msgspec.ValidationError as exc:
+        plan.verdict, plan.detail, plan.tags = "malformed", str(exc), fallback
+        return plan
+
+    plan.transaction_id = None if cascade.metadata.transaction_id is None else str(cascade.metadata.transaction_id)
+    unknown = {e.typename for e in [*cascade.updated, *cascade.deleted]} - set(known_types)
+    if unknown:
+        plan.verdict = "malformed"
+        plan.detail = f"cascade names unknown types {sorted(unknown)}"
+        plan.tags |= fallback
+    for entity in [*cascade.updated, *cascade.deleted]:
+        ref = f"{entity.typename}:{entity.id}"
+        plan.entities.add(ref)
+        plan.tags.add(ref)
+        plan.tags.add(entity.typename + ":*")
+
+    for inv in cascade.invalidations:
+        if inv.scope == "ALL":
+            plan.flush = True
+            continue
+        name = inv.query_name or inv.query_pattern or ""
+        if inv.scope == "EXACT":
+            matched = [q for q in query_names if q == name]
+        elif inv.scope == "PREFIX":
+            matched = [q for q in query_names if q.startswith(name)]
+        else:
+            matched = [q for q in query_names if fnmatch.fnmatchcase(q, name)]
+        plan.tags.update("query:" + q for q in matched)
+
+    if cascade.metadata.truncated:
+        cut = cascade.metadata.truncated_types or list(touches)
+        plan.tags.update("type:" + t for t in cut)
+        plan.tags.update(t + ":*" for t in cut)
+        if plan.verdict == "ok":
+            plan.verdict, plan.detail = "truncated", f"cascade truncated; wide invalidation of {sorted(cut)}"
+    return plan

@@ -1,0 +1,232 @@
+"""Parse, validate and execute GraphQL documents on a cache miss.
+
+Prepared documents are kept in a bounded per-worker LRU keyed by the query
+text: a hot query is parsed and validated once per worker. Root query fields
+run one SQL statement each; root mutation fields call their PostgreSQL
+function and hand the response to ``context.on_mutation`` (the cache layer
+invalidates from the cascade there, after commit and before the response).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    execute,
+    parse,
+    print_ast,
+    validate,
+)
+
+from fraiseshm.db.pool import Database
+from fraiseshm.errors import RequestError
+from fraiseshm.graphql.deps import Dependencies
+from fraiseshm.graphql.schema import RootMutation, RootQuery, ServedSchema, camel_case, snake_case
+
+MAX_LIST_LIMIT = 1000
+
+
+class GraphQLRequestError(RequestError):
+    """Syntax, validation or operation-selection error: carries GraphQL errors."""
+
+    def __init__(self, errors: list[GraphQLError]) -> None:
+        super().__init__("; ".join(e.message for e in errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    document: DocumentNode
+    operation: OperationDefinitionNode
+    operation_name: str | None
+    is_mutation: bool
+    digest: bytes  # hash of the normalised document (print_ast) + operation name
+
+
+@dataclass(slots=True)
+class ExecutionContext:
+    deps: Dependencies
+    on_mutation: Callable[[RootMutation, Any], Awaitable[None]] | None = None
+
+
+def _select_operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode:
+    ops = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if name:
+        for op in ops:
+            if op.name and op.name.value == name:
+                return op
+        raise GraphQLRequestError([GraphQLError(f"Unknown operation named '{name}'.")])
+    if len(ops) != 1:
+        raise GraphQLRequestError([GraphQLError("Must provide operation name if query contains multiple operations.")])
+    return ops[0]
+
+
+def selection_depth(document: DocumentNode, operation: OperationDefinitionNode) -> int:
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+
+    def depth(selection_set: SelectionSetNode | None, seen: frozenset[str]) -> int:
+        if selection_set is None:
+            return 0
+        best = 0
+        for sel in selection_set.selections:
+            if isinstance(sel, FieldNode):
+                best = max(best, 1 + depth(sel.selection_set, seen) if sel.selection_set else 1)
+            elif isinstance(sel, InlineFragmentNode):
+                best = max(best, depth(sel.selection_set, seen))
+            elif isinstance(sel, FragmentSpreadNode):
+                name = sel.name.value
+                if name in fragments and name not in seen:
+                    best = max(best, depth(fragments[name].selection_set, seen | {name}))
+        return best
+
+    return depth(operation.selection_set, frozenset())
+
+
+def _to_snake(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {snake_case(k): _to_snake(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_snake(v) for v in value]
+    return value
+
+
+class Executor:
+    def __init__(self, served: ServedSchema, db: Database, *, max_depth: int, max_documents: int) -> None:
+        self.served = served
+        self.db = db
+        self.max_depth = max_depth
+        self.max_documents = max_documents
+        self._prepared: OrderedDict[tuple[str, str | None], Prepared] = OrderedDict()
+        self._list_sql: dict[tuple[str, tuple[str, ...]], str] = {}
+        schema = served.schema
+        for name, root in served.queries.items():
+            schema.query_type.fields[name].resolve = self._query_resolver(root)  # type: ignore[union-attr]
+        for name, mutation in served.mutations.items():
+            schema.mutation_type.fields[name].resolve = self._mutation_resolver(mutation)  # type: ignore[union-attr]
+
+    # --- documents ----------------------------------------------------------
+
+    def prepare(self, query: str, operation_name: str | None) -> Prepared:
+        """Parse + validate once per (query text, operation) per worker (bounded LRU)."""
+        cache_key = (query, operation_name)
+        prepared = self._prepared.get(cache_key)
+        if prepared is not None:
+            self._prepared.move_to_end(cache_key)
+            return prepared
+        try:
+            document = parse(query)
+        except GraphQLError as exc:
+            raise GraphQLRequestError([exc]) from None
+        errors = validate(self.served.schema, document)
+        if errors:
+            raise GraphQLRequestError(list(errors))
+        operation = _select_operation(document, operation_name)
+        depth = selection_depth(document, operation)
+        if depth > self.max_depth:
+            raise GraphQLRequestError(
+                [GraphQLError(f"Query is nested {depth} levels deep; the limit is {self.max_depth} (FRAISESHM_MAX_QUERY_DEPTH).")]
+            )
+        normalised = print_ast(document).encode()
+        digest = hashlib.blake2b(normalised + b"\0" + (operation_name or "").encode(), digest_size=16).digest()
+        prepared = Prepared(
+            document=document,
+            operation=operation,
+            operation_name=operation_name,
+            is_mutation=operation.operation == OperationType.MUTATION,
+            digest=digest,
+        )
+        self._prepared[cache_key] = prepared
+        if len(self._prepared) > self.max_documents:
+            self._prepared.popitem(last=False)
+        return prepared
+
+    async def run(self, prepared: Prepared, variables: dict[str, Any] | None, context: ExecutionContext) -> ExecutionResult:
+        result = execute(
+            self.served.schema,
+            prepared.document,
+            variable_values=variables,
+            operation_name=prepared.operation_name,
+            context_value=context,
+        )
+        if isinstance(result, Awaitable):
+            result = await result
+        return result
+
+    # --- root resolvers -----------------------------------------------------
+
+    def _query_resolver(self, root: RootQuery):  # noqa: ANN202 - graphql resolver
+        entity = root.entity
+        one_sql = f"SELECT data FROM {entity.view} WHERE id = $1::uuid"
+
+        async def resolve_one(_source: Any, info: Any, id: str) -> Any:  # noqa: A002 - GraphQL arg name
+            try:
+                uuid.UUID(str(id))
+            except ValueError:
+                raise GraphQLError(f"{root.field}: id {id!r} is not a UUID") from None
+            deps: Dependencies = info.context.deps
+            deps.root(root.field)
+            rows = await self.db.fetch_column(one_sql, (str(id),))
+            if not rows:
+                deps.record_missing(entity, str(id))
+                return None
+            deps.record(entity, rows[0], False)
+            return rows[0]
+
+        async def resolve_list(_source: Any, info: Any, limit: int = 20, offset: int = 0, **filters: Any) -> Any:
+            if not 0 <= limit <= MAX_LIST_LIMIT:
+                raise GraphQLError(f"{root.field}: limit must be between 0 and {MAX_LIST_LIMIT}, got {limit}")
+            if offset < 0:
+                raise GraphQLError(f"{root.field}: offset must be >= 0, got {offset}")
+            given = tuple(arg for arg, _ in root.filters if filters.get(arg) is not None)
+            sql = self._list_statement(root, given)
+            deps: Dependencies = info.context.deps
+            deps.root(root.field)
+            rows = await self.db.fetch_column(sql, (limit, offset, *(str(filters[a]) for a in given)))
+            deps.record(entity, rows, True)
+            return rows
+
+        return resolve_list if root.is_list else resolve_one
+
+    def _list_statement(self, root: RootQuery, given: tuple[str, ...]) -> str:
+        key = (root.field, given)
+        sql = self._list_sql.get(key)
+        if sql is None:
+            columns = dict(root.filters)
+            where = " AND ".join(f"{columns[arg]} = ${i + 3}" for i, arg in enumerate(given))
+            sql = (
+                f"SELECT data FROM {root.entity.view}"
+                + (f" WHERE {where}" if where else "")
+                + f" ORDER BY {root.entity.order_by} LIMIT $1 OFFSET $2"
+            )
+            self._list_sql[key] = sql
+        return sql
+
+    def _mutation_resolver(self, mutation: RootMutation):  # noqa: ANN202
+        async def resolve(_source: Any, info: Any, input: dict[str, Any]) -> Any:  # noqa: A002
+            response = await self.db.call_function(mutation.function, _to_snake(input))
+            context: ExecutionContext = info.context
+            if context.on_mutation is not None:
+                await context.on_mutation(mutation, response)
+            if not isinstance(response, dict):
+                raise GraphQLError(f"{mutation.function} returned {type(response).__name__}, not a JSON object")
+            return response
+
+        return resolve
+
+
+__all__ = ["Executor", "ExecutionContext", "GraphQLRequestError", "Prepared", "camel_case"]

@@ -1,0 +1,250 @@
+"""SDL with directives -> an executable graphql-core schema mapped to PostgreSQL.
+
+Conventions (see fraiseshm/graphql/cascade.graphql for the directives):
+
+- ``type T @view(name: "v_t", orderBy: "created_at, id")``: T's rows live in a
+  view with columns ``id``, ``data jsonb`` (nested objects already composed, so
+  one root field is one SQL query) and optional filter columns.
+- A root query field whose type is a @view type selects one row by ``id``; a
+  root field returning a list of a @view type takes ``limit``/``offset`` and
+  every other argument filters the view column ``snake_case(arg)``.
+- ``@function(name: "fn_x", touches: [...])`` on a mutation field calls
+  ``fn_x(input jsonb) RETURNS jsonb`` (a graphql-cascade response).
+- ``@cache(ttl: seconds, private: bool)`` on a type sets its TTL and privacy.
+- JSONB keys are snake_case; GraphQL fields are camelCase. Every field reads
+  ``source[snake_case(field)]``.
+
+The schema's version is a hash of the full SDL text: it is part of every cache
+key, so a changed schema never serves entries of the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from graphql import (
+    GraphQLError,
+    GraphQLInterfaceType,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLSchema,
+    build_schema,
+    get_named_type,
+)
+from graphql.execution.values import get_directive_values
+
+from fraiseshm.errors import SchemaError
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def snake_case(name: str) -> str:
+    return _CAMEL_BOUNDARY.sub(r"_\1", name).lower()
+
+
+def camel_case(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+@dataclass(frozen=True, slots=True)
+class EntityType:
+    """A GraphQL object type backed by a view."""
+
+    name: str
+    view: str
+    order_by: str
+    ttl: float | None  # seconds; None = the configured default
+    private: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RootQuery:
+    """A root query field and the one SQL statement that serves it."""
+
+    field: str
+    entity: EntityType
+    is_list: bool
+    filters: tuple[tuple[str, str], ...]  # (graphql arg, view column)
+
+
+@dataclass(frozen=True, slots=True)
+class RootMutation:
+    field: str
+    function: str
+    touches: tuple[str, ...]  # types a failed cascade falls back to invalidating
+
+
+@dataclass(slots=True)
+class ServedSchema:
+    schema: GraphQLSchema
+    version: bytes  # 16-byte hash of the SDL, part of every cache key
+    entities: dict[str, EntityType] = field(default_factory=dict)
+    queries: dict[str, RootQuery] = field(default_factory=dict)
+    mutations: dict[str, RootMutation] = field(default_factory=dict)
+
+    @property
+    def query_names(self) -> tuple[str, ...]:
+        return tuple(self.queries)
+
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+_ORDER_BY = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*(\s+(asc|desc))?(\s*,\s*[A-Za-z_][A-Za-z0-9_]*(\s+(asc|desc))?)*\s*$", re.I)
+
+
+def _directive(schema: GraphQLSchema, name: str, node: Any) -> dict[str, Any] | None:
+    directive = schema.get_directive(name)
+    if directive is None or node is None:
+        return None
+    return get_directive_values(directive, node)
+
+
+def _unwrap_list(gtype: Any) -> tuple[Any, bool]:
+    if isinstance(gtype, GraphQLNonNull):
+        gtype = gtype.of_type
+    return get_named_type(gtype), isinstance(gtype, GraphQLList)
+
+
+def builtin_sdl() -> str:
+    return resources.files("fraiseshm.graphql").joinpath("cascade.graphql").read_text()
+
+
+def load_schema(sdl_path: str | Path) -> ServedSchema:
+    try:
+        user_sdl = Path(sdl_path).read_text()
+    except OSError as exc:
+        raise SchemaError(f"cannot read schema {sdl_path}: {exc.strerror}") from None
+    return build_served_schema(user_sdl, source=str(sdl_path))
+
+
+def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
+    full_sdl = builtin_sdl() + "\n" + user_sdl
+    try:
+        schema = build_schema(full_sdl)
+    except GraphQLError as exc:
+        raise SchemaError(f"{source}: {exc.message}") from None
+    served = ServedSchema(schema=schema, version=hashlib.blake2b(full_sdl.encode(), digest_size=16).digest())
+
+    for gtype in schema.type_map.values():
+        if not isinstance(gtype, GraphQLObjectType):
+            continue
+        view = _directive(schema, "view", gtype.ast_node)
+        cache = _directive(schema, "cache", gtype.ast_node) or {}
+        if view is None:
+            continue
+        if not _IDENT.match(view["name"]):
+            raise SchemaError(f"{source}: type {gtype.name}: @view name {view['name']!r} is not an identifier")
+        if not _ORDER_BY.match(view["orderBy"]):
+            raise SchemaError(f"{source}: type {gtype.name}: @view orderBy {view['orderBy']!r} is not a column list")
+        if "id" not in gtype.fields:
+            raise SchemaError(f"{source}: @view type {gtype.name} needs an id field")
+        ttl = cache.get("ttl")
+        served.entities[gtype.name] = EntityType(
+            name=gtype.name,
+            view=view["name"],
+            order_by=view["orderBy"],
+            ttl=float(ttl) if ttl is not None else None,
+            private=bool(cache.get("private", False)),
+        )
+
+    query_type = schema.query_type
+    if query_type is None:
+        raise SchemaError(f"{source}: no Query type")
+    for name, fdef in query_type.fields.items():
+        named, is_list = _unwrap_list(fdef.type)
+        entity = served.entities.get(getattr(named, "name", ""))
+        if entity is None:
+            raise SchemaError(f"{source}: Query.{name} must return a @view type, not {named}")
+        if not is_list and set(fdef.args) != {"id"}:
+            raise SchemaError(f"{source}: Query.{name} returns one {entity.name}: its only argument must be id")
+        filters = tuple(
+            (arg, snake_case(arg)) for arg in fdef.args if arg not in ("limit", "offset")
+        ) if is_list else ()
+        served.queries[name] = RootQuery(field=name, entity=entity, is_list=is_list, filters=filters)
+
+    mutation_type = schema.mutation_type
+    for name, fdef in (mutation_type.fields.items() if mutation_type else ()):
+        fn = _directive(schema, "function", fdef.ast_node)
+        if fn is None:
+            raise SchemaError(f"{source}: Mutation.{name} needs @function(name: ...)")
+        if not _IDENT.match(fn["name"]):
+            raise SchemaError(f"{source}: Mutation.{name}: @function name {fn['name']!r} is not an identifier")
+        if set(fdef.args) != {"input"}:
+            raise SchemaError(f"{source}: Mutation.{name} must take exactly one argument named input")
+        touches = fn.get("touches")
+        if not touches:
+            response, _ = _unwrap_list(fdef.type)
+            data_field = getattr(response, "fields", {}).get("data")
+            data_type = _unwrap_list(data_field.type)[0].name if data_field else None
+            touches = [data_type] if data_type in served.entities else []
+        unknown = [t for t in touches if t not in served.entities]
+        if unknown:
+            raise SchemaError(f"{source}: Mutation.{name}: touches unknown types {unknown}")
+        served.mutations[name] = RootMutation(field=name, function=fn["name"], touches=tuple(touches))
+
+    _attach_field_resolvers(schema, served.entities)
+    return served
+
+
+def _attach_field_resolvers(schema: GraphQLSchema, entities: dict[str, EntityType]) -> None:
+    """Every non-root field reads source[snake_case(name)] from the JSONB dict;
+    a field of a @view type also records its cache dependencies."""
+    roots = {schema.query_type, schema.mutation_type, schema.subscription_type}
+    for gtype in schema.type_map.values():
+        if gtype.name.startswith("__") or gtype in roots:
+            continue
+        if isinstance(gtype, GraphQLInterfaceType) and gtype.name == "Node":
+            gtype.resolve_type = _resolve_node_type
+        if not isinstance(gtype, GraphQLObjectType):
+            continue
+        for fname, fdef in gtype.fields.items():
+            if fname == "typeName":
+                fdef.resolve = _resolve_typename
+            elif gtype.name == "UpdatedEntity" and fname == "entity":
+                fdef.resolve = _resolve_cascade_entity
+            else:
+                named, is_list = _unwrap_list(fdef.type)
+                entity = entities.get(named.name)
+                if entity is None or gtype.name in ("UpdatedEntity",):
+                    fdef.resolve = _key_resolver(snake_case(fname))
+                else:
+                    fdef.resolve = _entity_resolver(snake_case(fname), entity, is_list)
+
+
+def _key_resolver(key: str):  # noqa: ANN202 - graphql resolver signature
+    def resolve(source: Any, _info: Any, **_args: Any) -> Any:
+        return source.get(key) if isinstance(source, dict) else None
+
+    return resolve
+
+
+def _entity_resolver(key: str, entity: EntityType, is_list: bool):  # noqa: ANN202
+    def resolve(source: Any, info: Any, **_args: Any) -> Any:
+        value = source.get(key) if isinstance(source, dict) else None
+        deps = getattr(info.context, "deps", None)
+        if deps is not None:
+            deps.record(entity, value, is_list)
+        return value
+
+    return resolve
+
+
+def _resolve_typename(source: Any, _info: Any) -> Any:
+    return source.get("__typename")
+
+
+def _resolve_cascade_entity(source: Any, _info: Any) -> Any:
+    entity = source.get("entity")
+    if isinstance(entity, dict) and "__typename" not in entity:
+        entity = {**entity, "__typename": source.get("__typename")}
+    return entity
+
+
+def _resolve_node_type(value: Any, _info: Any, _type: Any) -> str | None:
+    return value.get("__typename") if isinstance(value, dict) else None

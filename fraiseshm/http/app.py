@@ -1,0 +1,59 @@
+"""The falcon.asgi application: create_app(settings) -> falcon.asgi.App.
+
+Only this package knows Falcon. Everything a worker needs (schema, asyncpg
+pool, executor, arena attachment) is built in the ASGI lifespan startup, i.e.
+in the worker after fork, never in the gunicorn master.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from fraiseshm.config import Settings
+from fraiseshm.http.errors import install_error_handlers
+from fraiseshm.http.graphql_resource import GraphQLResource
+from fraiseshm.http.health import HealthResource
+from fraiseshm.runtime import Runtime
+
+log = logging.getLogger("fraiseshm.http")
+
+
+class _Lifespan:
+    """Builds the worker's Runtime on startup and closes it on shutdown."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def process_startup(self, _scope: dict[str, Any], _event: dict[str, Any]) -> None:
+        await self.runtime.start()
+
+    async def process_shutdown(self, _scope: dict[str, Any], _event: dict[str, Any]) -> None:
+        await self.runtime.stop()
+
+
+class _WorkerHeader:
+    """X-Fraiseshm-Worker: <pid>, so a client can tell which worker answered."""
+
+    def __init__(self) -> None:
+        self.pid = str(os.getpid())
+
+    async def process_response(self, _req: Any, resp: falcon.asgi.Response, _resource: Any, _ok: bool) -> None:
+        resp.set_header("X-Fraiseshm-Worker", self.pid)
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> falcon.asgi.App:
+    runtime = runtime or Runtime(settings)
+    middleware: list[Any] = [_Lifespan(runtime)]
+    if settings.expose_worker_header:
+        middleware.append(_WorkerHeader())  # instantiated per worker: the app is imported after fork
+    app = falcon.asgi.App(middleware=middleware, cors_enable=False)
+    app.req_options.strip_url_path_trailing_slash = True
+    app.add_route("/graphql", GraphQLResource(runtime))
+    app.add_route("/health", HealthResource(runtime))
+    install_error_handlers(app)
+    return app

@@ -1,0 +1,61 @@
+"""What the gunicorn master owns: the embedded database (if any) and the arena.
+
+Called from gunicorn.conf.py's hooks; kept here so the hooks stay one line
+each and the logic is importable by tests and the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from fraiseshm.arena import Arena
+from fraiseshm.config import ENV_PREFIX, Settings
+
+log = logging.getLogger("fraiseshm.master")
+
+
+@dataclass
+class Master:
+    settings: Settings
+    arena: Arena | None
+
+    def reap(self, pid: int) -> None:
+        """A worker exited (cleanly or SIGKILLed): keep its counters, free its slots."""
+        if self.arena is not None and self.arena.reap(pid):
+            log.info("reaped worker %d: stats folded into totals, flights released", pid)
+
+    def stop(self) -> None:
+        if self.arena is not None:
+            name = self.arena.name
+            self.arena.close()
+            Arena.unlink(name)
+            self.arena = None
+            log.info("arena %s unlinked", name)
+
+
+def start_master(settings: Settings, _log: object = None) -> Master:
+    if settings.database_dsn == "embedded":
+        from fraiseshm.db.embedded import EmbeddedCluster
+
+        cluster = EmbeddedCluster(settings.embedded_dir or None, settings.embedded_port)
+        dsn = cluster.ensure([Path(p) for p in settings.schema_sql], seed_users=settings.seed_users)
+        # Workers are forked after this and load their Settings from the environment.
+        os.environ[ENV_PREFIX + "DATABASE_DSN"] = dsn
+        settings = msgspec.structs.replace(settings, database_dsn=dsn)
+        log.info("embedded PostgreSQL ready at %s", dsn)
+    arena = None
+    if settings.cache_enabled:
+        arena = Arena.create(
+            settings.arena_name,
+            size=settings.arena_size,
+            max_entry=settings.max_entry_bytes,
+            shards=settings.arena_shards,
+            tag_slots=settings.tag_slots,
+        )
+        log.info("arena %s created: %d MiB", settings.arena_name, settings.arena_size >> 20)
+    return Master(settings=settings, arena=arena)

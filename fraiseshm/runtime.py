@@ -1,0 +1,56 @@
+"""Everything one worker process holds: schema, database pool, executor, arena.
+
+Built in the worker after fork (ASGI lifespan startup), closed on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fraiseshm.arena import Arena
+from fraiseshm.config import Settings
+from fraiseshm.db.pool import Database
+from fraiseshm.graphql.execute import Executor
+from fraiseshm.graphql.schema import ServedSchema, load_schema
+from fraiseshm.service import GraphQLService
+
+log = logging.getLogger("fraiseshm.runtime")
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.served: ServedSchema | None = None
+        self.db: Database | None = None
+        self.arena: Arena | None = None
+        self._service: GraphQLService | None = None
+
+    @property
+    def service(self) -> GraphQLService:
+        if self._service is None:
+            raise RuntimeError("worker runtime not started (ASGI lifespan startup did not run)")
+        return self._service
+
+    async def start(self) -> None:
+        s = self.settings
+        self.served = load_schema(s.schema_sdl)
+        self.db = Database(
+            s.database_dsn,
+            min_size=s.pool_min_size,
+            max_size=s.pool_max_size,
+            connect_timeout=s.db_connect_timeout,
+            statement_timeout_ms=s.statement_timeout_ms,
+        )
+        executor = Executor(self.served, self.db, max_depth=s.max_query_depth, max_documents=s.max_document_cache)
+        if s.cache_enabled:
+            self.arena = Arena.attach(s.arena_name)
+            self.arena.register_process()
+        self._service = GraphQLService(s, self.served, executor, self.arena)
+        log.info("worker ready: schema %s, cache %s", s.schema_sdl, "on" if self.arena else "off")
+
+    async def stop(self) -> None:
+        if self.db is not None:
+            await self.db.close()
+        if self.arena is not None:
+            self.arena.close()
+            self.arena = None

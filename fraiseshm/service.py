@@ -1,0 +1,274 @@
+"""One GraphQL request from bytes to bytes: the product's request flow, without HTTP framing.
+
+    query, hit   key -> arena.get -> the stored JSON bytes are the response body
+    query, miss  coalesce (lead or wait) -> leader: S0 = current_seq -> execute
+                 -> deps -> encode -> arena.put(key, body, deps, fill_seq=S0, ttl)
+    mutation     PostgreSQL function (commits) -> cascade -> invalidate -> respond
+
+The falcon resources in fraiseshm/http/ only translate HTTP to calls of
+``GraphQLService.handle`` and its Reply back. Status codes follow the
+GraphQL-over-HTTP specification: with ``application/json`` a well-formed
+request that fails GraphQL validation still gets 200; with
+``application/graphql-response+json`` it gets 400.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from graphql import ExecutionResult, GraphQLError
+
+from fraiseshm.arena import Arena, Counter
+from fraiseshm.cascade.tags import CascadePlan, plan_invalidation
+from fraiseshm.config import Settings
+from fraiseshm.errors import DatabaseUnavailable, EntryTooLarge, MutationFailed
+from fraiseshm.graphql.deps import Dependencies
+from fraiseshm.graphql.execute import ExecutionContext, Executor, GraphQLRequestError, Prepared
+from fraiseshm.graphql.schema import RootMutation, ServedSchema
+from fraiseshm.keys import cache_key
+
+log = logging.getLogger("fraiseshm.service")
+
+JSON = "application/json"
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+
+_encode = msgspec.json.Encoder().encode
+
+
+class _PostBody(msgspec.Struct):
+    query: str
+    operationName: str | None = None  # noqa: N815 - wire name
+    variables: dict[str, Any] | None = None
+    extensions: dict[str, Any] | None = None
+
+
+_decode_post = msgspec.json.Decoder(_PostBody).decode
+_decode_variables = msgspec.json.Decoder(dict[str, Any] | None).decode
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RequestMeta:
+    """What the HTTP layer tells the service about a request."""
+
+    method: str  # "GET" or "POST"
+    media_type: str = JSON  # response media type chosen from Accept
+    scope: str = ""  # tenant / role / user from the configured header or JWT claim
+    no_cache: bool = False  # request Cache-Control: no-cache
+    if_none_match: str | None = None
+
+
+def _error_body(message: str, **extensions: Any) -> bytes:
+    error: dict[str, Any] = {"message": message}
+    if extensions:
+        error["extensions"] = extensions
+    return _encode({"errors": [error]})
+
+
+def error_reply(status: int, message: str, media_type: str = JSON, **extensions: Any) -> Reply:
+    return Reply(status, _error_body(message, **extensions), media_type)
+
+
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"'
+
+
+class GraphQLService:
+    def __init__(
+        self,
+        settings: Settings,
+        served: ServedSchema,
+        executor: Executor,
+        arena: Arena | None,
+        *,
+        on_cascade: Callable[[RootMutation, Any, CascadePlan, int | None], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.served = served
+        self.executor = executor
+        self.arena = arena
+        self.on_cascade = on_cascade  # audit hook: (mutation, response, plan, seq)
+        self._entity_names = tuple(served.entities)
+        self._query_names = served.query_names
+
+    # --- entry points ---------------------------------------------------------
+
+    async def post(self, body: bytes, meta: RequestMeta) -> Reply:
+        try:
+            request = _decode_post(body)
+        except msgspec.ValidationError as exc:
+            return self._bad_request(f"request body is not a GraphQL request: {exc}", meta)
+        except msgspec.DecodeError as exc:
+            return self._bad_request(f"request body is not valid JSON: {exc}", meta)
+        return await self.handle(request.query, request.operationName, request.variables, meta)
+
+    async def get(self, params: dict[str, str], meta: RequestMeta) -> Reply:
+        query = params.get("query")
+        if not query:
+            return self._bad_request("GET /graphql needs a 'query' parameter", meta)
+        variables = None
+        if params.get("variables"):
+            try:
+                variables = _decode_variables(params["variables"])
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                return self._bad_request(f"'variables' is not a JSON object: {exc}", meta)
+        return await self.handle(query, params.get("operationName") or None, variables, meta)
+
+    async def handle(self, query: str, operation_name: str | None, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
+        arena = self.arena
+        if arena is not None:
+            arena.incr(Counter.REQUESTS)
+        try:
+            prepared = self.executor.prepare(query, operation_name)
+        except GraphQLRequestError as exc:
+            log.info("rejected GraphQL document: %s", exc)
+            return self._request_errors([e.formatted for e in exc.errors], meta)
+        if prepared.is_mutation:
+            if meta.method != "POST":
+                reply = error_reply(405, "mutations are only accepted over POST", meta.media_type)
+                reply.headers["Allow"] = "POST"
+                return reply
+            return await self._mutate(prepared, variables, meta)
+        return await self._query(prepared, variables, meta)
+
+    # --- queries ----------------------------------------------------------------
+
+    async def _query(self, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
+        arena = self.arena
+        if arena is None or meta.no_cache:
+            if arena is not None:
+                arena.incr(Counter.BYPASSES)
+            reply, _ = await self._execute(prepared, variables, meta, key=None)
+            reply.headers["X-Cache"] = "BYPASS"
+            return reply
+
+        key = cache_key(prepared.digest, self.served.version, variables, meta.scope)
+        body = arena.get(key)
+        if body is not None:
+            return self._hit(body, meta)
+        reply, _ = await self._execute(prepared, variables, meta, key=key)
+        reply.headers["X-Cache"] = "MISS"
+        return reply
+
+    def _hit(self, body: bytes, meta: RequestMeta) -> Reply:
+        etag = etag_of(body)
+        headers = {"X-Cache": "HIT", "ETag": etag, "Cache-Control": self._cache_control(meta)}
+        if meta.if_none_match is not None and etag in meta.if_none_match:
+            return Reply(304, b"", meta.media_type, headers)
+        return Reply(200, body, meta.media_type, headers)
+
+    def _cache_control(self, meta: RequestMeta) -> str:
+        # no-cache: browsers and CDNs must revalidate (ETag), since only this server
+        # hears the cascades that invalidate; scoped entries are never for shared caches.
+        return "private, no-cache" if meta.scope else "no-cache"
+
+    async def _execute(self, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta, key: bytes | None) -> tuple[Reply, bool]:
+        """Run the query against PostgreSQL; store the result when it may be cached."""
+        arena = self.arena
+        fill_seq = arena.current_seq() if arena is not None else 0  # read BEFORE the database
+        deps = Dependencies(self.settings.default_ttl)
+        started = time.perf_counter()
+        result = await self.executor.run(prepared, variables, ExecutionContext(deps=deps))
+        if arena is not None:
+            arena.incr(Counter.DB_EXECUTIONS)
+            arena.observe(time.perf_counter() - started)
+        reply = self._result_reply(result, meta)
+        stored = False
+        if key is not None and arena is not None and reply.status == 200 and not result.errors:
+            if deps.private and not meta.scope:
+                log.debug("result holds a private type and the request has no scope: not cached")
+            else:
+                try:
+                    stored = arena.put(key, reply.body, sorted(deps.tags), fill_seq, deps.ttl)
+                except EntryTooLarge:
+                    log.info("response of %d bytes is above max_entry_bytes: served uncached", len(reply.body))
+        if reply.status == 200:
+            reply.headers["ETag"] = etag_of(reply.body)
+            reply.headers["Cache-Control"] = self._cache_control(meta)
+        return reply, stored
+
+    # --- mutations --------------------------------------------------------------
+
+    async def _mutate(self, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
+        deps = Dependencies(self.settings.default_ttl)
+        context = ExecutionContext(deps=deps, on_mutation=self._apply_cascade)
+        result = await self.executor.run(prepared, variables, context)
+        reply = self._result_reply(result, meta)
+        reply.headers["X-Cache"] = "BYPASS"
+        reply.headers["Cache-Control"] = "no-store"
+        return reply
+
+    async def _apply_cascade(self, mutation: RootMutation, response: Any) -> None:
+        """Runs after the function committed and before the response is encoded."""
+        plan = plan_invalidation(
+            response,
+            touches=mutation.touches,
+            query_names=self._query_names,
+            known_types=self._entity_names,
+        )
+        seq = None
+        arena = self.arena
+        if arena is not None:
+            arena.incr(Counter.MUTATIONS)
+            if plan.tags:
+                seq = arena.invalidate(plan.tags)
+            if plan.flush:
+                seq = arena.flush()
+            if plan.is_failure:
+                arena.incr(Counter.CASCADE_FAILURES)
+        if plan.is_failure:
+            log.error("cascade failure in %s (%s): %s; invalidated %s", mutation.field, plan.verdict, plan.detail, sorted(plan.tags))
+        if self.on_cascade is not None:
+            self.on_cascade(mutation, response, plan, seq)
+
+    # --- replies ------------------------------------------------------------------
+
+    def _result_reply(self, result: ExecutionResult, meta: RequestMeta) -> Reply:
+        if result.errors:
+            originals = [e.original_error for e in result.errors]
+            if any(isinstance(o, DatabaseUnavailable) for o in originals):
+                log.error("database unavailable: %s", result.errors[0].message)
+                if self.arena is not None:
+                    self.arena.incr(Counter.ERRORS)
+                return error_reply(503, "the database is unavailable; retry shortly", meta.media_type, code="DATABASE_UNAVAILABLE")
+            for error in result.errors:
+                if isinstance(error.original_error, MutationFailed):
+                    log.error("%s", error.original_error)
+                elif error.original_error is not None:
+                    log.warning("field error: %s", error.message)
+            if self.arena is not None:
+                self.arena.incr(Counter.ERRORS)
+            if result.data is None and all(e.path is None for e in result.errors):
+                # variable coercion failed: a request error, nothing executed
+                return self._request_errors([e.formatted for e in result.errors], meta)
+        body = _encode(result.formatted)
+        status = 200
+        if meta.media_type == GRAPHQL_RESPONSE and result.data is None:
+            status = 500
+        return Reply(status, body, meta.media_type)
+
+    def _request_errors(self, errors: list[dict[str, Any]], meta: RequestMeta) -> Reply:
+        status = 400 if meta.media_type == GRAPHQL_RESPONSE else 200
+        return Reply(status, _encode({"errors": errors}), meta.media_type)
+
+    def _bad_request(self, message: str, meta: RequestMeta) -> Reply:
+        log.info("bad request: %s", message)
+        if self.arena is not None:
+            self.arena.incr(Counter.ERRORS)
+        return error_reply(400, message, meta.media_type, code="BAD_REQUEST")
+
+
+__all__ = ["GraphQLError", "GraphQLService", "Reply", "RequestMeta", "error_reply"]

@@ -1,0 +1,73 @@
+# gunicorn configuration for fraiseshm.
+#
+# Every value comes from the one fraiseshm Settings object (TOML file named by
+# FRAISESHM_CONFIG, then FRAISESHM_* environment variables), so gunicorn and
+# the workers never disagree. Run:  gunicorn -c gunicorn.conf.py
+#
+# Process model (../docs/ARCHITECTURE.md):
+#   master  on_starting  starts the embedded PostgreSQL when database_dsn is
+#                        "embedded", creates the shared-memory arena
+#           child_exit   reaps a dead worker's stats slot and flights (runs
+#                        even after SIGKILL, unlike worker_exit)
+#           on_exit      unlinks the arena
+#   worker  imports fraiseshm.http.asgi:app after fork, attaches the arena and
+#           opens its asyncpg pool in the ASGI lifespan startup.
+
+import logging
+
+from fraiseshm.config import load_settings
+
+_settings = load_settings()
+
+# Server socket
+bind = [_settings.bind]
+backlog = 2048
+
+# Worker processes: gunicorn's native ASGI worker on uvloop. Default one per
+# core: measured on 2 cores, 2 workers beat 4 (see README, benchmarks).
+workers = _settings.effective_workers()
+worker_class = "asgi"
+asgi_loop = "uvloop"
+asgi_lifespan = "on"  # the worker builds its runtime in the lifespan startup
+timeout = _settings.worker_timeout  # longer than the coalescing lease (checked by Settings)
+graceful_timeout = 10
+keepalive = 5
+
+# No control socket under ~/.gunicorn: a service user may have no home.
+control_socket_disable = True
+
+wsgi_app = "fraiseshm.http.asgi:app"
+proc_name = "fraiseshm"
+loglevel = _settings.log_level
+accesslog = None
+errorlog = "-"
+
+logging.basicConfig(
+    level=_settings.log_level.upper(),
+    format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+)
+
+_state = {}
+
+
+def on_starting(server):
+    """Master, before any worker exists: database, arena."""
+    global _settings
+    from fraiseshm.master import start_master
+
+    _state["master"] = start_master(_settings, server.log)
+    _settings = _state["master"].settings
+
+
+def child_exit(server, worker):
+    """Master: a worker is gone (exit, crash or SIGKILL): fold its figures, free its flights."""
+    master = _state.get("master")
+    if master is not None:
+        master.reap(worker.pid)
+
+
+def on_exit(server):
+    master = _state.pop("master", None)
+    if master is not None:
+        master.stop()
+

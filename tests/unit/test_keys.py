@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from fraiseshm.keys import cache_key, canonical_variables
+
+
+def test_variable_order_and_spacing_do_not_matter() -> None:
+    assert canonical_variables({"b": 1, "a": {"y": 2, "x": 1}}) == canonical_variables({"a": {"x": 1, "y": 2}, "b": 1})
+    assert canonical_variables(None) == canonical_variables({}) == b"{}"
+
+
+def test_every_component_changes_the_key() -> None:
+    base = cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "")
+    assert len(base) == 32
+    assert cache_key(b"e" * 16, b"v" * 16, {"id": "1"}, "") != base
+    assert cache_key(b"d" * 16, b"w" * 16, {"id": "1"}, "") != base
+    assert cache_key(b"d" * 16, b"v" * 16, {"id": "2"}, "") != base
+    assert cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "tenant-a") != base
+    assert cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "") == base
