@@ -1,0 +1,1 @@
+"""PostgreSQL access: the asyncpg pool, the embedded cluster, LISTEN/NOTIFY."""
