@@ -84,15 +84,6 @@ CREATE OR REPLACE FUNCTION fn_iso8601(ts timestamptz) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
 
--- A text that is a UUID, else NULL (malformed ids are validation errors, not
--- exceptions).
-CREATE OR REPLACE FUNCTION fn_try_uuid(value text) RETURNS uuid
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE
-    WHEN value ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
-    THEN value::uuid
-END;
-
 -- ===========================================================================
 -- Read views
 -- ===========================================================================
@@ -299,6 +290,9 @@ RETURN (
 );
 
 -- Error fields name the GraphQL input field (camelCase), as the client wrote it.
+-- A missing id is a VALIDATION_ERROR; an id that is not a UUID makes the
+-- ::uuid cast raise (invalid_text_representation), which the server reports
+-- as a GraphQL error like any other error the function does not expect.
 
 -- ===========================================================================
 -- Mutations: users
@@ -337,12 +331,12 @@ $$;
 CREATE OR REPLACE FUNCTION fn_update_user(input jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_id uuid := fn_try_uuid(input->>'id');
+    v_id uuid := (input->>'id')::uuid;
     v_name text := btrim(input->>'name');    -- absent or null: unchanged
     v_email text := btrim(input->>'email');
 BEGIN
     IF v_id IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', format('id %s is not a valid ID', coalesce(input->>'id', 'null')), 'id');
+        RETURN fn_cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
     END IF;
     IF v_name = '' THEN
         RETURN fn_cascade_failure('VALIDATION_ERROR', 'name must not be empty', 'name');
@@ -379,7 +373,7 @@ $$;
 CREATE OR REPLACE FUNCTION fn_delete_user(input jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_id uuid := fn_try_uuid(input->>'id');
+    v_id uuid := (input->>'id')::uuid;
     v_pk bigint;
     v_data jsonb;
     v_deleted_comments jsonb;
@@ -387,7 +381,7 @@ DECLARE
     v_deleted_posts jsonb;
 BEGIN
     IF v_id IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', format('id %s is not a valid ID', coalesce(input->>'id', 'null')), 'id');
+        RETURN fn_cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
     END IF;
     -- LOCK: the user row, then its posts. A concurrent createPost/createComment
     -- takes KEY SHARE on them for its FK check, so it waits for us and then
@@ -444,14 +438,14 @@ $$;
 CREATE OR REPLACE FUNCTION fn_create_post(input jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_author uuid := fn_try_uuid(input->>'author_id');
+    v_author uuid := (input->>'author_id')::uuid;
     v_title text := btrim(input->>'title');
     v_body text := btrim(input->>'body');
     v_pk_author bigint;
     v_id uuid;
 BEGIN
     IF v_author IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', format('authorId %s is not a valid ID', coalesce(input->>'author_id', 'null')), 'authorId');
+        RETURN fn_cascade_failure('VALIDATION_ERROR', 'authorId is required', 'authorId');
     END IF;
     IF coalesce(v_title, '') = '' THEN
         RETURN fn_cascade_failure('VALIDATION_ERROR', 'title must not be empty', 'title');
@@ -483,12 +477,12 @@ $$;
 CREATE OR REPLACE FUNCTION fn_update_post(input jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_id uuid := fn_try_uuid(input->>'id');
+    v_id uuid := (input->>'id')::uuid;
     v_title text := btrim(input->>'title');
     v_body text := btrim(input->>'body');
 BEGIN
     IF v_id IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', format('id %s is not a valid ID', coalesce(input->>'id', 'null')), 'id');
+        RETURN fn_cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
     END IF;
     IF v_title = '' THEN
         RETURN fn_cascade_failure('VALIDATION_ERROR', 'title must not be empty', 'title');
@@ -514,14 +508,14 @@ $$;
 CREATE OR REPLACE FUNCTION fn_delete_post(input jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_id uuid := fn_try_uuid(input->>'id');
+    v_id uuid := (input->>'id')::uuid;
     v_pk bigint;
     v_author uuid;
     v_data jsonb;
     v_deleted_comments jsonb;
 BEGIN
     IF v_id IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', format('id %s is not a valid ID', coalesce(input->>'id', 'null')), 'id');
+        RETURN fn_cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
     END IF;
     -- LOCK: a concurrent createComment waits on this row, then fails its FK check.
     SELECT p.pk_post, u.id INTO v_pk, v_author
@@ -559,18 +553,18 @@ $$;
 CREATE OR REPLACE FUNCTION fn_create_comment(input jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_post uuid := fn_try_uuid(input->>'post_id');
-    v_author uuid := fn_try_uuid(input->>'author_id');
+    v_post uuid := (input->>'post_id')::uuid;
+    v_author uuid := (input->>'author_id')::uuid;
     v_body text := btrim(input->>'body');
     v_pk_post bigint;
     v_pk_author bigint;
     v_id uuid;
 BEGIN
     IF v_post IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', format('postId %s is not a valid ID', coalesce(input->>'post_id', 'null')), 'postId');
+        RETURN fn_cascade_failure('VALIDATION_ERROR', 'postId is required', 'postId');
     END IF;
     IF v_author IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', format('authorId %s is not a valid ID', coalesce(input->>'author_id', 'null')), 'authorId');
+        RETURN fn_cascade_failure('VALIDATION_ERROR', 'authorId is required', 'authorId');
     END IF;
     IF coalesce(v_body, '') = '' THEN
         RETURN fn_cascade_failure('VALIDATION_ERROR', 'body must not be empty', 'body');
@@ -603,12 +597,12 @@ $$;
 CREATE OR REPLACE FUNCTION fn_delete_comment(input jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_id uuid := fn_try_uuid(input->>'id');
+    v_id uuid := (input->>'id')::uuid;
     v_data jsonb;
     v_post uuid;
 BEGIN
     IF v_id IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', format('id %s is not a valid ID', coalesce(input->>'id', 'null')), 'id');
+        RETURN fn_cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
     END IF;
     SELECT data, post_id INTO v_data, v_post FROM v_comment WHERE id = v_id;
     DELETE FROM tb_comment WHERE id = v_id;

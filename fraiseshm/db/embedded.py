@@ -324,7 +324,6 @@ class EmbeddedCluster:
             f"unix_socket_directories = '{self.data_dir}'\n"
             "max_connections = 200\n"
             "shared_preload_libraries = 'pg_stat_statements'\n"
-            "pg_stat_statements.track = all\n"
             "timezone = 'UTC'\n"
             "log_timezone = 'UTC'\n"
             "log_line_prefix = '%m [%p] %q%u@%d '\n"
