@@ -1,0 +1,182 @@
+"""Shared pieces of the perf scripts: a private PostgreSQL, gunicorn stacks, wrk runs.
+
+Every benchmark starts what it measures itself and compares against a
+baseline measured in the same run: this machine is small (2 cores) and
+noisy, so only ratios within one run mean anything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fraiseshm.db.embedded import EmbeddedCluster  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def database(seed_users: int = 10_000) -> Iterator[EmbeddedCluster]:
+    """A throw-away embedded cluster with the blog schema and seed data."""
+    directory = Path(tempfile.mkdtemp(prefix="fraiseshm-perf-pg-"))
+    os.chmod(directory, 0o755)
+    cluster = EmbeddedCluster(directory, fast=True)
+    try:
+        cluster.ensure([ROOT / "examples/blog/schema.sql"], seed_users=seed_users)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass
+class Stack:
+    url: str
+    proc: subprocess.Popen[bytes]
+    arena_name: str | None = None
+
+
+@contextmanager
+def gunicorn(app: str | None = None, *, env: Mapping[str, str] | None = None, workers: int = 2) -> Iterator[Stack]:
+    """fraiseshm under gunicorn.conf.py (app=None), or another ASGI app with the same worker settings."""
+    port = free_port()
+    arena = f"/fraiseshm-perf-{os.getpid()}-{port}"
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FRAISESHM_")},
+        "FRAISESHM_BIND": f"127.0.0.1:{port}",
+        "FRAISESHM_WORKERS": str(workers),
+        "FRAISESHM_ARENA_NAME": arena,
+        "FRAISESHM_LOG_LEVEL": "warning",
+        "FRAISESHM_SCHEMA_SDL": str(ROOT / "examples/blog/schema.graphql"),
+        **(env or {}),
+    }
+    cmd = [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")]
+    if app is not None:
+        # Same worker class, loop and worker count; only the application differs.
+        cmd = [str(BIN / "gunicorn"), "-k", "asgi", "--asgi-loop", "uvloop", "-w", str(workers),
+               "-b", f"127.0.0.1:{port}", "--no-control-socket", "--log-level", "warning", app]
+    # gunicorn reads ./gunicorn.conf.py by default: other apps run from perf/.
+    cwd = ROOT if app is None else ROOT / "perf"
+    proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, proc)
+        yield Stack(url=url, proc=proc, arena_name=arena if app is None else None)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode(errors='replace')[-3000:] if proc.stderr else ''}")
+        try:
+            httpx.post(url + "/graphql", json={"query": "{ users(limit: 1) { id } }"}, timeout=2.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)  # the socket is not open yet; nothing to await
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+@dataclass
+class WrkResult:
+    requests_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    non_2xx: int
+    requests: int
+
+
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def wrk(url: str, body: bytes | None = None, *, duration: float = 5.0, connections: int = 32, threads: int = 1,
+        lua: str | None = None, headers: Mapping[str, str] | None = None) -> WrkResult:
+    """Run wrk (Debian package) against url with a POST body, return its figures."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk (make perf does it)")
+    script = lua
+    if script is None:
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        lines = [f'wrk.method = "POST"', f"wrk.body = {_lua_string(body or b'')}"]
+        lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in hdrs.items()]
+        script = "\n".join(lines) + "\n"
+    script += (
+        "\nfunction done(summary, latency, requests)\n"
+        "  io.write(string.format('FRAISESHM %d %d %d\\n', summary.requests, "
+        "summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))\n"
+        "  for _, p in pairs({50, 90, 99}) do io.write(string.format('PCT %d %f\\n', p, latency:percentile(p) / 1000.0)) end\n"
+        "end\n"
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+        path = f.name
+    try:
+        out = subprocess.run(
+            ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s", "-s", path, url],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    finally:
+        os.unlink(path)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    pct = {int(p): float(v) for p, v in re.findall(r"PCT (\d+) ([\d.]+)", out)}
+    total, status_err, sock_err = (int(x) for x in re.search(r"FRAISESHM (\d+) (\d+) (\d+)", out).groups())  # type: ignore[union-attr]
+    return WrkResult(rps, pct[50], pct[90], pct[99], status_err + sock_err, total)
+
+
+def _lua_string(data: bytes) -> str:
+    return '"' + "".join(f"\\{b}" if (b < 32 or b in (34, 92) or b > 126) else chr(b) for b in data) + '"'
+
+
+def median_of(results: list[WrkResult]) -> WrkResult:
+    return WrkResult(
+        statistics.median(r.requests_per_s for r in results),
+        statistics.median(r.p50_ms for r in results),
+        statistics.median(r.p90_ms for r in results),
+        statistics.median(r.p99_ms for r in results),
+        sum(r.non_2xx for r in results),
+        sum(r.requests for r in results),
+    )
+
+
+def spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return ""
+    return f"±{(max(values) - min(values)) / 2:.0f}"
