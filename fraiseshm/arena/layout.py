@@ -1,0 +1,183 @@
+"""The arena's shared-memory layout: one POSIX segment, one writer discipline.
+
+Everything below lives in ONE segment (``/dev/shm/<name>``) mapped by the
+gunicorn master and every worker. The C extension (``native/_native.c``) is
+the only code that reads or writes it; this docstring is its specification
+and ``Arena.check()`` tests each numbered invariant on a live arena.
+
+Byte diagram (all integers little-endian, offsets in bytes)
+-----------------------------------------------------------
+::
+
+    +0        header, 4096 B
+              +0   u64 magic "FISESHM1"        written LAST by create
+              +8   u32 layout version (1)      attach refuses another one
+              +12  u32 header size (4096)
+              +16  u64 segment size            attach refuses a mismatch
+              +24  u64 max_entry               largest value accepted, bytes
+              +32  u32 shards   +36 u32 tag_slots   +40 u32 flight_slots
+              +44  u32 stats_slots   +48 u32 pages per shard
+              +52  u32 index buckets per shard (power of two)
+              +56  u64 off_tags  +64 off_flights  +72 off_stats
+              +80  u64 off_shards  +88 u64 shard_stride  +96 u64 created_ns
+              +128 u64 global_seq       atomic ++ per invalidate / flush
+              +136 u64 valid_from       atomic max, set by flush
+              +144 u64 lock_wipes       shards wiped after EOWNERDEAD
+              +152 u32 nonce counter    registration nonces
+              +160 u64 checksum_failures
+    off_tags  tag table: u64[tag_slots] "last invalidated at seq",
+              slot = xxh64(tag utf-8, seed "tags") & (tag_slots - 1)
+    off_flights  flight table: flight_slots x 256 B
+              +0  u64 ctl       generation << 32 | state
+                                (0 EMPTY, 1 RUNNING, 2 DONE_OK, 3 DONE_ERROR, 4 CLAIMING)
+              +8  u64 key hash  (xxh64, seed "flight")
+              +16 u64 lease     owner pid << 32 | owner registration nonce; 0 = none
+              +24 u64 deadline  (CLOCK_MONOTONIC ns >> 20) << 24 | low 24 bits of lease
+              +32 u32 waiters   +36 u32 error length   +40 216 B error (UTF-8)
+    off_stats stats slots: stats_slots x 1088 B
+              +0  u64 owner     pid << 32 | nonce; 0 = free
+              +8  u64 start     owner's start time (/proc/pid/stat field 22)
+              +16 u64 claimed_ns, 40 B pad
+              +64 u64 v[64]     counters 0..31 (Counter), histogram 32..48, sum ns 49
+              +576 u64 base[64] v at claim time: the current owner's share is v - base
+    off_shards  shards x shard_stride, each:
+              +0    shard header, 4096 B: robust process-shared pthread mutex (64 B),
+                    u64 entries, u64 used bytes, u64 wipes, u32 free page list head,
+                    u32 free pages, u32 page CLOCK hand, then 20 size classes x 32 B
+                    {free list head, page list head, pages, live, CLOCK hand page,
+                    hand block, eviction ticks}
+              +4096 u32 buckets[nb]         block ref of the first entry, 0 = empty
+              then  page descriptors u64[pages] {u8 class (255 = free), u8 ref, u32 next}
+              then  (4096-aligned) pages x 64 KiB, each carved into blocks of one class
+
+Blocks (class sizes 64 B .. 64 KiB, see CLASS_SIZES) start with a 72 B header::
+
+    +0 u8 state (0 FREE, 1 LIVE head, 2 CHUNK, 3 WRITING)  +1 u8 ref (CLOCK bit)
+    +2 u16 ndeps  +4 u32 next  +8 u32 aux  +12 u32 key_len  +16 u32 value_len
+    +24 u64 key hash  +32 u64 fill_seq  +40 u64 expiry ns  +48 u64 created ns
+    +56 u64 value hash (the ETag)  +64 u64 header check
+    +72 u32 dep tag slots[ndeps], key bytes, value bytes
+
+``next`` chains LIVE heads of one index bucket, FREE blocks of one class
+(doubly linked through ``aux``), and the CHUNKs of one entry. A block ref is
+(offset in the shard's pages / 16) + 1. An entry larger than 64 KiB is a head
+in the 64 KiB class whose ``aux`` starts a chain of 64 KiB CHUNK blocks
+(16 B header: state, next, head ref).
+
+Validity: an entry is served by ``get`` only if its header check and value
+hash verify, every dep slot's ``last <= fill_seq``, ``fill_seq >=
+valid_from`` and ``now < expiry``. ``get_stale`` drops only the last test.
+
+Invariants (``check()`` reports each broken one as "I<n> ...")
+--------------------------------------------------------------
+I1. The header's magic and version never change after create.
+I2. ``tag.last <= global_seq`` for every tag, and ``valid_from <=
+    global_seq`` (invalidate raises the sequence *before* any tag).
+I3. In every shard each page is on exactly one list: the free page list
+    (class 255) or the page list of its class; list lengths equal the counts.
+I4. Every block of a class page is FREE, LIVE or CHUNK (never WRITING while
+    the shard lock is free); a class's free list is exactly its FREE blocks,
+    with consistent back links.
+I5. Every LIVE head is reachable from exactly the bucket of its key hash in
+    the shard of its key hash, and every index chain holds LIVE heads only.
+I6. Every LIVE entry's header check and value hash verify, its dep slots are
+    in range, and its CHUNK chain has the right length with back refs.
+I7. The shard's entries, used bytes and per-class live counts equal a recount.
+I8. Flight states are valid; a RUNNING or CLAIMING flight has a lease.
+I9. A stats slot's owner has a pid; ``base <= v`` for every value.
+I10. Every shard lock can be taken (not ENOTRECOVERABLE).
+
+Lock order
+----------
+One kind of lock: the shard mutex. A thread holds at most ONE at a time, so
+there is no order to get wrong. check() and stats() take them one after the
+other. Tags, sequences, flights and stats slots are lock-free (atomic loads,
+stores, compare-and-swap, atomic max). A C function whose name ends in
+``_locked`` expects its caller to hold the shard lock (nginx's convention).
+The GIL is held throughout a C call, so only one thread per process can be
+inside the arena and no Python code (signal handlers included) runs while a
+shard lock is held.
+
+Crash recovery (a process SIGKILLed at any instruction)
+-------------------------------------------------------
+- Shard lock held (get, put, eviction, page steal, check): the mutex is
+  robust; the next locker gets EOWNERDEAD, *wipes* the shard (all pages free,
+  index empty: an empty cache is always correct), marks the mutex consistent,
+  counts ``lock_wipes`` and logs an error. No repair is attempted.
+- Half-written entry: its blocks are WRITING and not yet in the index
+  (published last, after the block is complete), and the shard is wiped
+  anyway. Readers copy out under the lock and verify the value hash on the
+  copy, so a torn entry is never returned even if memory were corrupted.
+- Tag bump: the sequence is raised first, then each tag by an atomic max.
+  A death midway leaves some tags bumped: those entries miss, the others
+  stay valid exactly as if the invalidation had not happened. The dying
+  request never answered, and PostgreSQL's change notifications invalidate
+  the same tags again.
+- Flight: ownership is the lease word. A dead leader's lease fails the
+  liveness test (pid + registration nonce looked up in the stats slots,
+  then /proc/pid start time: pid reuse cannot fool it, a zombie counts as
+  dead), so followers see ABANDONED and one takes over by CAS on the lease;
+  the master's ``reap(pid)`` also releases them (generation bump: GONE).
+- Stats slot: only the owner writes its values and they never decrease; a
+  dead owner's slot is handed over with ``base = v`` and never zeroed, so
+  summed totals are monotonic without any fold to get wrong.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from fraiseshm import _native
+
+LAYOUT_VERSION: int = _native.VERSION
+CLASS_SIZES: tuple[int, ...] = _native.CLASS_SIZES
+PAGE_SIZE: int = _native.PAGE
+MAX_KEY: int = _native.MAX_KEY
+#: histogram bucket upper bounds in seconds (the last bucket is +Inf)
+HIST_BOUNDS: tuple[float, ...] = tuple(ns / 1e9 for ns in _native.HIST_BOUNDS_NS)
+
+
+class Counter(enum.IntEnum):
+    """Per-process counters; the numbers are slot offsets mirrored in C."""
+
+    REQUESTS = 0
+    HITS = 1  # counted by get() in C
+    MISSES = 2  # counted by get() in C
+    BYPASSES = 3
+    PUTS = 4  # counted by put() in C
+    PUT_REJECTED_STALE = 5  # counted by put() in C
+    EVICTIONS = 6  # counted in C
+    INVALIDATIONS = 7  # counted by invalidate() in C
+    TAGS_BUMPED = 8  # counted by invalidate() in C
+    LOCK_WIPES = 9  # counted in C
+    ENTRY_TOO_LARGE = 10  # counted by put() in C
+    COALESCE_LED = 11  # counted by flight_begin() in C
+    COALESCE_FOLLOWED = 12  # counted by flight_begin() in C
+    COALESCE_TAKEOVERS = 13  # counted by flight_begin() / flight_takeover() in C
+    COALESCE_TIMEOUTS = 14
+    DB_EXECUTIONS = 15
+    MUTATIONS = 16
+    CASCADE_FAILURES = 17
+    ERRORS = 18
+    STALE_HITS = 19  # counted by get_stale() in C
+    CHECKSUM_FAILURES = 20  # counted in C
+    FLUSHES = 21  # counted by flush() in C
+    BYTES_READ = 22  # counted by get() in C
+    BYTES_WRITTEN = 23  # counted by put() in C
+
+
+assert len(Counter) == _native.N_COUNTERS
+
+
+class FlightRole(enum.IntEnum):
+    NONE = 0  # the flight table is full: just execute
+    LEAD = 1  # execute, put, then flight_end()
+    FOLLOW = 2  # wait on the doorbell, flight_poll() until done
+
+
+class FlightState(enum.IntEnum):
+    RUNNING = 1
+    DONE_OK = 2  # the result is in the arena (or was not cacheable): get() again
+    DONE_ERROR = 3  # the leader failed; the message comes with it
+    ABANDONED = 5  # lease expired or leader dead: flight_takeover()
+    GONE = 6  # the slot was reused or released: begin again
