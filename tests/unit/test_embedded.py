@@ -162,6 +162,7 @@ def test_remembered_port_taken_picks_another(cluster: EmbeddedCluster) -> None:
     old = cluster.port
     cluster.stop()
     with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the old port may be in TIME_WAIT
         squatter.bind(("127.0.0.1", old))
         squatter.listen()
         cluster.ensure()
