@@ -646,3 +646,49 @@ def test_large_statements_fall_back_to_types(pg_dsn: str, rows: int) -> None:
                 assert payload == {"tx": str(tx), "types": ["Comment"]}
 
     asyncio.run(main())
+
+
+# --- concurrency ------------------------------------------------------------------------
+
+
+def test_comment_racing_a_delete_user_cannot_escape_the_cascade(pg_dsn: str) -> None:
+    """deleteUser locks the user's posts first: a concurrent createComment on
+    one of them waits, then fails with NOT_FOUND; it is never deleted silently
+    by ON DELETE CASCADE behind the cascade's back."""
+
+    async def main() -> None:
+        async with connect(pg_dsn) as deleter, connect(pg_dsn) as writer, Listener(pg_dsn) as listener:
+            victim, other = await new_user(deleter), await new_user(deleter)
+            post = await new_post(deleter, victim["id"])
+            tr = deleter.transaction()
+            await tr.start()
+            result = await call(deleter, "fn_delete_user", {"id": victim["id"]})
+            racing = asyncio.ensure_future(
+                call(writer, "fn_create_comment", {"post_id": post["id"], "author_id": other["id"], "body": "late"})
+            )
+            # the writer must be blocked on our lock before we commit
+            waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid = $1"
+            while not await deleter.fetchval(waiting, writer.get_server_pid()):
+                assert not racing.done(), racing.result()
+                await asyncio.sleep(0.01)  # polling a condition, bounded by the test timeout
+            await tr.commit()
+            late = await asyncio.wait_for(racing, TIMEOUT)
+            assert late["success"] is False and late["errors"][0]["code"] == "NOT_FOUND"
+            tx = result["cascade"]["metadata"]["transaction_id"]
+            assert notified_keys(await listener.for_tx(tx)) <= cascade_keys(result)
+
+    asyncio.run(main())
+
+
+def test_pg_stat_statements_counts_executions(pg_dsn: str) -> None:
+    async def body(conn: asyncpg.Connection) -> None:
+        marker = uuid.uuid4().hex
+        sql = f"SELECT data FROM v_user WHERE id = $1 /* {marker} */"
+        for _ in range(3):
+            await conn.fetchval(sql, uuid.uuid4())
+        calls = await conn.fetchval(
+            "SELECT sum(calls) FROM pg_stat_statements WHERE query LIKE '%' || $1 || '%'", marker
+        )
+        assert calls == 3
+
+    run(pg_dsn, body)
