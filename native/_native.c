@@ -1486,10 +1486,10 @@ static PyObject *M_attach(PyObject *Py_UNUSED(m), PyObject *args) {
     Handle *h = map_handle(fd, size);
     if (!h) return NULL;
     hdr_t *x = h->hdr;
-    if (LD(&x->magic) != FS_MAGIC) {
-        Py_DECREF(h);
-        return fs_raise(FS_BAD_MAGIC, "not a fraiseshm arena (or still being created): magic %llu",
-                        (unsigned long long)x->magic);
+    unsigned long long magic = LD(&x->magic);
+    if (magic != FS_MAGIC) {
+        Py_DECREF(h); /* unmaps: x is gone from here on */
+        return fs_raise(FS_BAD_MAGIC, "not a fraiseshm arena (or still being created): magic %llu", magic);
     }
     if (x->version != FS_VERSION || x->size != size) {
         unsigned v = x->version;
