@@ -155,6 +155,8 @@ def wrk(url: str, body: bytes | None = None, *, duration: float = 5.0, connectio
         ).stdout
     finally:
         os.unlink(path)
+    if "FRAISESHM" not in out:
+        raise RuntimeError(f"wrk printed no summary:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     pct = {int(p): float(v) for p, v in re.findall(r"PCT (\d+) ([\d.]+)", out)}
     total, status_err, sock_err = (int(x) for x in re.search(r"FRAISESHM (\d+) (\d+) (\d+)", out).groups())  # type: ignore[union-attr]

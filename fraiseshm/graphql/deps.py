@@ -19,12 +19,19 @@ from fraiseshm.graphql.schema import EntityType
 
 
 class Dependencies:
-    __slots__ = ("tags", "ttl", "private")
+    __slots__ = ("tags", "_ttl", "_default_ttl", "private")
 
     def __init__(self, default_ttl: float) -> None:
         self.tags: set[str] = set()
-        self.ttl = default_ttl  # seconds: the smallest TTL of any type in the result
+        self._default_ttl = default_ttl
+        self._ttl: float | None = None
         self.private = False  # the result holds a type marked @cache(private: true)
+
+    @property
+    def ttl(self) -> float:
+        """Seconds: the smallest TTL of the types in the result (a type's @cache(ttl)
+        or else the configured default)."""
+        return self._default_ttl if self._ttl is None else self._ttl
 
     def root(self, field: str) -> None:
         self.tags.add("query:" + field)
@@ -32,8 +39,9 @@ class Dependencies:
     def record(self, entity: EntityType, value: Any, is_list: bool) -> None:
         name = entity.name
         self.tags.add("type:" + name)
-        if entity.ttl is not None and entity.ttl < self.ttl:
-            self.ttl = entity.ttl
+        ttl = self._default_ttl if entity.ttl is None else entity.ttl
+        if self._ttl is None or ttl < self._ttl:
+            self._ttl = ttl
         if entity.private:
             self.private = True
         if is_list:
