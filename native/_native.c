@@ -874,10 +874,7 @@ static PyObject *H_put(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
     t.check = fs_hash(run, runlen, c);
     if (run != small) PyMem_Free(run);
     uint32_t si = shard_index(h, t.key_hash);
-    if (shard_lock(h, si) != FS_OK) {
-        fs_raise(FS_LOCK_BROKEN, "shard %u lock is not recoverable", si);
-        goto done;
-    }
+    if (shard_lock(h, si) != FS_OK) goto lock_broken; /* LOCK: not held on this path */
     int st = put_locked(h, shard(h, si), &t, deps, key, val, now);
     shard_unlock(h, si);
     report_wipe(h);
@@ -888,6 +885,9 @@ static PyObject *H_put(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
     count(h, C_PUTS, 1);
     count(h, C_BYTES_WRITTEN, (uint64_t)vlen);
     res = Py_NewRef(Py_True);
+    goto done;
+lock_broken:
+    fs_raise(FS_LOCK_BROKEN, "shard %u lock is not recoverable", si);
 done:
     if (deps != stackbuf) PyMem_Free(deps);
     return res;
