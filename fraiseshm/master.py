@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from fraiseshm.arena import Arena
+from fraiseshm.coalesce.doorbell import Doorbells
 from fraiseshm.config import ENV_PREFIX, Settings
 
 log = logging.getLogger("fraiseshm.master")
@@ -23,11 +24,14 @@ log = logging.getLogger("fraiseshm.master")
 class Master:
     settings: Settings
     arena: Arena | None
+    bells: Doorbells | None = None
 
     def reap(self, pid: int) -> None:
         """A worker exited (cleanly or SIGKILLed): keep its counters, free its slots."""
         if self.arena is not None and self.arena.reap(pid):
             log.info("reaped worker %d: stats folded into totals, flights released", pid)
+            if self.bells is not None:  # followers of its flights re-read at once
+                self.bells.ring_all(self.settings.effective_workers())
 
     def stop(self) -> None:
         if self.arena is not None:
@@ -36,6 +40,10 @@ class Master:
             Arena.unlink(name)
             self.arena = None
             log.info("arena %s unlinked", name)
+        if self.bells is not None:
+            self.bells.close()
+            Doorbells.unlink(self.settings.arena_name)
+            self.bells = None
 
 
 def start_master(settings: Settings, _log: object = None) -> Master:
@@ -48,7 +56,7 @@ def start_master(settings: Settings, _log: object = None) -> Master:
         os.environ[ENV_PREFIX + "DATABASE_DSN"] = dsn
         settings = msgspec.structs.replace(settings, database_dsn=dsn)
         log.info("embedded PostgreSQL ready at %s", dsn)
-    arena = None
+    arena, bells = None, None
     if settings.cache_enabled:
         arena = Arena.create(
             settings.arena_name,
@@ -58,4 +66,6 @@ def start_master(settings: Settings, _log: object = None) -> Master:
             tag_slots=settings.tag_slots,
         )
         log.info("arena %s created: %d MiB", settings.arena_name, settings.arena_size >> 20)
-    return Master(settings=settings, arena=arena)
+        if settings.coalesce:
+            bells = Doorbells.create(settings.arena_name)
+    return Master(settings=settings, arena=arena, bells=bells)

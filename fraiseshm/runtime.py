@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 
 from fraiseshm.arena import Arena
+from fraiseshm.coalesce.coalescer import Coalescer
+from fraiseshm.coalesce.doorbell import Doorbells
 from fraiseshm.config import Settings
 from fraiseshm.db.pool import Database
 from fraiseshm.graphql.execute import Executor
@@ -23,6 +25,7 @@ class Runtime:
         self.served: ServedSchema | None = None
         self.db: Database | None = None
         self.arena: Arena | None = None
+        self.coalescer: Coalescer | None = None
         self._service: GraphQLService | None = None
 
     @property
@@ -45,12 +48,25 @@ class Runtime:
         if s.cache_enabled:
             self.arena = Arena.attach(s.arena_name)
             self.arena.register_process()
-        self._service = GraphQLService(s, self.served, executor, self.arena)
+            if s.coalesce:
+                self.coalescer = Coalescer(
+                    self.arena,
+                    Doorbells.open(s.arena_name),
+                    lease=s.coalesce_lease,
+                    wait=s.coalesce_wait,
+                    execute_on_timeout=s.coalesce_on_timeout == "execute",
+                    workers=s.effective_workers(),
+                )
+        self._service = GraphQLService(s, self.served, executor, self.arena, coalescer=self.coalescer)
         log.info("worker ready: schema %s, cache %s", s.schema_sdl, "on" if self.arena else "off")
 
     async def stop(self) -> None:
         if self.db is not None:
             await self.db.close()
+        if self.coalescer is not None:
+            self.coalescer.close()
+            self.coalescer.bells.close()
+            self.coalescer = None
         if self.arena is not None:
             self.arena.close()
             self.arena = None

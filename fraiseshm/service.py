@@ -26,6 +26,7 @@ from graphql import ExecutionResult, GraphQLError
 
 from fraiseshm.arena import Arena, Counter
 from fraiseshm.cascade.tags import CascadePlan, plan_invalidation
+from fraiseshm.coalesce.coalescer import Coalescer, Filled
 from fraiseshm.config import Settings
 from fraiseshm.errors import DatabaseUnavailable, EntryTooLarge, MutationFailed
 from fraiseshm.graphql.deps import Dependencies
@@ -94,12 +95,14 @@ class GraphQLService:
         executor: Executor,
         arena: Arena | None,
         *,
+        coalescer: Coalescer[Reply] | None = None,
         on_cascade: Callable[[RootMutation, Any, CascadePlan, int | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.served = served
         self.executor = executor
         self.arena = arena
+        self.coalescer = coalescer
         self.on_cascade = on_cascade  # audit hook: (mutation, response, plan, seq)
         self._entity_names = tuple(served.entities)
         self._query_names = served.query_names
@@ -151,15 +154,24 @@ class GraphQLService:
         if arena is None or meta.no_cache:
             if arena is not None:
                 arena.incr(Counter.BYPASSES)
-            reply, _ = await self._execute(prepared, variables, meta, key=None)
-            reply.headers["X-Cache"] = "BYPASS"
-            return reply
+            filled = await self._execute(prepared, variables, meta, key=None)
+            filled.reply.headers["X-Cache"] = "BYPASS"
+            return filled.reply
 
         key = cache_key(prepared.digest, self.served.version, variables, meta.scope)
         body = arena.get(key)
         if body is not None:
             return self._hit(body, meta)
-        reply, _ = await self._execute(prepared, variables, meta, key=key)
+        if self.coalescer is None:
+            reply = (await self._execute(prepared, variables, meta, key=key)).reply
+        else:
+            reply = await self.coalescer.fetch(
+                key,
+                arena.current_seq(),
+                execute=lambda: self._execute(prepared, variables, meta, key=key),
+                read=lambda: self._read(key, meta),
+                failed=lambda message: self._leader_failed(message, meta),
+            )
         reply.headers["X-Cache"] = "MISS"
         return reply
 
@@ -170,12 +182,24 @@ class GraphQLService:
             return Reply(304, b"", meta.media_type, headers)
         return Reply(200, body, meta.media_type, headers)
 
+    def _read(self, key: bytes, meta: RequestMeta) -> Reply | None:
+        """A coalesced follower's answer: the leader's result, as the arena holds it now."""
+        body = self.arena.get(key) if self.arena is not None else None
+        if body is None:
+            return None
+        return Reply(200, body, meta.media_type, {"ETag": etag_of(body), "Cache-Control": self._cache_control(meta)})
+
+    def _leader_failed(self, message: str, meta: RequestMeta) -> Reply:
+        status, _, text = message.partition(" ")
+        code = int(status) if status.isdigit() else 500
+        return error_reply(code, text or message, meta.media_type, code="COALESCED_LEADER_FAILED")
+
     def _cache_control(self, meta: RequestMeta) -> str:
         # no-cache: browsers and CDNs must revalidate (ETag), since only this server
         # hears the cascades that invalidate; scoped entries are never for shared caches.
         return "private, no-cache" if meta.scope else "no-cache"
 
-    async def _execute(self, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta, key: bytes | None) -> tuple[Reply, bool]:
+    async def _execute(self, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta, key: bytes | None) -> Filled[Reply]:
         """Run the query against PostgreSQL; store the result when it may be cached."""
         arena = self.arena
         fill_seq = arena.current_seq() if arena is not None else 0  # read BEFORE the database
@@ -186,19 +210,23 @@ class GraphQLService:
             arena.incr(Counter.DB_EXECUTIONS)
             arena.observe(time.perf_counter() - started)
         reply = self._result_reply(result, meta)
-        stored = False
-        if key is not None and arena is not None and reply.status == 200 and not result.errors:
+        ok = reply.status == 200 and not result.errors
+        if ok and key is not None and arena is not None:
             if deps.private and not meta.scope:
                 log.debug("result holds a private type and the request has no scope: not cached")
             else:
                 try:
-                    stored = arena.put(key, reply.body, sorted(deps.tags), fill_seq, deps.ttl)
+                    arena.put(key, reply.body, sorted(deps.tags), fill_seq, deps.ttl)
                 except EntryTooLarge:
                     log.info("response of %d bytes is above max_entry_bytes: served uncached", len(reply.body))
         if reply.status == 200:
             reply.headers["ETag"] = etag_of(reply.body)
             reply.headers["Cache-Control"] = self._cache_control(meta)
-        return reply, stored
+        error = ""
+        if not ok:
+            first = result.errors[0].message if result.errors else "request failed"
+            error = f"{reply.status} {first}"
+        return Filled(reply, fill_seq=fill_seq, ok=ok, error=error)
 
     # --- mutations --------------------------------------------------------------
 

@@ -54,10 +54,17 @@ class Doorbells:
         return len(self._bells)
 
     def ring(self, slot: int, waiters: int) -> None:
-        """Wake every follower of a flight with one ring: one post per waiting process."""
+        """Wake every follower of a flight with one ring: the bell is raised to one
+        post per process that may wait. Topping up (instead of adding) keeps the
+        count bounded when nobody was waiting, so spurious wake-ups stay few."""
         bell = self._bells[slot % len(self._bells)]
-        for _ in range(min(max(waiters, 1), MAX_RING)):
+        for _ in range(min(max(waiters, 1), MAX_RING) - bell.value):
             bell.release()
+
+    def ring_all(self, waiters: int) -> None:
+        """After a worker died: wake whoever followed its flights, whatever their slot."""
+        for slot in range(len(self._bells)):
+            self.ring(slot, waiters)
 
     def wait(self, slot: int, timeout: float) -> bool:
         """Blocks the calling thread (never the event loop) up to timeout seconds."""

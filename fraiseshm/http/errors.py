@@ -14,7 +14,7 @@ import falcon
 import falcon.asgi
 import msgspec
 
-from fraiseshm.errors import BodyTooLarge, DatabaseUnavailable, NotAuthorized, RequestError
+from fraiseshm.errors import BodyTooLarge, CoalesceTimeout, DatabaseUnavailable, NotAuthorized, RequestError
 
 log = logging.getLogger("fraiseshm.http")
 
@@ -42,6 +42,11 @@ async def _on_database_unavailable(_req: Any, resp: falcon.asgi.Response, exc: D
     graphql_error(resp, 503, "the database is unavailable; retry shortly", "DATABASE_UNAVAILABLE")
 
 
+async def _on_coalesce_timeout(_req: Any, resp: falcon.asgi.Response, exc: CoalesceTimeout, _params: Any) -> None:
+    log.warning("%s", exc)
+    graphql_error(resp, 504, str(exc), "COALESCE_TIMEOUT")
+
+
 async def _on_not_authorized(_req: Any, resp: falcon.asgi.Response, exc: NotAuthorized, _params: Any) -> None:
     log.warning("admin request refused: %s", exc)
     graphql_error(resp, 401, str(exc), "UNAUTHORIZED")
@@ -67,3 +72,4 @@ def install_error_handlers(app: falcon.asgi.App) -> None:
     app.add_error_handler(BodyTooLarge, _on_body_too_large)
     app.add_error_handler(DatabaseUnavailable, _on_database_unavailable)
     app.add_error_handler(NotAuthorized, _on_not_authorized)
+    app.add_error_handler(CoalesceTimeout, _on_coalesce_timeout)
