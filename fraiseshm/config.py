@@ -91,10 +91,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ConfigError(
                 f"pool_max_size ({self.pool_max_size}) is below pool_min_size ({self.pool_min_size})"
             )
-        if self.max_entry_bytes * 4 > self.arena_size:
+        if self.max_entry_bytes * 8 > self.arena_size:
+            # the arena keeps room for at least 4 largest entries per shard, plus its tables
             raise ConfigError(
-                f"max_entry_bytes ({self.max_entry_bytes}) must be at most a quarter of "
-                f"arena_size ({self.arena_size}); raise FRAISESHM_ARENA_SIZE"
+                f"max_entry_bytes ({self.max_entry_bytes}) must be at most an eighth of "
+                f"arena_size ({self.arena_size}); raise FRAISESHM_ARENA_SIZE or lower FRAISESHM_MAX_ENTRY_BYTES"
             )
         if self.coalesce_lease >= self.worker_timeout:
             raise ConfigError(

@@ -6,6 +6,7 @@ Built in the worker after fork (ASGI lifespan startup), closed on shutdown.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fraiseshm.arena import Arena
 from fraiseshm.coalesce.coalescer import Coalescer
@@ -20,8 +21,11 @@ log = logging.getLogger("fraiseshm.runtime")
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store_factory: Callable[[Settings], Arena] | None = None) -> None:
+        """store_factory: perf/ swaps in the alternatives it compares against
+        (anything with the Arena methods GraphQLService calls); coalescing is off then."""
         self.settings = settings
+        self._store_factory = store_factory
         self.served: ServedSchema | None = None
         self.db: Database | None = None
         self.arena: Arena | None = None
@@ -45,7 +49,9 @@ class Runtime:
             statement_timeout_ms=s.statement_timeout_ms,
         )
         executor = Executor(self.served, self.db, max_depth=s.max_query_depth, max_documents=s.max_document_cache)
-        if s.cache_enabled:
+        if self._store_factory is not None:
+            self.arena = self._store_factory(s)
+        elif s.cache_enabled:
             self.arena = Arena.attach(s.arena_name)
             self.arena.register_process()
             if s.coalesce:

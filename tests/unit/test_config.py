@@ -32,7 +32,7 @@ def test_environment_types_are_converted() -> None:
         ({"FRAISESHM_WORKRS": "2"}, ["unknown setting", "workrs"]),
         ({"FRAISESHM_BIND": "nowhere"}, ["bind", "host:port"]),
         ({"FRAISESHM_COALESCE_LEASE": "60"}, ["coalesce_lease", "worker_timeout"]),
-        ({"FRAISESHM_MAX_ENTRY_BYTES": str(128 << 20)}, ["max_entry_bytes", "FRAISESHM_ARENA_SIZE"]),
+        ({"FRAISESHM_MAX_ENTRY_BYTES": str(64 << 20)}, ["max_entry_bytes", "FRAISESHM_ARENA_SIZE"]),
         ({"FRAISESHM_LOG_LEVEL": "loud"}, ["log_level"]),
     ],
 )
