@@ -66,7 +66,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     coalesce_lease: PositiveFloat = 10.0  # seconds a leader owns a flight
     coalesce_wait: PositiveFloat = 15.0  # seconds a follower waits before giving up
     coalesce_on_timeout: Literal["error", "execute"] = "error"  # what a timed-out follower does
-    stale_while_revalidate: Annotated[float, Meta(ge=0)] = 0.0  # seconds; 0 = off
+    stale_while_revalidate: bool = False  # serve a TTL-expired (never an invalidated) entry while one leader refreshes
 
     # --- isolation / admin ---------------------------------------------------
     scope_header: str = ""  # request header whose value scopes the cache (tenant/user)

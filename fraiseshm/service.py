@@ -14,6 +14,7 @@ request that fails GraphQL validation still gets 200; with
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -104,6 +105,7 @@ class GraphQLService:
         self.arena = arena
         self.coalescer = coalescer
         self.on_cascade = on_cascade  # audit hook: (mutation, response, plan, seq)
+        self._refreshing: set[asyncio.Task[Any]] = set()  # stale-while-revalidate refreshes
         self._entity_names = tuple(served.entities)
         self._query_names = served.query_names
 
@@ -162,18 +164,39 @@ class GraphQLService:
         body = arena.get(key)
         if body is not None:
             return self._hit(body, meta)
-        if self.coalescer is None:
-            reply = (await self._execute(prepared, variables, meta, key=key)).reply
-        else:
-            reply = await self.coalescer.fetch(
-                key,
-                arena.current_seq(),
-                execute=lambda: self._execute(prepared, variables, meta, key=key),
-                read=lambda: self._read(key, meta),
-                failed=lambda message: self._leader_failed(message, meta),
-            )
+        if self.settings.stale_while_revalidate:
+            stale = arena.get_stale(key)  # TTL expired, dependencies still valid
+            if stale is not None:
+                self._refresh_in_background(key, prepared, variables, meta)
+                reply = self._hit(stale, meta)
+                reply.headers["X-Cache"] = "STALE"
+                return reply
+        reply = await self._fill(key, prepared, variables, meta)
         reply.headers["X-Cache"] = "MISS"
         return reply
+
+    async def _fill(self, key: bytes, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
+        """Execute and store, once per key per host when coalescing is on."""
+        if self.coalescer is None or self.arena is None:
+            return (await self._execute(prepared, variables, meta, key=key)).reply
+        return await self.coalescer.fetch(
+            key,
+            self.arena.current_seq(),
+            execute=lambda: self._execute(prepared, variables, meta, key=key),
+            read=lambda: self._read(key, meta),
+            failed=lambda message: self._leader_failed(message, meta),
+        )
+
+    def _refresh_in_background(self, key: bytes, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta) -> None:
+        """One refresh per key per host: the coalescer shares it with every other request."""
+        task = asyncio.get_running_loop().create_task(self._fill(key, prepared, variables, meta))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refresh_done)
+
+    def _refresh_done(self, task: asyncio.Task[Any]) -> None:
+        self._refreshing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("stale-while-revalidate refresh failed: %s", task.exception())
 
     def _hit(self, body: bytes, meta: RequestMeta) -> Reply:
         etag = etag_of(body)
