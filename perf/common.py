@@ -182,3 +182,57 @@ def spread(values: list[float]) -> str:
     if len(values) < 2:
         return ""
     return f"±{(max(values) - min(values)) / 2:.0f}"
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A private redis-server (Debian package) on a free loopback port, no persistence; yields its URL."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise SystemExit("redis-server is not installed: apt-get install redis-server (make perf does it)")
+    port = free_port()
+    proc = subprocess.Popen([server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {port} did not start") from None
+                time.sleep(0.05)  # the socket is not open yet; nothing to await
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+# Statements the executor sends for queries: one SELECT per root field on a view.
+# Mutation functions run as `SELECT fn_...($1::jsonb)` and are not counted
+# (pg_stat_statements tracks top-level statements only).
+_DB_EXECUTIONS = (
+    "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
+    "WHERE query ~ 'FROM v_(user|post|comment)' AND query !~ 'fn_'"
+)
+
+
+def psql(dsn: str, sql: str) -> str:
+    """Run SQL against dsn with the cluster's psql (unaligned, tuples only)."""
+    from fraiseshm.db.embedded import find_bindir
+
+    out = subprocess.run([str(find_bindir() / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", dsn, "-c", sql],
+                         capture_output=True, text=True, check=True, env={**os.environ, "LC_ALL": "C"})
+    return out.stdout
+
+
+def reset_db_executions(dsn: str) -> None:
+    psql(dsn, "SELECT pg_stat_statements_reset()")
+
+
+def db_executions(dsn: str) -> int:
+    """Query statements PostgreSQL executed since the last reset_db_executions()."""
+    return int(psql(dsn, _DB_EXECUTIONS).strip() or 0)
