@@ -18,6 +18,7 @@ from fraiseshm.config import Settings
 from fraiseshm.http.errors import install_error_handlers
 from fraiseshm.http.graphql_resource import GraphQLResource
 from fraiseshm.http.health import HealthResource
+from fraiseshm.http.metrics_resource import MetricsResource
 from fraiseshm.runtime import Runtime
 
 log = logging.getLogger("fraiseshm.http")
@@ -55,5 +56,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> falcon.asg
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/graphql", GraphQLResource(runtime))
     app.add_route("/health", HealthResource(runtime))
+    app.add_route("/metrics", MetricsResource(runtime))
     install_error_handlers(app)
     return app

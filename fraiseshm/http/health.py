@@ -1,23 +1,45 @@
-"""GET /health: is this worker able to serve? (scaling advice comes with the metrics.)"""
+"""GET /health: ok / degraded / failing, with reasons and scaling advice.
+
+The verdict is fraiseshm.metrics.health.assess() over the arena's host-wide
+figures; rates come from this worker's bounded ring of earlier /health reads
+(the first call after start has no rates, only lifetime ratios). 200 for ok
+and degraded (still serving), 503 for failing.
+"""
 
 from __future__ import annotations
 
 import falcon.asgi
 import msgspec
 
+from fraiseshm.metrics import figures
+from fraiseshm.metrics.health import Sample, SampleRing, Thresholds, assess
 from fraiseshm.runtime import Runtime
 
 
 class HealthResource:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, ring: SampleRing | None = None) -> None:
         self.runtime = runtime
+        self.ring = ring or SampleRing()
 
     async def on_get(self, _req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        db = self.runtime.db
-        reasons = []
+        rt = self.runtime
+        db = rt.db
+        db_error = None
         if db is None or not await db.ping():
-            reasons.append(f"database unreachable: {db.last_error if db else 'not started'}")
-        status = "failing" if reasons else "ok"
-        resp.status = 503 if reasons else 200
+            db_error = db.last_error if db is not None else "worker not started"
+        arena = rt.arena
+        linked = True
+        figs = None
+        if arena is not None and hasattr(arena, "stats"):  # perf/ stores without stats have none
+            figs = figures.read(arena)
+            linked = figs["linked"]
+        th = Thresholds(cascade_failure_ratio=rt.settings.cascade_failure_threshold)
+        if figs is not None:
+            sample = Sample.of(self.ring.now(), figs)
+            verdict = assess(sample, self.ring.push(sample), th, database_error=db_error, arena_linked=linked)
+        else:
+            verdict = assess(Sample(self.ring.now(), {}), None, th, database_error=db_error, cache_enabled=False)
+        resp.status = verdict.http_status
         resp.content_type = "application/json"
-        resp.data = msgspec.json.encode({"status": status, "reasons": reasons})
+        resp.cache_control = ["no-store"]
+        resp.data = msgspec.json.encode(verdict.as_dict())

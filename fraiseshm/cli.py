@@ -1,0 +1,283 @@
+"""The `fraiseshm` command: attach to a live arena by name and look, check or act.
+
+    fraiseshm [--arena NAME] stats [--json]     per-process and arena figures
+    fraiseshm [--arena NAME] top [--interval S] live per-process view (rich)
+    fraiseshm [--arena NAME] check              fsck of every layout invariant; exit 1 on problems
+    fraiseshm [--arena NAME] invalidate TAG...  e.g. User:42  User:*  query:users
+    fraiseshm [--arena NAME] flush              invalidate everything
+    fraiseshm audit [--dsn DSN] [--limit N]     recent cascade failures from PostgreSQL
+
+Exit codes: 0 fine, 1 check found problems, 2 no arena / another layout
+version / bad configuration / audit trail unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from fraiseshm.arena import Arena
+from fraiseshm.arena.layout import LAYOUT_VERSION
+from fraiseshm.config import load_settings
+from fraiseshm.errors import ArenaLayoutMismatch, ArenaNotFound, ConfigError
+from fraiseshm.metrics import figures
+
+EXIT_PROBLEMS = 1
+EXIT_UNAVAILABLE = 2
+
+
+class CliError(Exception):
+    """Printed as `fraiseshm: <message>` with exit code 2."""
+
+
+def _attach(name: str) -> Arena:
+    try:
+        return Arena.attach(name)
+    except ArenaNotFound as exc:
+        raise CliError(f"{exc.strerror or exc} (pass --arena NAME, or set FRAISESHM_ARENA_NAME)") from None
+    except ArenaLayoutMismatch as exc:
+        raise CliError(
+            f"arena {name} has another layout than this fraiseshm (layout version {LAYOUT_VERSION}): {exc}; "
+            "use the fraiseshm that runs the server"
+        ) from None
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+# --- stats ------------------------------------------------------------------------
+
+_COLUMNS = {  # counter: column header (short: the table fits 80 columns)
+    "requests": "req", "hits": "hit", "misses": "miss", "bypasses": "bypass", "db_executions": "db",
+    "mutations": "mut", "cascade_failures": "cfail", "coalesce_followed": "follow",
+    "coalesce_takeovers": "takeover", "invalidations": "inval", "evictions": "evict", "errors": "err",
+}
+
+
+def _stats_table(figs: dict[str, Any], rates: dict[int, float] | None = None) -> Table:
+    table = Table(title=f"fraiseshm arena {figs['name']}: {figs['workers']} live processes", title_justify="left")
+    table.add_column("pid", justify="right")
+    if rates is not None:
+        table.add_column("req/s", justify="right")
+        table.add_column("cpu", justify="right")
+    for header in _COLUMNS.values():
+        table.add_column(header, justify="right")
+    table.add_column("hit%", justify="right")
+    for p in figs["processes"]:
+        row = [str(p["pid"])]
+        if rates is not None:
+            r = rates.get(p["pid"])
+            row += [f"{r[0]:,.0f}" if r else "-", _pct(r[1]) if r and r[1] is not None else "-"]
+        row += [f"{p['counters'][c]:,}" for c in _COLUMNS] + [_pct(p["hit_rate"])]
+        table.add_row(*row)
+    archived = figs["archived"]
+    if any(archived[c] for c in _COLUMNS):
+        table.add_row("exited", *([""] * 2 if rates is not None else []),
+                      *[f"{archived[c]:,}" for c in _COLUMNS], _pct(figures.hit_rate(archived)), style="dim")
+    table.add_row("total", *([""] * 2 if rates is not None else []),
+                  *[f"{figs['totals'][c]:,}" for c in _COLUMNS], _pct(figs["hit_rate"]), style="bold")
+    return table
+
+
+def _arena_lines(figs: dict[str, Any]) -> str:
+    lat = figs["latency"]
+    mean = lat["sum_seconds"] / lat["count"] * 1e3 if lat["count"] else 0.0
+    return (
+        f"arena {_mib(figs['used_bytes'])} used of {_mib(figs['capacity_bytes'])} "
+        f"({_pct(figs['fill_ratio'])}), {figs['entries']:,} entries, sequence {figs['global_seq']:,}, "
+        f"oldest entry {figs['oldest_entry_age_seconds']:.0f} s, lock wipes {figs['lock_wipes']}, "
+        f"checksum failures {figs['checksum_failures']}\n"
+        f"database executions {lat['count']:,}, mean {mean:.2f} ms"
+        + ("" if figs["linked"] else "\n[bold red]segment is UNLINKED from /dev/shm[/]")
+    )
+
+
+def cmd_stats(arena: Arena, args: argparse.Namespace, console: Console) -> int:
+    figs = figures.read(arena)
+    if args.json:
+        sys.stdout.write(json.dumps(figs, indent=2, sort_keys=True) + "\n")
+        return 0
+    console.print(_stats_table(figs))
+    console.print(_arena_lines(figs))
+    return 0
+
+
+def cmd_top(arena: Arena, args: argparse.Namespace, console: Console) -> int:
+    """Per-process rates between two reads of the arena, refreshed every --interval seconds."""
+    prev, prev_t = figures.read(arena), time.monotonic()
+    rounds = 0
+    with Live(_stats_table(prev, {}), console=console, auto_refresh=False, screen=False) as live:
+        try:
+            while args.iterations == 0 or rounds < args.iterations:
+                time.sleep(args.interval)  # the refresh period itself, not a synchronisation
+                now, now_t = figures.read(arena), time.monotonic()
+                dt = now_t - prev_t
+                before = {p["pid"]: p for p in prev["processes"]}
+                rates: dict[int, Any] = {}
+                for p in now["processes"]:
+                    b = before.get(p["pid"])
+                    if b is None:
+                        continue
+                    cpu = None
+                    if p["cpu_seconds"] is not None and b["cpu_seconds"] is not None:
+                        cpu = (p["cpu_seconds"] - b["cpu_seconds"]) / dt
+                    rates[p["pid"]] = ((p["counters"]["requests"] - b["counters"]["requests"]) / dt, cpu)
+                live.update(_stats_table(now, rates), refresh=True)
+                prev, prev_t = now, now_t
+                rounds += 1
+        except KeyboardInterrupt:
+            pass
+    console.print(_arena_lines(prev))
+    return 0
+
+
+# --- check / invalidate / flush ---------------------------------------------------------------
+
+
+def cmd_check(arena: Arena, _args: argparse.Namespace, console: Console) -> int:
+    problems = arena.check()
+    if not problems:
+        console.print(f"arena {arena.name}: clean (every layout invariant holds)")
+        return 0
+    for p in problems:
+        console.print(f"[red]{p}[/]", highlight=False)
+    console.print(f"arena {arena.name}: {len(problems)} problem(s)")
+    return EXIT_PROBLEMS
+
+
+def cmd_invalidate(arena: Arena, args: argparse.Namespace, console: Console) -> int:
+    seq = arena.invalidate(args.tags)
+    console.print(f"invalidated {len(args.tags)} tag(s) at sequence {seq}", highlight=False)
+    return 0
+
+
+def cmd_flush(arena: Arena, _args: argparse.Namespace, console: Console) -> int:
+    seq = arena.flush()
+    console.print(f"flushed arena {arena.name}: entries filled before sequence {seq} are invalid", highlight=False)
+    return 0
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+AUDIT_TABLE = "fraiseshm_audit"
+_TIME_COLUMNS = ("recorded_at", "created_at", "at", "ts", "time", "logged_at")
+
+
+async def _audit_rows(dsn: str, limit: int) -> tuple[list[str], list[dict[str, Any]]] | None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        if await conn.fetchval("SELECT to_regclass($1)", AUDIT_TABLE) is None:
+            return None
+        cols = [r["column_name"] for r in await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = $1 "
+            "AND table_schema = ANY (current_schemas(false)) ORDER BY ordinal_position", AUDIT_TABLE)]
+        # The audit trail's columns belong to its owner (issue 7): read what is there.
+        where = ""
+        if "verdict" in cols:
+            where = "WHERE verdict::text NOT IN ('ok', 'OK', 'pass')"
+        elif "is_failure" in cols:
+            where = "WHERE is_failure"
+        elif "failure" in cols:
+            where = "WHERE failure"
+        order = next((c for c in _TIME_COLUMNS if c in cols), "id" if "id" in cols else None)
+        sql = f"SELECT * FROM {AUDIT_TABLE} {where}" + (f" ORDER BY {order} DESC" if order else "") + " LIMIT $1"
+        rows = [{k: (v if isinstance(v, int | float | bool | str | None) else str(v)) for k, v in r.items()}
+                for r in await conn.fetch(sql, limit)]
+        return cols, rows
+    finally:
+        await conn.close()
+
+
+def cmd_audit(args: argparse.Namespace, console: Console) -> int:
+    dsn = args.dsn or load_settings().database_dsn
+    if dsn == "embedded":
+        raise CliError("the database is the embedded cluster: pass --dsn postgresql://... "
+                       "(the server logs 'embedded PostgreSQL ready at ...')")
+    try:
+        found = asyncio.run(_audit_rows(dsn, args.limit))
+    except (OSError, TimeoutError) as exc:
+        raise CliError(f"cannot reach PostgreSQL at {dsn}: {exc}") from None
+    except Exception as exc:  # asyncpg's errors share no base with OSError
+        raise CliError(f"PostgreSQL at {dsn}: {type(exc).__name__}: {exc}") from None
+    if found is None:
+        raise CliError(f"no audit trail: table {AUDIT_TABLE} does not exist in {dsn} "
+                       "(the cascade audit (issue 7) creates it; cascade failures are still counted: "
+                       "see fraiseshm_cascade_failures_total)")
+    cols, rows = found
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        return 0
+    if not rows:
+        console.print(f"no cascade failures recorded in {AUDIT_TABLE}")
+        return 0
+    table = Table(title=f"recent cascade failures ({len(rows)})", title_justify="left")
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[str(r.get(c, "")) for c in cols])
+    console.print(table)
+    return 0
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fraiseshm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arena", help="shared-memory arena name, e.g. /fraiseshm (default: Settings.arena_name)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("stats", help="per-process and arena figures")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("top", help="live per-process view")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
+    sub.add_parser("check", help="fsck of the arena's invariants; exit 1 on problems")
+    p = sub.add_parser("invalidate", help="invalidate tags (User:42, User:*, query:users)")
+    p.add_argument("tags", nargs="+", metavar="TAG")
+    sub.add_parser("flush", help="invalidate every entry")
+    p = sub.add_parser("audit", help="recent cascade failures from PostgreSQL")
+    p.add_argument("--dsn", help="PostgreSQL DSN (default: Settings.database_dsn)")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+_COMMANDS = {"stats": cmd_stats, "top": cmd_top, "check": cmd_check, "invalidate": cmd_invalidate, "flush": cmd_flush}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        if args.command == "audit":
+            return cmd_audit(args, console)
+        name = args.arena or load_settings().arena_name
+        arena = _attach(name)
+        try:
+            return _COMMANDS[args.command](arena, args, console)
+        finally:
+            arena.close()
+    except (CliError, ConfigError) as exc:
+        err.print(f"fraiseshm: {exc}", highlight=False, markup=False)
+        return EXIT_UNAVAILABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
