@@ -46,8 +46,8 @@ def _attach(name: str) -> Arena:
         raise CliError(f"{exc.strerror or exc} (pass --arena NAME, or set FRAISESHM_ARENA_NAME)") from None
     except ArenaLayoutMismatch as exc:
         raise CliError(
-            f"arena {name} has another layout than this fraiseshm (layout version {LAYOUT_VERSION}): {exc}; "
-            "use the fraiseshm that runs the server"
+            f"cannot read arena {name}: {exc} (this fraiseshm reads layout version {LAYOUT_VERSION}; "
+            "use the fraiseshm installed with the running server)"
         ) from None
 
 
