@@ -76,6 +76,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # --- cascade audit -------------------------------------------------------
     cascade_failure_threshold: Annotated[float, Meta(ge=0, le=1)] = 0.0005  # alert ratio
     audit_retention_rows: PositiveInt = 100_000  # audit records kept in PostgreSQL
+    audit_enabled: bool = True  # verify each cascade against the triggers' record and write the audit trail
+    audit_flush_interval: Annotated[float, Meta(gt=0, le=60)] = 0.05  # seconds audit records wait to be batched
+    audit_queue_max: Annotated[int, Meta(ge=100, le=10_000_000)] = 100_000  # audit records buffered per worker
+    cascade_failure_window: Annotated[float, Meta(ge=1, le=86_400)] = 300.0  # seconds the failure rate spans
+
+    # --- writes from anywhere --------------------------------------------------
+    listen_changes: bool = True  # one worker per host LISTENs fraiseshm_changes and invalidates
+    listener_retry_interval: Annotated[float, Meta(gt=0, le=60)] = 0.5  # seconds between reconnects
+    listener_keepalive: Annotated[float, Meta(gt=0, le=300)] = 5.0  # seconds between liveness queries
 
     def effective_workers(self) -> int:
         return self.workers or (os.cpu_count() or 1)

@@ -9,9 +9,12 @@ import logging
 from collections.abc import Callable
 
 from fraiseshm.arena import Arena
+from fraiseshm.cascade.audit import Auditor, FailureWindow
 from fraiseshm.coalesce.coalescer import Coalescer
 from fraiseshm.coalesce.doorbell import Doorbells
 from fraiseshm.config import Settings
+from fraiseshm.db.audit import AuditWriter
+from fraiseshm.db.listener import Listener
 from fraiseshm.db.pool import Database
 from fraiseshm.graphql.execute import Executor
 from fraiseshm.graphql.schema import ServedSchema, load_schema
@@ -31,6 +34,9 @@ class Runtime:
         self.arena: Arena | None = None
         self.coalescer: Coalescer | None = None
         self._service: GraphQLService | None = None
+        self.audit: AuditWriter | None = None
+        self.auditor: Auditor | None = None
+        self.listener: Listener | None = None
 
     @property
     def service(self) -> GraphQLService:
@@ -63,10 +69,40 @@ class Runtime:
                     execute_on_timeout=s.coalesce_on_timeout == "execute",
                     workers=s.effective_workers(),
                 )
-        self._service = GraphQLService(s, self.served, executor, self.arena, coalescer=self.coalescer)
+        if s.audit_enabled:
+            self.audit = AuditWriter(
+                s.database_dsn,
+                retention_rows=s.audit_retention_rows,
+                queue_max=s.audit_queue_max,
+                flush_interval=s.audit_flush_interval,
+                connect_timeout=s.db_connect_timeout,
+            )
+            self.audit.start()
+            self.auditor = Auditor(self.audit.submit, FailureWindow(s.cascade_failure_window, s.cascade_failure_threshold))
+        if s.listen_changes and self._store_factory is None and self.arena is not None:
+            self.listener = Listener(
+                s.database_dsn,
+                self.arena,
+                retry_interval=s.listener_retry_interval,
+                keepalive=s.listener_keepalive,
+                connect_timeout=s.db_connect_timeout,
+            )
+            self.listener.start()
+            if self.listener.elected:
+                # The host's first listener: serve only once LISTEN is up, so that no
+                # worker caches a result before the listener's start-up flush.
+                await self.listener.wait_listening(s.db_connect_timeout)
+        self._service = GraphQLService(s, self.served, executor, self.arena, coalescer=self.coalescer,
+                                       on_cascade=self.auditor)
         log.info("worker ready: schema %s, cache %s", s.schema_sdl, "on" if self.arena else "off")
 
     async def stop(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
+        if self.audit is not None:
+            await self.audit.stop()
+            self.audit = None
         if self.db is not None:
             await self.db.close()
         if self.coalescer is not None:

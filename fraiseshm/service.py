@@ -26,12 +26,13 @@ import msgspec
 from graphql import ExecutionResult, GraphQLError
 
 from fraiseshm.arena import Arena, Counter
+from fraiseshm.cascade.changes import Changes, parse_recorded, verify
 from fraiseshm.cascade.tags import CascadePlan, plan_invalidation
 from fraiseshm.coalesce.coalescer import Coalescer, Filled
 from fraiseshm.config import Settings
-from fraiseshm.errors import DatabaseUnavailable, EntryTooLarge, MutationFailed
+from fraiseshm.errors import CascadeError, DatabaseUnavailable, EntryTooLarge, MutationFailed
 from fraiseshm.graphql.deps import Dependencies
-from fraiseshm.graphql.execute import ExecutionContext, Executor, GraphQLRequestError, Prepared
+from fraiseshm.graphql.execute import ExecutionContext, Executor, GraphQLRequestError, MutationCall, Prepared
 from fraiseshm.graphql.schema import RootMutation, ServedSchema
 from fraiseshm.keys import cache_key
 
@@ -97,14 +98,14 @@ class GraphQLService:
         arena: Arena | None,
         *,
         coalescer: Coalescer[Reply] | None = None,
-        on_cascade: Callable[[RootMutation, Any, CascadePlan, int | None], None] | None = None,
+        on_cascade: Callable[[RootMutation, Any, CascadePlan, int | None, MutationCall, Changes | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.served = served
         self.executor = executor
         self.arena = arena
         self.coalescer = coalescer
-        self.on_cascade = on_cascade  # audit hook: (mutation, response, plan, seq)
+        self.on_cascade = on_cascade  # audit hook: (mutation, response, plan, seq, call, changes)
         self._refreshing: set[asyncio.Task[Any]] = set()  # stale-while-revalidate refreshes
         self._entity_names = tuple(served.entities)
         self._query_names = served.query_names
@@ -255,21 +256,35 @@ class GraphQLService:
 
     async def _mutate(self, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
         deps = Dependencies(self.settings.default_ttl)
-        context = ExecutionContext(deps=deps, on_mutation=self._apply_cascade)
+        context = ExecutionContext(deps=deps, on_mutation=self._apply_cascade, record_changes=self.settings.audit_enabled)
         result = await self.executor.run(prepared, variables, context)
         reply = self._result_reply(result, meta)
         reply.headers["X-Cache"] = "BYPASS"
         reply.headers["Cache-Control"] = "no-store"
         return reply
 
-    async def _apply_cascade(self, mutation: RootMutation, response: Any) -> None:
-        """Runs after the function committed and before the response is encoded."""
+    async def _apply_cascade(self, mutation: RootMutation, response: Any, call: MutationCall) -> None:
+        """Runs after the function committed and before the response is encoded.
+
+        With audit_enabled the cascade is checked against what the change triggers
+        recorded in the same transaction (fraiseshm/cascade/changes.py); a failure
+        is repaired here, before the response, by the wider invalidation.
+        """
         plan = plan_invalidation(
             response,
             touches=mutation.touches,
             query_names=self._query_names,
             known_types=self._entity_names,
         )
+        changes = None
+        if self.settings.audit_enabled:
+            try:
+                changes = parse_recorded(call.changes, call.transaction_id)
+            except CascadeError as exc:
+                log.error("%s: %s; invalidating its types", mutation.field, exc)
+                plan.tags.update(tag for t in mutation.touches for tag in ("type:" + t, t + ":*"))
+            else:
+                verify(plan, changes, touches=mutation.touches)
         seq = None
         arena = self.arena
         if arena is not None:
@@ -283,7 +298,7 @@ class GraphQLService:
         if plan.is_failure:
             log.error("cascade failure in %s (%s): %s; invalidated %s", mutation.field, plan.verdict, plan.detail, sorted(plan.tags))
         if self.on_cascade is not None:
-            self.on_cascade(mutation, response, plan, seq)
+            self.on_cascade(mutation, response, plan, seq, call, changes)
 
     # --- replies ------------------------------------------------------------------
 

@@ -632,6 +632,13 @@ $$;
 -- (a User:id tag covers every cached post that embeds that user). Rows deleted
 -- by ON DELETE CASCADE fire their own table's trigger.
 -- NOTIFY is delivered at commit, and not at all if the transaction aborts.
+--
+-- The same changes are also appended to the transaction-local setting
+-- fraiseshm.changes ("Type:id" tokens separated by spaces; "Type:*" for a
+-- statement whose rows are too many to list), which the server reads in the
+-- mutation's own transaction, right after the function returned, to check the
+-- function's cascade against what PostgreSQL actually changed. A rolled-back
+-- subtransaction (an EXCEPTION block) rolls its part of the setting back too.
 CREATE OR REPLACE FUNCTION fn_notify_changes() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -641,8 +648,11 @@ DECLARE
     -- list cannot fit, so skip building it.
     max_rows CONSTANT int := max_payload / 40;
     tx text := txid_current()::text;
+    -- fraiseshm.changes stops listing ids past this length (type-level tokens then)
+    max_recorded CONSTANT int := 65536;
     ids uuid[];
     payload text;
+    recorded text := coalesce(current_setting('fraiseshm.changes', true), '');
 BEGIN
     -- PERF: LIMIT max_rows + 1 so that a million-row statement costs no more
     -- than a small one here.
@@ -665,6 +675,12 @@ BEGIN
         payload := jsonb_build_object('tx', tx, 'types', jsonb_build_array(typename))::text;
     END IF;
     PERFORM pg_notify('fraiseshm_changes', payload);
+    IF cardinality(ids) <= max_rows AND octet_length(recorded) < max_recorded THEN
+        recorded := recorded || ' ' || (SELECT string_agg(typename || ':' || i, ' ') FROM unnest(ids) AS i);
+    ELSE
+        recorded := recorded || ' ' || typename || ':*';
+    END IF;
+    PERFORM set_config('fraiseshm.changes', recorded, true);
     RETURN NULL;
 END
 $$;

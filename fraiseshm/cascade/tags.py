@@ -50,7 +50,8 @@ class _Cascade(msgspec.Struct):
     metadata: _Metadata
 
 
-Verdict = Literal["ok", "missing", "malformed", "truncated", "not_applied"]
+# unlisted: PostgreSQL changed entities the cascade does not name (fraiseshm/cascade/changes.py)
+Verdict = Literal["ok", "missing", "malformed", "truncated", "not_applied", "unlisted"]
 
 
 @dataclass(slots=True)
@@ -63,10 +64,12 @@ class CascadePlan:
     detail: str = ""
     transaction_id: str | None = None
     entities: set[str] = field(default_factory=set)  # "Type:id" the cascade names
+    cut_types: set[str] = field(default_factory=set)  # types a truncated cascade did not list in full
+    unlisted: set[str] = field(default_factory=set)  # changed in PostgreSQL, absent from the cascade
 
     @property
     def is_failure(self) -> bool:
-        return self.verdict in ("missing", "malformed")
+        return self.verdict in ("missing", "malformed", "unlisted")
 
 
 def plan_invalidation(
@@ -123,6 +126,7 @@ def plan_invalidation(
 
     if cascade.metadata.truncated:
         cut = cascade.metadata.truncated_types or list(touches)
+        plan.cut_types.update(cut)
         plan.tags.update("type:" + t for t in cut)
         plan.tags.update(t + ":*" for t in cut)
         if plan.verdict == "ok":

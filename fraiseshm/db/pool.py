@@ -70,6 +70,7 @@ class Database:
         self._creating: asyncio.Lock | None = None
         self._down_until = 0.0  # monotonic time before which we answer "down" at once
         self._last_error = ""
+        self._mutation_sql: dict[str, str] = {}  # function -> its call_mutation statement
 
     @property
     def is_connected(self) -> bool:
@@ -141,6 +142,34 @@ class Database:
             raise MutationFailed(
                 f"{function} failed: {exc.__class__.__name__}: {exc}" + (f" ({detail})" if detail else "")
             ) from exc
+
+    async def call_mutation(self, function: str, payload: dict[str, Any]) -> tuple[Any, str | None, str | None]:
+        """Like call_function, and in the same transaction (one statement, one round trip)
+        read what the change triggers recorded for it: (response, fraiseshm.changes, txid).
+
+        The MATERIALIZED CTE runs the function before the outer SELECT reads the
+        transaction-local setting its triggers appended to (examples/blog/schema.sql).
+        """
+        sql = self._mutation_sql.get(function)
+        if sql is None:
+            sql = self._mutation_sql[function] = (
+                f"WITH m AS MATERIALIZED (SELECT {function}($1::jsonb) AS r) "
+                "SELECT r, current_setting('fraiseshm.changes', true), txid_current_if_assigned()::text FROM m"
+            )
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn:
+                row = await conn.fetchrow(sql, payload)
+        except _UNAVAILABLE as exc:
+            self._mark_down(exc)
+            await self._reset_pool()
+            raise DatabaseUnavailable(f"PostgreSQL connection lost: {self._last_error}") from exc
+        except asyncpg.PostgresError as exc:
+            detail = getattr(exc, "detail", None)
+            raise MutationFailed(
+                f"{function} failed: {exc.__class__.__name__}: {exc}" + (f" ({detail})" if detail else "")
+            ) from exc
+        return row[0], row[1], row[2]
 
     async def ping(self) -> bool:
         try:

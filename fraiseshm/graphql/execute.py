@@ -10,6 +10,7 @@ invalidates from the cascade there, after commit and before the response).
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -58,10 +59,20 @@ class Prepared:
     digest: bytes  # hash of the normalised document (print_ast) + operation name
 
 
+@dataclass(frozen=True, slots=True)
+class MutationCall:
+    """What the mutation's own transaction recorded besides the function's response."""
+
+    changes: str | None  # the triggers' fraiseshm.changes setting ("User:<id> Post:* ...")
+    transaction_id: str | None  # txid_current_if_assigned(); None if nothing was written
+    seconds: float  # the function call as the server saw it
+
+
 @dataclass(slots=True)
 class ExecutionContext:
     deps: Dependencies
-    on_mutation: Callable[[RootMutation, Any], Awaitable[None]] | None = None
+    on_mutation: Callable[[RootMutation, Any, MutationCall], Awaitable[None]] | None = None
+    record_changes: bool = False  # read what the triggers recorded (cascade verification)
 
 
 def _select_operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode:
@@ -230,10 +241,15 @@ class Executor:
 
     def _mutation_resolver(self, mutation: RootMutation):  # noqa: ANN202
         async def resolve(_source: Any, info: Any, input: dict[str, Any]) -> Any:  # noqa: A002
-            response = await self.db.call_function(mutation.function, _to_snake(input))
             context: ExecutionContext = info.context
+            started = time.perf_counter()
+            if context.record_changes:
+                response, changes, txid = await self.db.call_mutation(mutation.function, _to_snake(input))
+            else:
+                response, changes, txid = await self.db.call_function(mutation.function, _to_snake(input)), None, None
+            call = MutationCall(changes, txid, time.perf_counter() - started)
             if context.on_mutation is not None:
-                await context.on_mutation(mutation, response)
+                await context.on_mutation(mutation, response, call)
             if not isinstance(response, dict):
                 raise GraphQLError(f"{mutation.function} returned {type(response).__name__}, not a JSON object")
             return response
@@ -241,4 +257,4 @@ class Executor:
         return resolve
 
 
-__all__ = ["Executor", "ExecutionContext", "GraphQLRequestError", "Prepared", "camel_case"]
+__all__ = ["Executor", "ExecutionContext", "GraphQLRequestError", "MutationCall", "Prepared", "camel_case"]

@@ -15,6 +15,7 @@ import falcon
 import falcon.asgi
 
 from fraiseshm.config import Settings
+from fraiseshm.http.admin import add_admin_routes
 from fraiseshm.http.errors import install_error_handlers
 from fraiseshm.http.graphql_resource import GraphQLResource
 from fraiseshm.http.health import HealthResource
@@ -57,5 +58,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> falcon.asg
     app.add_route("/graphql", GraphQLResource(runtime))
     app.add_route("/health", HealthResource(runtime))
     app.add_route("/metrics", MetricsResource(runtime))
+    add_admin_routes(app, runtime)
     install_error_handlers(app)
     return app
