@@ -54,6 +54,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     # --- cache arena ---------------------------------------------------------
     cache_enabled: bool = True  # false: every query goes to PostgreSQL
+    stats_enabled: bool = True  # false: no per-request counters (perf/bench_stats.py's "off" build)
     arena_name: str = "/fraiseshm"  # POSIX shm name (also prefixes the semaphores)
     arena_size: Annotated[int, Meta(ge=4 * MiB)] = 256 * MiB  # bytes, fixed at start
     max_entry_bytes: Annotated[int, Meta(ge=1024)] = 1 * MiB  # larger responses go uncached

@@ -106,6 +106,7 @@ class GraphQLService:
         self.arena = arena
         self.coalescer = coalescer
         self.on_cascade = on_cascade  # audit hook: (mutation, response, plan, seq, call, changes)
+        self._counted = arena if settings.stats_enabled else None  # per-request counters; failures always count
         self._refreshing: set[asyncio.Task[Any]] = set()  # stale-while-revalidate refreshes
         self._entity_names = tuple(served.entities)
         self._query_names = served.query_names
@@ -134,7 +135,7 @@ class GraphQLService:
         return await self.handle(query, params.get("operationName") or None, variables, meta)
 
     async def handle(self, query: str, operation_name: str | None, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
-        arena = self.arena
+        arena = self._counted
         if arena is not None:
             arena.incr(Counter.REQUESTS)
         try:
@@ -155,7 +156,7 @@ class GraphQLService:
     async def _query(self, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
         arena = self.arena
         if arena is None or meta.no_cache:
-            if arena is not None:
+            if self._counted is not None:
                 arena.incr(Counter.BYPASSES)
             filled = await self._execute(prepared, variables, meta, key=None)
             filled.reply.headers["X-Cache"] = "BYPASS"
@@ -230,7 +231,7 @@ class GraphQLService:
         deps = Dependencies(self.settings.default_ttl)
         started = time.perf_counter()
         result = await self.executor.run(prepared, variables, ExecutionContext(deps=deps))
-        if arena is not None:
+        if self._counted is not None:
             arena.incr(Counter.DB_EXECUTIONS)
             arena.observe(time.perf_counter() - started)
         reply = self._result_reply(result, meta)
