@@ -157,7 +157,7 @@ class GraphQLService:
         arena = self.arena
         if arena is None or meta.no_cache:
             if self._counted is not None:
-                arena.incr(Counter.BYPASSES)
+                self._counted.incr(Counter.BYPASSES)
             filled = await self._execute(prepared, variables, meta, key=None)
             filled.reply.headers["X-Cache"] = "BYPASS"
             return filled.reply
@@ -232,8 +232,8 @@ class GraphQLService:
         started = time.perf_counter()
         result = await self.executor.run(prepared, variables, ExecutionContext(deps=deps))
         if self._counted is not None:
-            arena.incr(Counter.DB_EXECUTIONS)
-            arena.observe(time.perf_counter() - started)
+            self._counted.incr(Counter.DB_EXECUTIONS)
+            self._counted.observe(time.perf_counter() - started)
         reply = self._result_reply(result, meta)
         ok = reply.status == 200 and not result.errors
         if ok and key is not None and arena is not None:
