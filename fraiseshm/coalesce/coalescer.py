@@ -92,9 +92,9 @@ class Coalescer(Generic[R]):
         local = self._local.get(key)
         if local is not None:
             future, _ = local
+            self.arena.incr(Counter.COALESCE_FOLLOWED)  # counted on joining, as flight_begin counts FOLLOW
             filled = await asyncio.shield(future)
             if not filled.ok or start_seq <= filled.fill_seq:
-                self.arena.incr(Counter.COALESCE_FOLLOWED)
                 return filled.reply
             # A mutation may have been acknowledged after the leader's snapshot.
             reply = read()

@@ -1,11 +1,15 @@
 """Request coalescing across real gunicorn workers (issue 6).
 
 Executions are counted by PostgreSQL itself: every read of v_gated_user calls
-fn_test_gate(), which bumps the sequence test_gate_calls.
+fn_test_gate(), which bumps the sequence test_gate_calls. The gate also waits
+while the test holds advisory lock 7001: a test closes the gate, sends its
+herd, waits until the arena counts every follower, then opens the gate. No
+timing assumption decides who leads or follows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -14,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -34,9 +39,36 @@ def gated(pg_cluster: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
 
 @pytest.fixture(scope="module")
 def server(gated: EmbeddedCluster) -> Iterator[Server]:
-    env = {"FRAISESHM_SCHEMA_SDL": str(SCHEMAS / "gated.graphql"), "FRAISESHM_COALESCE_LEASE": "5", "FRAISESHM_COALESCE_WAIT": "8"}
+    env = {"FRAISESHM_SCHEMA_SDL": str(SCHEMAS / "gated.graphql"), "FRAISESHM_COALESCE_LEASE": "5", "FRAISESHM_COALESCE_WAIT": "20"}
     with Server(gated.dsn, workers=2, env=env, tag="herd") as srv:
         yield srv
+
+
+class ClosedGate:
+    """Holds advisory lock 7001 on its own connection until open() is called."""
+
+    def __init__(self, dsn: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._conn = self._run(asyncpg.connect(dsn))
+        self._run(self._conn.execute("SELECT pg_advisory_lock(7001)"))
+
+    def _run(self, coro):  # noqa: ANN001, ANN202
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    def open(self) -> None:
+        if self._conn is None:
+            return
+        self._run(self._conn.close())  # closing the session releases the lock
+        self._conn = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+def _followers(server: Server) -> int:
+    return sum(_counter_by_pid(server, "coalesce_followed").values())
 
 
 def _calls(cluster: EmbeddedCluster) -> int:
@@ -78,13 +110,25 @@ def _running_in_postgres(cluster: EmbeddedCluster) -> int:
     ).strip())
 
 
+def _herd(server: Server, gated: EmbeddedCluster, uid: str, size: int) -> list[httpx.Response]:
+    """size concurrent requests; the gate opens once one leads and size-1 follow."""
+    followers_before = _followers(server)
+    gate = ClosedGate(gated.dsn)
+    try:
+        with ThreadPoolExecutor(max_workers=size) as pool:
+            futures = [pool.submit(_request, server, uid) for _ in range(size)]
+            _await(lambda: _followers(server) - followers_before >= size - 1, 20, f"{size - 1} followers")
+            assert _running_in_postgres(gated) == 1
+            gate.open()
+            return [f.result() for f in futures]
+    finally:
+        gate.open()
+
+
 def test_herd_of_cold_requests_runs_the_query_once(server: Server, gated: EmbeddedCluster) -> None:
     uid = _user_id(gated, 10)
-    _gate(gated, delay=0.5)
     before = _calls(gated)
-    with ThreadPoolExecutor(max_workers=40) as pool:
-        responses = list(pool.map(lambda _: _request(server, uid), range(40)))
-    _gate(gated, delay=0)
+    responses = _herd(server, gated, uid, 40)
     assert _calls(gated) - before == 1
     assert {r.status_code for r in responses} == {200}
     assert len({r.content for r in responses}) == 1
@@ -95,17 +139,18 @@ def test_herd_of_cold_requests_runs_the_query_once(server: Server, gated: Embedd
 
 def test_leader_error_reaches_every_follower_once_and_is_not_cached(server: Server, gated: EmbeddedCluster) -> None:
     uid = _user_id(gated, 11)
-    _gate(gated, delay=0.5, fail=True)
+    _gate(gated, delay=0, fail=True)
     before = _calls(gated)
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        responses = list(pool.map(lambda _: _request(server, uid), range(20)))
+    try:
+        responses = _herd(server, gated, uid, 20)
+    finally:
+        _gate(gated, delay=0, fail=False)
     assert _calls(gated) - before == 1
     for r in responses:
         assert r.status_code == 200
         body = r.json()
         assert "failing on purpose" in body["errors"][0]["message"]
         assert not (body.get("data") or {}).get("user")
-    _gate(gated, delay=0, fail=False)
     r = _request(server, uid)  # the next request tries again: nothing was cached
     assert r.status_code == 200 and r.json()["data"]["user"]["id"] == uid
     assert r.headers["X-Cache"] == "MISS"
@@ -114,7 +159,6 @@ def test_leader_error_reaches_every_follower_once_and_is_not_cached(server: Serv
 
 def test_followers_take_over_from_a_sigkilled_leader(server: Server, gated: EmbeddedCluster) -> None:
     uid = _user_id(gated, 12)
-    _gate(gated, delay=2.0)
     led_before = _counter_by_pid(server, "coalesce_led")
     followed_before = _counter_by_pid(server, "coalesce_followed")
     calls_before = _calls(gated)
@@ -129,35 +173,43 @@ def test_followers_take_over_from_a_sigkilled_leader(server: Server, gated: Embe
         with lock:
             results.append(r)
 
-    leader_thread = threading.Thread(target=send)
-    leader_thread.start()
-    _await(lambda: _running_in_postgres(gated) >= 1, 10, "the leader's query in PostgreSQL")
-    led_now = _counter_by_pid(server, "coalesce_led")
-    leaders = [pid for pid, n in led_now.items() if n > led_before.get(pid, 0)]
-    assert len(leaders) == 1
-    leader = leaders[0]
+    gate = ClosedGate(gated.dsn)
+    try:
+        leader_thread = threading.Thread(target=send)
+        leader_thread.start()
+        _await(lambda: _calls(gated) - calls_before == 1, 10, "the leader's query in PostgreSQL")
+        led_now = _counter_by_pid(server, "coalesce_led")
+        leaders = [pid for pid, n in led_now.items() if n > led_before.get(pid, 0)]
+        assert len(leaders) == 1
+        leader = leaders[0]
 
-    followers = [threading.Thread(target=send) for _ in range(16)]
-    for t in followers:
-        t.start()
-    survivor_followed = lambda: any(  # noqa: E731
-        n > followed_before.get(pid, 0) for pid, n in _counter_by_pid(server, "coalesce_followed").items() if pid != leader
-    )
-    _await(survivor_followed, 10, "a follower waiting in another worker")
-    started = time.monotonic()
-    os.kill(leader, signal.SIGKILL)
-    for t in [leader_thread, *followers]:
-        t.join(timeout=15)
-        assert not t.is_alive(), "a request hung after its leader was killed"
-    _gate(gated, delay=0)
-    elapsed = time.monotonic() - started
+        followers = [threading.Thread(target=send) for _ in range(16)]
+        for t in followers:
+            t.start()
+        joined = lambda: sum(n - followed_before.get(pid, 0) for pid, n in _counter_by_pid(server, "coalesce_followed").items())  # noqa: E731
+        _await(lambda: joined() >= 16, 20, "16 followers")
+        survivors = {pid: n - followed_before.get(pid, 0) for pid, n in _counter_by_pid(server, "coalesce_followed").items() if pid != leader}
+        assert any(survivors.values()), "every follower landed in the leader's worker"
+
+        killed = time.monotonic()
+        os.kill(leader, signal.SIGKILL)
+        # a follower in another worker notices the dead leader and runs the query itself
+        _await(lambda: _calls(gated) - calls_before == 2, 10, "a takeover")
+        takeover_seconds = time.monotonic() - killed
+        gate.open()
+        for t in [leader_thread, *followers]:
+            t.join(timeout=15)
+            assert not t.is_alive(), "a request hung after its leader was killed"
+    finally:
+        gate.open()
 
     ok = [r for r in results if isinstance(r, httpx.Response) and r.status_code == 200]
     assert ok, f"no follower finished: {results}"
     for r in ok:
         assert r.json()["data"]["user"]["id"] == uid
         assert r.headers["X-Fraiseshm-Worker"] != str(leader)
-    # the dead leader's execution plus exactly one takeover
+    assert len(results) == 17
+    # the dead leader's execution plus exactly one takeover, well within the 5 s lease
     assert _calls(gated) - calls_before == 2
-    assert elapsed < 5.0 + 2.0 + 1.0  # within lease + query time, nobody waited for the full timeout
+    assert takeover_seconds < 5.0
     server.wait_all_workers()  # gunicorn replaced the killed worker

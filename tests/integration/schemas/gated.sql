@@ -1,6 +1,7 @@
 -- Test-only: a view whose every execution passes through fn_test_gate(), which
--- counts itself in a sequence (counted by PostgreSQL, not by fraiseshm), can be
--- made slow (delay seconds) and can be made to raise (fail).
+-- counts itself in a sequence (counted by PostgreSQL, not by fraiseshm), waits
+-- while a test holds advisory lock 7001 (a gate the test opens when it has seen
+-- what it waits for), can be made slow (delay seconds) and can raise (fail).
 CREATE TABLE IF NOT EXISTS tb_test_gate (
     only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
     delay double precision NOT NULL DEFAULT 0,
@@ -14,6 +15,8 @@ DECLARE
     g tb_test_gate;
 BEGIN
     PERFORM nextval('test_gate_calls');
+    PERFORM pg_advisory_lock_shared(7001);
+    PERFORM pg_advisory_unlock_shared(7001);
     SELECT * INTO g FROM tb_test_gate;
     PERFORM pg_sleep(g.delay);
     IF g.fail THEN
