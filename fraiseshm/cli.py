@@ -174,7 +174,8 @@ def cmd_flush(arena: Arena, _args: argparse.Namespace, console: Console) -> int:
 # --- audit ------------------------------------------------------------------------------------
 
 AUDIT_TABLE = "fraiseshm_audit"
-_TIME_COLUMNS = ("recorded_at", "created_at", "at", "ts", "time", "logged_at")
+_TIME_COLUMNS = ("at", "recorded_at", "created_at", "ts", "time")
+_TABLE_COLUMNS = ("id", "at", "mutation", "transaction_id", "verdict", "tags", "details")
 
 
 async def _audit_rows(dsn: str, limit: int) -> tuple[list[str], list[dict[str, Any]]] | None:
@@ -189,13 +190,11 @@ async def _audit_rows(dsn: str, limit: int) -> tuple[list[str], list[dict[str, A
             "AND table_schema = ANY (current_schemas(false)) ORDER BY ordinal_position", AUDIT_TABLE)]
         # The audit trail's columns belong to its owner (issue 7): read what is there.
         where = ""
-        if "verdict" in cols:
-            where = "WHERE verdict::text NOT IN ('ok', 'OK', 'pass')"
-        elif "is_failure" in cols:
-            where = "WHERE is_failure"
-        elif "failure" in cols:
+        if "failure" in cols:  # fraiseshm/db/sql/audit.sql: failure boolean, indexed
             where = "WHERE failure"
-        order = next((c for c in _TIME_COLUMNS if c in cols), "id" if "id" in cols else None)
+        elif "verdict" in cols:
+            where = "WHERE verdict::text NOT IN ('ok', 'OK', 'pass')"
+        order = "id" if "id" in cols else next((c for c in _TIME_COLUMNS if c in cols), None)
         sql = f"SELECT * FROM {AUDIT_TABLE} {where}" + (f" ORDER BY {order} DESC" if order else "") + " LIMIT $1"
         rows = [{k: (v if isinstance(v, int | float | bool | str | None) else str(v)) for k, v in r.items()}
                 for r in await conn.fetch(sql, limit)]
@@ -227,10 +226,11 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
         console.print(f"no cascade failures recorded in {AUDIT_TABLE}")
         return 0
     table = Table(title=f"recent cascade failures ({len(rows)})", title_justify="left")
-    for c in cols:
+    shown = [c for c in _TABLE_COLUMNS if c in cols] or cols  # the full rows: --json
+    for c in shown:
         table.add_column(c, overflow="fold")
     for r in rows:
-        table.add_row(*[str(r.get(c, "")) for c in cols])
+        table.add_row(*[str(r.get(c, "")) for c in shown])
     console.print(table)
     return 0
 

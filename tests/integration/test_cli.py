@@ -18,6 +18,7 @@ from fraiseshm.db.embedded import EmbeddedCluster
 from tests.integration.server import USER_QUERY, Server, graphql
 
 CLI = Path(sys.executable).with_name("fraiseshm")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -117,17 +118,18 @@ def test_audit_says_when_the_table_is_absent_and_lists_failures(pg_cluster: Embe
         r = cli("audit", "--dsn", f"{base}/{empty}")
         assert r.returncode == 2 and "table fraiseshm_audit does not exist" in r.stderr
 
+        pg_cluster.psql((ROOT / "fraiseshm/db/sql/audit.sql").read_text(), database=trail)  # the real table
         pg_cluster.psql(
-            "CREATE TABLE fraiseshm_audit (id bigserial, recorded_at timestamptz DEFAULT now(), "
-            "mutation text, verdict text, detail text);"
-            "INSERT INTO fraiseshm_audit (mutation, verdict, detail) VALUES "
-            "('updateUser', 'ok', ''), ('deleteUser', 'missing_entity', 'Post:7 not in cascade')",
+            "INSERT INTO fraiseshm_audit (mutation, duration_ms, verdict, failure, details) VALUES "
+            "('updateUser', 1.0, 'ok', false, '{}'), "
+            "('deleteUser', 2.0, 'missing_entity', true, '{\"detail\": \"Post:7 not in cascade\"}')",
             database=trail,
         )
         r = cli("audit", "--dsn", f"{base}/{trail}", "--json")
         assert r.returncode == 0, r.stderr
         rows = json.loads(r.stdout)
-        assert [(x["mutation"], x["detail"]) for x in rows] == [("deleteUser", "Post:7 not in cascade")]
+        assert [(x["mutation"], json.loads(x["details"])) for x in rows] == [
+            ("deleteUser", {"detail": "Post:7 not in cascade"})]
         r = cli("audit", "--dsn", f"{base}/{trail}")
         assert r.returncode == 0 and "deleteUser" in r.stdout and "updateUser" not in r.stdout
     finally:
