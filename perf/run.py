@@ -1,0 +1,396 @@
+"""`make perf`: every scenario against fraiseshm AND the alternatives a user would pick, in one run.
+
+    .venv/bin/python perf/run.py [--quick] [--rounds N] [--out perf/results]
+
+Starts one private PostgreSQL (10k seeded users), one redis-server and four
+stacks of 2 gunicorn ASGI workers each on the same database:
+
+    fraiseshm  the shared-memory arena (gunicorn.conf.py, coalescing on)
+    no-cache   FRAISESHM_CACHE_ENABLED=false: every query goes to PostgreSQL
+    local-lru  per-worker cachetools LRU+TTL, cascade invalidates its own worker only
+    redis      one shared redis-server, same tag invalidation (perf/stores.py)
+
+Raw throughput and the step load to saturation are measured with wrk (one
+locust process tops out near 3k req/s on this 2-core machine); hit rate,
+database executions, staleness, the herd and mutation latency with locust,
+which checks every response (perf/locust_*.py). Each measurement is repeated
+interleaved (A B C D A B C D) and the median is reported with its spread.
+The load generator shares the 2 cores with the servers: pinning it to one
+core would halve the servers', so it is not pinned, on every target alike.
+Database executions are counted by PostgreSQL (pg_stat_statements).
+
+Prints a table with ratios fraiseshm / each alternative, writes
+results.json and PNG plots to --out. Exit code 1 if a fraiseshm target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import common
+
+PERF = Path(__file__).resolve().parent
+TARGETS = ("fraiseshm", "no-cache", "local-lru", "redis")
+ALTERNATIVES = TARGETS[1:]
+READ_QUERY = "query W($id: ID!) { user(id: $id) { id name email } }"
+
+
+@dataclass
+class Scenario:
+    name: str
+    file: str
+    users: int
+    seconds: int
+    warmup: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    q = quick
+    return [
+        Scenario("zipf", "locust_zipf.py", 24, 12 if q else 20, warmup=5 if q else 8),
+        Scenario("herd", "locust_herd.py", 51, 6 if q else 10, env={"PERF_HERD": "50"}),
+        Scenario("mixed", "locust_mixed.py", 16, 8 if q else 15, warmup=2),
+        Scenario("coldscan", "locust_coldscan.py", 10, 8 if q else 15, warmup=3 if q else 5),
+        Scenario("mutation", "locust_mutation.py", 8, 5 if q else 10),
+    ]
+
+
+# --- wrk ------------------------------------------------------------------------
+
+
+def zipf_lua(ids: list[str], s: float = 1.1) -> str:
+    """wrk script: POST user(id) with ids drawn from the same Zipf popularity as the locust scenarios."""
+    table = ",".join(f'"{i}"' for i in ids)
+    body = '{"query":"' + READ_QUERY + '","variables":{"id":"\' .. ids[pick()] .. \'"}}'
+    return (
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"local ids = {{{table}}}\n"
+        f"local cdf, acc = {{}}, 0\nfor k = 1, #ids do acc = acc + 1 / k ^ {s}; cdf[k] = acc end\n"
+        "math.randomseed(7)\n"
+        "local function pick()\n"
+        "  local r, lo, hi = math.random() * acc, 1, #cdf\n"
+        "  while lo < hi do local mid = math.floor((lo + hi) / 2); if cdf[mid] < r then lo = mid + 1 else hi = mid end end\n"
+        "  return lo\nend\n"
+        f"request = function() return wrk.format(nil, nil, nil, '{body}') end\n"
+    )
+
+
+def wrk_run(url: str, lua: str, dsn: str, seconds: float, connections: int = 32) -> dict[str, Any]:
+    common.reset_db_executions(dsn)
+    r = common.wrk(url + "/graphql", lua=lua, duration=seconds, connections=connections)
+    execs = common.db_executions(dsn)
+    return {"rps": r.requests_per_s, "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms,
+            "errors": r.non_2xx, "requests": r.requests, "db_executions": execs,
+            "db_per_request": execs / r.requests if r.requests else None}
+
+
+# --- locust ---------------------------------------------------------------------
+
+
+def locust_run(sc: Scenario, target: str, url: str, round_no: int, dsn: str, ids_file: Path, out: Path) -> dict[str, Any]:
+    tag = f"{sc.name}-{target}-r{round_no}"
+    summary_path = out / "runs" / f"{tag}.json"
+    summary_path.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "PERF_IDS_FILE": str(ids_file),
+        # a new operation name per run: every store starts this scenario cold
+        "PERF_OP": f"r{round_no}{sc.name}{TARGETS.index(target)}",
+        "PERF_WARMUP": str(sc.warmup),
+        "PERF_OUT": str(summary_path),
+        "PERF_TARGET": target,
+        "PERF_DSN": dsn,
+        **sc.env,
+    }
+    cmd = [str(common.BIN / "locust"), "-f", str(PERF / sc.file), "--headless", "-u", str(sc.users),
+           "-r", str(sc.users), "-t", f"{sc.seconds}s", "--host", url, "--only-summary",
+           "--loglevel", "WARNING", "--stop-timeout", "5"]
+    common.reset_db_executions(dsn)
+    with open(out / "runs" / f"{tag}.log", "w") as log:
+        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=sc.seconds + 90, check=False)
+    if not summary_path.exists():
+        raise RuntimeError(f"locust {tag} wrote no summary (exit {proc.returncode}); see {out / 'runs' / (tag + '.log')}")
+    summary = json.loads(summary_path.read_text())
+    summary["exit_code"] = proc.returncode
+    return summary
+
+
+# --- aggregation ----------------------------------------------------------------
+
+
+def median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("rps", "p50_ms", "p90_ms", "p99_ms", "hit_rate", "db_executions", "db_per_request", "db_per_herd",
+            "stale_reads", "scan_hit_rate")
+    agg: dict[str, Any] = {k: median(runs, k) for k in keys}
+    agg["rps_spread"] = common.spread([r["rps"] for r in runs])
+    agg["stale_reads_total"] = sum(r.get("stale_reads") or 0 for r in runs)
+    agg["failures_total"] = sum((r.get("failures") or 0) + (r.get("errors") or 0) for r in runs)
+    agg["passed"] = all(r.get("exit_code", 0) == 0 for r in runs)
+    agg["missed"] = sorted({m for r in runs for m in r.get("missed", [])})
+    agg["rounds"] = len(runs)
+    return agg
+
+
+def step_knee(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Saturation: the fewest connections that reach 90 % of the best throughput of the sweep."""
+    best = max(p["rps"] for p in points)
+    return next(p for p in points if p["rps"] >= 0.9 * best)
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+# --- output ---------------------------------------------------------------------
+
+
+def print_table(med: dict[str, dict[str, dict[str, Any]]], knees: dict[str, dict[str, Any]]) -> None:
+    head = (f"{'scenario':<16}{'target':<11}{'req/s':>9}{'±':>6}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}"
+            f"{'hit %':>7}{'DB exec':>9}{'DB/req':>8}{'stale':>7}{'fail':>6}  pass")
+    print(head)
+    print("-" * len(head))
+    for scen, by_target in med.items():
+        for t in TARGETS:
+            a = by_target.get(t)
+            if a is None:
+                continue
+            hit = a["hit_rate"] * 100 if a.get("hit_rate") is not None else None
+            per = a.get("db_per_herd") if scen == "herd (locust)" else a.get("db_per_request")
+            print(f"{scen:<16}{t:<11}{fmt(a['rps'], '.0f'):>9}{a['rps_spread']:>6}{fmt(a['p50_ms'], '.2f'):>8}"
+                  f"{fmt(a['p90_ms'], '.2f'):>8}{fmt(a['p99_ms'], '.2f'):>8}{fmt(hit, '.1f'):>7}"
+                  f"{fmt(a['db_executions'], '.0f'):>9}{fmt(per, '.3f'):>8}{a['stale_reads_total']:>7}"
+                  f"{a['failures_total']:>6}  {'yes' if a['passed'] else 'NO'}")
+        fs = by_target.get("fraiseshm")
+        if fs:
+            for t in ALTERNATIVES:
+                a = by_target.get(t)
+                if a is None:
+                    continue
+                per_key = "db_per_herd" if scen == "herd (locust)" else "db_per_request"
+                print(f"{'':<16}fraiseshm / {t}: req/s {ratio(fs['rps'], a['rps'])}, p99 {ratio(fs['p99_ms'], a['p99_ms'])}, "
+                      f"DB executions {ratio(fs.get(per_key) or fs.get('db_executions'), a.get(per_key) or a.get('db_executions'))}"
+                      + (f", hit rate {fs['hit_rate'] * 100:.1f} % vs {a['hit_rate'] * 100:.1f} %"
+                         if fs.get("hit_rate") is not None and a.get("hit_rate") is not None else ""))
+        print()
+    print("step load to saturation (wrk, connections doubled per step, Zipf user(id) reads):")
+    for t, k in knees.items():
+        print(f"  {t:<11} throughput stops growing at {k['connections']:>4} connections: "
+              f"{k['rps']:.0f} req/s, p99 {k['p99_ms']:.2f} ms")
+
+
+def plots(out: Path, med: dict[str, dict[str, dict[str, Any]]], steps: dict[str, list[dict[str, Any]]]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = dict(zip(TARGETS, ("tab:green", "tab:grey", "tab:orange", "tab:red"), strict=True))
+    panels = [
+        ("read (wrk)", "rps", "cached reads, wrk: req/s", False),
+        ("zipf (locust)", "hit_rate", "Zipf + 5 % writes: hit rate", False),
+        ("herd (locust)", "db_per_herd", "herd of 50: DB executions per herd", True),
+        ("mixed (locust)", "p99_ms", "80/20 mixed: p99 ms", False),
+        ("mixed (locust)", "stale_reads_total", "80/20 mixed: stale reads", False),
+        ("mutation (locust)", "p99_ms", "updateUser: p99 ms", False),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (scen, key, title, log) in zip(axes.flat, panels, strict=True):
+        by_target = med.get(scen, {})
+        names = [t for t in TARGETS if t in by_target]
+        values = [by_target[t].get(key) or 0 for t in names]
+        ax.bar(names, values, color=[colours[t] for t in names])
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+        if log and any(values):
+            ax.set_yscale("log")
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
+    fig.suptitle("fraiseshm vs alternatives (2 workers each, same database; medians)")
+    fig.tight_layout()
+    summary = out / "summary.png"
+    fig.savefig(summary, dpi=100)
+    plt.close(fig)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for t, points in steps.items():
+        xs = [p["connections"] for p in points]
+        a1.plot(xs, [p["rps"] for p in points], marker="o", label=t, color=colours[t])
+        a2.plot(xs, [p["p99_ms"] for p in points], marker="o", label=t, color=colours[t])
+    for ax, label in ((a1, "req/s"), (a2, "p99 ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("wrk connections")
+        ax.set_ylabel(label)
+        ax.legend()
+    if any(steps.values()):
+        a2.set_yscale("log")
+    fig.suptitle("step load to saturation (wrk, Zipf user(id) reads)")
+    fig.tight_layout()
+    step = out / "step_load.png"
+    fig.savefig(step, dpi=100)
+    plt.close(fig)
+    return [summary, step]
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = ""
+    try:
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": model, "memory": mem, "kernel": platform.release(),
+            "python": platform.python_version()}
+
+
+# --- main -----------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one round, shorter runs (~3-4 minutes)")
+    parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 2, --quick 1)")
+    parser.add_argument("--out", type=Path, default=PERF / "results")
+    parser.add_argument("--only", default="", help="comma-separated scenario names (read,step,zipf,herd,...)")
+    args = parser.parse_args()
+    rounds = args.rounds or (1 if args.quick else 2)
+    read_s, warm_s = (3.0, 1.0) if args.quick else (5.0, 2.0)
+    step_conns = [1, 4, 16, 64, 256] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    step_s = 2.0 if args.quick else 3.0
+    only = set(filter(None, args.only.split(",")))
+    out: Path = args.out
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    info = machine()
+    print(f"machine: {info['cpus']} cpus ({info['cpu']}), {info['memory']}, Linux {info['kernel']}, Python {info['python']}")
+    print(f"rounds: {rounds} interleaved; load generator not pinned (2 cores shared with the servers)\n")
+
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    steps: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
+    with common.database(seed_users=10_000) as cluster, ExitStack() as stack:
+        dsn = cluster.dsn
+        ids = cluster.psql("SELECT id FROM tb_user ORDER BY pk_user").split()
+        ids_file = out / "ids.json"
+        ids_file.write_text(json.dumps(ids))
+        redis_url = stack.enter_context(common.redis_server())
+        db = {"FRAISESHM_DATABASE_DSN": dsn}
+        urls = {
+            "fraiseshm": stack.enter_context(common.gunicorn(env=db)).url,
+            "no-cache": stack.enter_context(common.gunicorn(env={**db, "FRAISESHM_CACHE_ENABLED": "false"})).url,
+            "local-lru": stack.enter_context(common.gunicorn("alt_app:app", env={**db, "FRAISESHM_PERF_STORE": "local"})).url,
+            "redis": stack.enter_context(common.gunicorn("alt_app:app", env={
+                **db, "FRAISESHM_PERF_STORE": "redis", "FRAISESHM_PERF_REDIS_URL": redis_url})).url,
+        }
+        print(f"stacks up after {time.monotonic() - started:.0f}s: " + ", ".join(f"{t} {u}" for t, u in urls.items()))
+        lua = zipf_lua(ids)
+
+        if not only or "read" in only:
+            print("read throughput (wrk) ...", flush=True)
+            for t in TARGETS:  # warm every cache once, not measured
+                common.wrk(urls[t] + "/graphql", lua=lua, duration=warm_s)
+            raw["read (wrk)"] = {t: [] for t in TARGETS}
+            for _ in range(rounds):
+                for t in TARGETS:
+                    raw["read (wrk)"][t].append(wrk_run(urls[t], lua, dsn, read_s))
+
+        if not only or "step" in only:
+            print("step load (wrk) ...", flush=True)
+            for c in step_conns:  # interleaved per step
+                for t in TARGETS:
+                    r = common.wrk(urls[t] + "/graphql", lua=lua, duration=step_s, connections=c)
+                    steps[t].append({"connections": c, "rps": r.requests_per_s, "p50_ms": r.p50_ms,
+                                     "p99_ms": r.p99_ms, "errors": r.non_2xx})
+
+        for round_no in range(1, rounds + 1):
+            for sc in scenarios(args.quick):
+                if only and sc.name not in only:
+                    continue
+                print(f"round {round_no}: {sc.name} (locust, {sc.users} users, {sc.seconds}s) ...", flush=True)
+                for t in TARGETS:
+                    key = f"{sc.name} (locust)"
+                    raw.setdefault(key, {x: [] for x in TARGETS})[t].append(
+                        locust_run(sc, t, urls[t], round_no, dsn, ids_file, out))
+
+    med = {scen: {t: aggregate(runs) for t, runs in by_t.items() if runs} for scen, by_t in raw.items()}
+    knees = {t: step_knee(p) for t, p in steps.items() if p}
+    print(f"\n=== fraiseshm perf: medians of {rounds} interleaved round(s); 2 gunicorn workers per stack; "
+          f"10k users; {time.monotonic() - started:.0f}s ===")
+    print("read/step: wrk (raw throughput; locust tops out near 3k req/s here); other rows: locust, every response checked\n")
+    print_table(med, knees)
+
+    targets = check_targets(med, knees)
+    print("\ntargets (fraiseshm):")
+    for line, ok in targets:
+        print(f"  [{'ok' if ok else 'MISSED'}] {line}")
+    pngs = plots(out, med, steps)
+    (out / "results.json").write_text(json.dumps(
+        {"machine": info, "rounds": rounds, "quick": args.quick, "medians": med, "step_load": steps,
+         "saturation": knees, "targets": [{"target": line, "met": ok} for line, ok in targets], "runs": raw},
+        indent=2))
+    print(f"\nwrote {out / 'results.json'}, " + ", ".join(str(p) for p in pngs))
+    return 0 if all(ok for _, ok in targets) else 1
+
+
+def check_targets(med: dict[str, dict[str, dict[str, Any]]], knees: dict[str, dict[str, Any]]) -> list[tuple[str, bool]]:
+    checks: list[tuple[str, bool]] = []
+    read = med.get("read (wrk)", {})
+    if "fraiseshm" in read:
+        fs = read["fraiseshm"]["rps"]
+        for alt, want in (("no-cache", 5.0), ("redis", 2.0)):
+            got = fs / read[alt]["rps"]
+            checks.append((f"cached read throughput {got:.2f}x {alt} (>= {want:.0f}x)", got >= want))
+    zipf = med.get("zipf (locust)", {})
+    if "fraiseshm" in zipf:
+        hr, local = zipf["fraiseshm"]["hit_rate"], zipf["local-lru"]["hit_rate"]
+        checks.append((f"Zipf hit rate {hr:.1%} (>= 85 %, and above local-lru's {local:.1%})", hr >= 0.85 and hr > local))
+    herd = med.get("herd (locust)", {})
+    if "fraiseshm" in herd:
+        per = herd["fraiseshm"]["db_per_herd"]
+        checks.append((f"herd: {fmt(per, '.2f')} DB executions per herd (= 1 per host)", per is not None and per <= 1.0))
+    stale = sum(med.get(s, {}).get("fraiseshm", {}).get("stale_reads_total", 0)
+                for s in ("zipf (locust)", "mixed (locust)", "herd (locust)", "coldscan (locust)"))
+    checks.append((f"{stale} stale reads over every fraiseshm run (= 0)", stale == 0))
+    mixed = med.get("mixed (locust)", {})
+    if "fraiseshm" in mixed:
+        p99 = mixed["fraiseshm"]["p99_ms"]
+        checks.append((f"mixed 80/20 p99 {p99:.0f} ms (< 50 ms)", p99 < 50))
+    cold = med.get("coldscan (locust)", {})
+    if "fraiseshm" in cold:
+        hr = cold["fraiseshm"]["hit_rate"]
+        checks.append((f"hot set hit rate during the cold scan {hr:.1%} (>= 95 %)", hr >= 0.95))
+    for scen, by_target in med.items():
+        fs = by_target.get("fraiseshm")
+        if fs and fs["failures_total"]:
+            checks.append((f"{scen}: {fs['failures_total']} failed or wrong responses (= 0)", False))
+    return checks
+
+
+if __name__ == "__main__":
+    sys.exit(main())
