@@ -129,6 +129,10 @@ class AuditWriter:
     async def _run(self) -> None:
         assert self._wake is not None
         backoff = self.flush_interval
+        try:
+            await self._connection()  # the table exists from the worker's start on
+        except _UNAVAILABLE + (asyncpg.PostgresError,) as exc:
+            log.error("audit trail: PostgreSQL unavailable at start (%s); will retry on the first record", exc)
         while True:
             await self._wake.wait()
             await asyncio.sleep(self.flush_interval)  # PERF: gather a batch
