@@ -15,7 +15,6 @@ request that fails GraphQL validation still gets 200; with
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -34,7 +33,8 @@ from fraiseshm.errors import CascadeError, DatabaseUnavailable, EntryTooLarge, M
 from fraiseshm.graphql.deps import Dependencies
 from fraiseshm.graphql.execute import ExecutionContext, Executor, GraphQLRequestError, MutationCall, Prepared
 from fraiseshm.graphql.schema import RootMutation, ServedSchema
-from fraiseshm.keys import cache_key
+from fraiseshm import _native
+from fraiseshm.keys import base_key, scoped_key
 
 log = logging.getLogger("fraiseshm.service")
 
@@ -53,6 +53,10 @@ class _PostBody(msgspec.Struct):
 
 _decode_post = msgspec.json.Decoder(_PostBody).decode
 _decode_variables = msgspec.json.Decoder(dict[str, Any] | None).decode
+
+# Per-worker memo of request bodies already seen: body -> (prepared, variables, key base).
+MEMO_BODIES = 1024  # entries, then the memo starts over
+MEMO_BODY_BYTES = 4096  # larger bodies are not memoised (bounds the memo to ~4 MiB)
 
 
 @dataclass(slots=True)
@@ -86,7 +90,8 @@ def error_reply(status: int, message: str, media_type: str = JSON, **extensions:
 
 
 def etag_of(body: bytes) -> str:
-    return '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"'
+    # The same 64-bit hash the arena keeps as each entry's value checksum.
+    return f'"{_native.hash(body):016x}"'
 
 
 class GraphQLService:
@@ -107,6 +112,7 @@ class GraphQLService:
         self.coalescer = coalescer
         self.on_cascade = on_cascade  # audit hook: (mutation, response, plan, seq, call, changes)
         self._counted = arena if settings.stats_enabled else None  # per-request counters; failures always count
+        self._posted: dict[bytes, tuple[Prepared, dict[str, Any] | None, bytes]] = {}
         self._refreshing: set[asyncio.Task[Any]] = set()  # stale-while-revalidate refreshes
         self._entity_names = tuple(served.entities)
         self._query_names = served.query_names
@@ -114,13 +120,19 @@ class GraphQLService:
     # --- entry points ---------------------------------------------------------
 
     async def post(self, body: bytes, meta: RequestMeta) -> Reply:
+        posted = self._posted.get(body)
+        if posted is not None:
+            # PERF: a body seen before skips JSON decoding, parsing and key building.
+            if self._counted is not None:
+                self._counted.incr(Counter.REQUESTS)
+            return await self._dispatch(*posted, meta)
         try:
             request = _decode_post(body)
         except msgspec.ValidationError as exc:
             return self._bad_request(f"request body is not a GraphQL request: {exc}", meta)
         except msgspec.DecodeError as exc:
             return self._bad_request(f"request body is not valid JSON: {exc}", meta)
-        return await self.handle(request.query, request.operationName, request.variables, meta)
+        return await self.handle(request.query, request.operationName, request.variables, meta, body=body)
 
     async def get(self, params: dict[str, str], meta: RequestMeta) -> Reply:
         query = params.get("query")
@@ -134,26 +146,40 @@ class GraphQLService:
                 return self._bad_request(f"'variables' is not a JSON object: {exc}", meta)
         return await self.handle(query, params.get("operationName") or None, variables, meta)
 
-    async def handle(self, query: str, operation_name: str | None, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
-        arena = self._counted
-        if arena is not None:
-            arena.incr(Counter.REQUESTS)
+    async def handle(
+        self,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, Any] | None,
+        meta: RequestMeta,
+        body: bytes | None = None,
+    ) -> Reply:
+        if self._counted is not None:
+            self._counted.incr(Counter.REQUESTS)
         try:
             prepared = self.executor.prepare(query, operation_name)
         except GraphQLRequestError as exc:
             log.info("rejected GraphQL document: %s", exc)
             return self._request_errors([e.formatted for e in exc.errors], meta)
+        base = base_key(prepared.digest, self.served.version, variables)
+        if body is not None and len(body) <= MEMO_BODY_BYTES:
+            if len(self._posted) >= MEMO_BODIES:
+                self._posted.clear()  # bounded: a cold restart of the memo is cheap
+            self._posted[body] = (prepared, variables, base)
+        return await self._dispatch(prepared, variables, base, meta)
+
+    async def _dispatch(self, prepared: Prepared, variables: dict[str, Any] | None, base: bytes, meta: RequestMeta) -> Reply:
         if prepared.is_mutation:
             if meta.method != "POST":
                 reply = error_reply(405, "mutations are only accepted over POST", meta.media_type)
                 reply.headers["Allow"] = "POST"
                 return reply
             return await self._mutate(prepared, variables, meta)
-        return await self._query(prepared, variables, meta)
+        return await self._query(prepared, variables, base, meta)
 
     # --- queries ----------------------------------------------------------------
 
-    async def _query(self, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
+    async def _query(self, prepared: Prepared, variables: dict[str, Any] | None, base: bytes, meta: RequestMeta) -> Reply:
         arena = self.arena
         if arena is None or meta.no_cache:
             if self._counted is not None:
@@ -162,7 +188,7 @@ class GraphQLService:
             filled.reply.headers["X-Cache"] = "BYPASS"
             return filled.reply
 
-        key = cache_key(prepared.digest, self.served.version, variables, meta.scope)
+        key = scoped_key(base, meta.scope)
         body = arena.get(key)
         if body is not None:
             return self._hit(body, meta)

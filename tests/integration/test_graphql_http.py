@@ -107,10 +107,26 @@ def test_depth_limit(http: httpx.Client) -> None:
     _still_serves(http)
 
 
-def test_body_over_limit_is_413(http: httpx.Client) -> None:
-    r = http.post("/graphql", content=b"{" + b" " * (2 << 20) + b"}", headers={"Content-Type": "application/json"})
-    assert r.status_code == 413
-    assert "limit" in r.json()["errors"][0]["message"]
+def test_body_over_limit_is_413_without_reading_it(http: httpx.Client, server) -> None:  # noqa: ANN001
+    import json
+    import socket
+
+    # Announce 2 MiB (the limit is 1 MiB) and send only 1 KiB: the answer must
+    # come at once, from the headers alone.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (2 << 20) + b"{" + b" " * 1024
+        )
+        response = b""
+        while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")
+    assert "limit" in json.loads(body)["errors"][0]["message"]
     _still_serves(http)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from fraiseshm.arena.layout import MAX_KEY
 from fraiseshm.keys import cache_key, canonical_variables
 
 
@@ -10,9 +11,17 @@ def test_variable_order_and_spacing_do_not_matter() -> None:
 
 def test_every_component_changes_the_key() -> None:
     base = cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "")
-    assert len(base) == 32
     assert cache_key(b"e" * 16, b"v" * 16, {"id": "1"}, "") != base
     assert cache_key(b"d" * 16, b"w" * 16, {"id": "1"}, "") != base
     assert cache_key(b"d" * 16, b"v" * 16, {"id": "2"}, "") != base
     assert cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "tenant-a") != base
+    assert cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "tenant-a") != cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "tenant-b")
     assert cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "") == base
+
+
+def test_long_keys_are_digested_to_fit_the_arena() -> None:
+    big = {"ids": [str(i) for i in range(500)]}
+    key = cache_key(b"d" * 16, b"v" * 16, big, "")
+    assert len(key) == 33 and key.startswith(b"#")
+    assert key != cache_key(b"d" * 16, b"v" * 16, {**big, "x": 1}, "")
+    assert len(cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "s")) <= MAX_KEY
