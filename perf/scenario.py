@@ -5,6 +5,7 @@ and the summary each run writes for the runner.
 Inputs (all optional, so the files import anywhere):
     PERF_IDS_FILE  JSON list of user ids, in seed order (the Zipf rank order)
     PERF_OP        operation-name suffix: a new one per run gives every store a cold cache
+                   (run.py warms the Zipf scenario's documents with wrk first)
     PERF_WARMUP    seconds at the start whose cache figures are not counted
     PERF_OUT       where the summary JSON goes
     PERF_TARGET    the name of the stack under test (fraiseshm, no-cache, ...)
@@ -28,6 +29,8 @@ from locust.env import Environment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import queries  # noqa: E402
+
 _ids_file = os.environ.get("PERF_IDS_FILE")
 IDS: list[str] = json.loads(Path(_ids_file).read_text()) if _ids_file else []
 OP = os.environ.get("PERF_OP", "perf")
@@ -37,9 +40,7 @@ TARGET = os.environ.get("PERF_TARGET", "?")
 DSN = os.environ.get("PERF_DSN", "")
 ZIPF_S = 1.1  # the usual skew of web object popularity
 
-USER_Q = f"query U{OP}($id: ID!) {{ user(id: $id) {{ id name email }} }}"
-POSTS_Q = f"query P{OP}($id: ID!) {{ posts(authorId: $id, limit: 5) {{ id title author {{ id name }} }} }}"
-RENAME = f"mutation M{OP}($id: ID!, $n: String) {{ updateUser(input: {{id: $id, name: $n}}) {{ success data {{ id name }} }} }}"
+USER_Q, POSTS_Q, RENAME = queries.user_q(OP), queries.posts_q(OP), queries.rename_q(OP)
 
 
 class Zipf:

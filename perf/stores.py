@@ -1,6 +1,6 @@
 """The caches a user would put behind fraiseshm instead of the shared arena, for perf/run.py.
 
-Both have the Arena methods fraiseshm/service.py calls (get, put, current_seq,
+Both have the Arena methods fraiseshm/service.py calls (get, get_stale, put, current_seq,
 invalidate, flush, incr, observe, close) and the same tag semantics: an entry
 is served only if every tag it depends on was last invalidated at a sequence
 <= the entry's fill_seq (read before the database was queried), and only if
@@ -45,6 +45,9 @@ class LocalStore:
             self._cache.pop(key, None)
             return None
         return value
+
+    def get_stale(self, key: bytes) -> bytes | None:
+        return None  # no stale-while-revalidate: an expired entry is gone
 
     def put(self, key: bytes, value: bytes, deps: Sequence[str], fill_seq: int, ttl: float) -> bool:
         if fill_seq < self._flushed or any(self._tags.get(t, 0) > fill_seq for t in deps):
@@ -143,6 +146,9 @@ class RedisStore:
 
     def get(self, key: bytes) -> bytes | None:
         return self._get(keys=[self._entry + key.hex(), self._tags, self._flush])  # type: ignore[no-any-return]
+
+    def get_stale(self, key: bytes) -> bytes | None:
+        return None  # no stale-while-revalidate: redis expires the entry
 
     def put(self, key: bytes, value: bytes, deps: Sequence[str], fill_seq: int, ttl: float) -> bool:
         args = [value, fill_seq, "\n".join(deps), max(1, int(ttl * 1000))]
