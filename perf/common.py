@@ -143,20 +143,22 @@ def wrk(url: str, body: bytes | None = None, *, duration: float = 5.0, connectio
         "  io.write(string.format('FRAISESHM %d %d %d\\n', summary.requests, "
         "summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))\n"
         "  for _, p in pairs({50, 90, 99}) do io.write(string.format('PCT %d %f\\n', p, latency:percentile(p) / 1000.0)) end\n"
+        "  io.flush()\n"
         "end\n"
     )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
         path = f.name
     try:
-        out = subprocess.run(
+        run = subprocess.run(
             ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s", "-s", path, url],
             capture_output=True, text=True, check=True,
-        ).stdout
+        )
+        out = run.stdout
     finally:
         os.unlink(path)
     if "FRAISESHM" not in out:
-        raise RuntimeError(f"wrk printed no summary:\n{out}")
+        raise RuntimeError(f"wrk printed no summary:\n{out}\n{run.stderr}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     pct = {int(p): float(v) for p, v in re.findall(r"PCT (\d+) ([\d.]+)", out)}
     total, status_err, sock_err = (int(x) for x in re.search(r"FRAISESHM (\d+) (\d+) (\d+)", out).groups())  # type: ignore[union-attr]
@@ -164,7 +166,7 @@ def wrk(url: str, body: bytes | None = None, *, duration: float = 5.0, connectio
 
 
 def _lua_string(data: bytes) -> str:
-    return '"' + "".join(f"\\{b}" if (b < 32 or b in (34, 92) or b > 126) else chr(b) for b in data) + '"'
+    return '"' + "".join(f"\\{b:03d}" if (b < 32 or b in (34, 92) or b > 126) else chr(b) for b in data) + '"'
 
 
 def median_of(results: list[WrkResult]) -> WrkResult:
