@@ -16,6 +16,7 @@ import msgspec
 from fraiseshm.arena import Arena
 from fraiseshm.coalesce.doorbell import Doorbells
 from fraiseshm.config import ENV_PREFIX, Settings
+from fraiseshm.db.embedded import EmbeddedCluster
 
 log = logging.getLogger("fraiseshm.master")
 
@@ -25,6 +26,7 @@ class Master:
     settings: Settings
     arena: Arena | None
     bells: Doorbells | None = None
+    cluster: EmbeddedCluster | None = None  # the embedded PostgreSQL this master started
 
     def reap(self, pid: int) -> None:
         """A worker exited (cleanly or SIGKILLed): keep its counters, free its slots."""
@@ -44,13 +46,17 @@ class Master:
             self.bells.close()
             Doorbells.unlink(self.settings.arena_name)
             self.bells = None
+        if self.cluster is not None:
+            self.cluster.stop()
+            log.info("embedded PostgreSQL stopped (data kept in %s)", self.cluster.directory)
+            self.cluster = None
 
 
 def start_master(settings: Settings, _log: object = None) -> Master:
+    started = None
     if settings.database_dsn == "embedded":
-        from fraiseshm.db.embedded import EmbeddedCluster
-
         cluster = EmbeddedCluster(settings.embedded_dir or None, settings.embedded_port)
+        started = None if cluster.is_running() else cluster  # stop on exit only what we started
         dsn = cluster.ensure([Path(p) for p in settings.schema_sql], seed_users=settings.seed_users)
         # Workers are forked after this and load their Settings from the environment.
         os.environ[ENV_PREFIX + "DATABASE_DSN"] = dsn
@@ -68,4 +74,4 @@ def start_master(settings: Settings, _log: object = None) -> Master:
         log.info("arena %s created: %d MiB", settings.arena_name, settings.arena_size >> 20)
         if settings.coalesce:
             bells = Doorbells.create(settings.arena_name)
-    return Master(settings=settings, arena=arena, bells=bells)
+    return Master(settings=settings, arena=arena, bells=bells, cluster=started)
