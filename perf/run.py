@@ -181,7 +181,7 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def print_table(med: dict[str, dict[str, dict[str, Any]]], knees: dict[str, dict[str, Any]]) -> None:
-    head = (f"{'scenario':<16}{'target':<11}{'req/s':>9}{'±':>6}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}"
+    head = (f"{'scenario':<19}{'target':<11}{'req/s':>9}{'±':>6}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}"
             f"{'hit %':>7}{'DB exec':>9}{'DB/req':>8}{'stale':>7}{'fail':>6}  pass")
     print(head)
     print("-" * len(head))
@@ -192,7 +192,7 @@ def print_table(med: dict[str, dict[str, dict[str, Any]]], knees: dict[str, dict
                 continue
             hit = a["hit_rate"] * 100 if a.get("hit_rate") is not None else None
             per = a.get("db_per_herd") if scen == "herd (locust)" else a.get("db_per_request")
-            print(f"{scen:<16}{t:<11}{fmt(a['rps'], '.0f'):>9}{a['rps_spread']:>6}{fmt(a['p50_ms'], '.2f'):>8}"
+            print(f"{scen:<19}{t:<11}{fmt(a['rps'], '.0f'):>9}{a['rps_spread']:>6}{fmt(a['p50_ms'], '.2f'):>8}"
                   f"{fmt(a['p90_ms'], '.2f'):>8}{fmt(a['p99_ms'], '.2f'):>8}{fmt(hit, '.1f'):>7}"
                   f"{fmt(a['db_executions'], '.0f'):>9}{fmt(per, '.3f'):>8}{a['stale_reads_total']:>7}"
                   f"{a['failures_total']:>6}  {'yes' if a['passed'] else 'NO'}")
@@ -203,7 +203,7 @@ def print_table(med: dict[str, dict[str, dict[str, Any]]], knees: dict[str, dict
                 if a is None:
                     continue
                 per_key = "db_per_herd" if scen == "herd (locust)" else "db_per_request"
-                print(f"{'':<16}fraiseshm / {t}: req/s {ratio(fs['rps'], a['rps'])}, p99 {ratio(fs['p99_ms'], a['p99_ms'])}, "
+                print(f"{'':<19}fraiseshm / {t}: req/s {ratio(fs['rps'], a['rps'])}, p99 {ratio(fs['p99_ms'], a['p99_ms'])}, "
                       f"DB executions {ratio(fs.get(per_key) or fs.get('db_executions'), a.get(per_key) or a.get('db_executions'))}"
                       + (f", hit rate {fs['hit_rate'] * 100:.1f} % vs {a['hit_rate'] * 100:.1f} %"
                          if fs.get("hit_rate") is not None and a.get("hit_rate") is not None else ""))
