@@ -7,6 +7,7 @@ import mmap
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,11 @@ def test_stats_top_invalidate_flush_on_a_live_server(pg_dsn: str, pg_cluster: Em
     with Server(pg_dsn, workers=2, tag="cli") as srv, srv.client() as client:
         arena = ["--arena", srv.arena_name]
         pids = {str(p) for p in srv.worker_pids()}
+        # The host's change listener flushes the arena once it LISTENs: wait for that
+        # flush, or it could land between the MISS and HIT asserted below.
+        deadline = time.monotonic() + 20
+        while json.loads(cli(*arena, "stats", "--json").stdout)["totals"]["flushes"] < 1:
+            assert time.monotonic() < deadline, "the change listener never started"
         assert graphql(client, USER_QUERY, {"id": uid}).headers["X-Cache"] == "MISS"
         assert graphql(client, USER_QUERY, {"id": uid}).headers["X-Cache"] == "HIT"
 
