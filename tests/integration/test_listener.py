@@ -23,7 +23,7 @@ import pytest
 from fraiseshm.db.embedded import EmbeddedCluster
 from tests.integration.server import USER_QUERY, Server, graphql
 
-ROUNDS = 60
+ROUNDS = 200
 
 
 @pytest.fixture(scope="module")
