@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -115,33 +115,34 @@ class Database:
         if pool is not None:
             pool.terminate()
 
-    async def fetch_column(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        """Run a read; return the first column of every row."""
+    async def _on_connection(self, work: Callable[[asyncpg.Connection], Awaitable[Any]], function: str | None = None) -> Any:
+        """Run work on a pooled connection. A lost server becomes DatabaseUnavailable
+        (and the pool is rebuilt on next use); with function, an error raised inside
+        PostgreSQL becomes MutationFailed naming it."""
         pool = await self._get_pool()
         try:
             async with pool.acquire() as conn:
-                rows = await conn.fetch(sql, *args)
-        except _UNAVAILABLE as exc:
-            self._mark_down(exc)
-            await self._reset_pool()
-            raise DatabaseUnavailable(f"PostgreSQL connection lost: {self._last_error}") from exc
-        return [row[0] for row in rows]
-
-    async def call_function(self, function: str, payload: dict[str, Any]) -> Any:
-        """SELECT fn($1::jsonb) in its own transaction; committed when this returns."""
-        pool = await self._get_pool()
-        try:
-            async with pool.acquire() as conn:
-                return await conn.fetchval(f"SELECT {function}($1::jsonb)", payload)
+                return await work(conn)
         except _UNAVAILABLE as exc:
             self._mark_down(exc)
             await self._reset_pool()
             raise DatabaseUnavailable(f"PostgreSQL connection lost: {self._last_error}") from exc
         except asyncpg.PostgresError as exc:
+            if function is None:
+                raise
             detail = getattr(exc, "detail", None)
             raise MutationFailed(
                 f"{function} failed: {exc.__class__.__name__}: {exc}" + (f" ({detail})" if detail else "")
             ) from exc
+
+    async def fetch_column(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        """Run a read; return the first column of every row."""
+        rows = await self._on_connection(lambda conn: conn.fetch(sql, *args))
+        return [row[0] for row in rows]
+
+    async def call_function(self, function: str, payload: dict[str, Any]) -> Any:
+        """SELECT fn($1::jsonb) in its own transaction; committed when this returns."""
+        return await self._on_connection(lambda conn: conn.fetchval(f"SELECT {function}($1::jsonb)", payload), function)
 
     async def call_mutation(self, function: str, payload: dict[str, Any]) -> tuple[Any, str | None, str | None]:
         """Like call_function, and in the same transaction (one statement, one round trip)
@@ -156,19 +157,7 @@ class Database:
                 f"WITH m AS MATERIALIZED (SELECT {function}($1::jsonb) AS r) "
                 "SELECT r, current_setting('fraiseshm.changes', true), txid_current_if_assigned()::text FROM m"
             )
-        pool = await self._get_pool()
-        try:
-            async with pool.acquire() as conn:
-                row = await conn.fetchrow(sql, payload)
-        except _UNAVAILABLE as exc:
-            self._mark_down(exc)
-            await self._reset_pool()
-            raise DatabaseUnavailable(f"PostgreSQL connection lost: {self._last_error}") from exc
-        except asyncpg.PostgresError as exc:
-            detail = getattr(exc, "detail", None)
-            raise MutationFailed(
-                f"{function} failed: {exc.__class__.__name__}: {exc}" + (f" ({detail})" if detail else "")
-            ) from exc
+        row = await self._on_connection(lambda conn: conn.fetchrow(sql, payload), function)
         return row[0], row[1], row[2]
 
     async def ping(self) -> bool:
