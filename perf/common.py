@@ -135,7 +135,7 @@ def wrk(url: str, body: bytes | None = None, *, duration: float = 5.0, connectio
     script = lua
     if script is None:
         hdrs = {"Content-Type": "application/json", **(headers or {})}
-        lines = [f'wrk.method = "POST"', f"wrk.body = {_lua_string(body or b'')}"]
+        lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body or b'')}"]
         lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in hdrs.items()]
         script = "\n".join(lines) + "\n"
     script += (

@@ -64,3 +64,16 @@ def reseed(cluster: EmbeddedCluster, users: int = SEED_USERS) -> None:
 def reset_db(pg_cluster: EmbeddedCluster) -> EmbeddedCluster:
     reseed(pg_cluster)
     return pg_cluster
+
+
+@pytest.fixture(scope="module")
+def own_cluster() -> Iterator[EmbeddedCluster]:
+    """A private cluster for one test module that stops or restarts PostgreSQL."""
+    directory = Path(tempfile.mkdtemp(prefix="fraiseshm-own-pg-"))
+    cluster = EmbeddedCluster(directory, fast=True)
+    try:
+        cluster.ensure([BLOG_SQL], seed_users=30)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -7,30 +7,10 @@ restart, when PostgreSQL is back. Uses its own cluster: it stops it.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from fraiseshm.db.embedded import EmbeddedCluster
 from tests.integration.server import Server, graphql
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def own_cluster() -> Iterator[EmbeddedCluster]:
-    directory = Path(tempfile.mkdtemp(prefix="fraiseshm-outage-pg-"))
-    cluster = EmbeddedCluster(directory, fast=True)
-    try:
-        cluster.ensure([ROOT / "examples/blog/schema.sql"], seed_users=20)
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _wait_for_status(client, query: str, status: int, timeout: float = 20.0):  # noqa: ANN001, ANN202

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,23 +32,10 @@ from fraiseshm.arena import Arena
 from fraiseshm.db.embedded import EmbeddedCluster
 from tests.integration.server import USER_QUERY, Server, graphql
 
-ROOT = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).with_name("fraiseshm")
 UPDATE_USER = "mutation($id: ID!, $name: String) { updateUser(input: {id: $id, name: $name}) { success } }"
 FIGURES = ("requests", "hits", "misses", "bypasses", "db_executions", "mutations", "errors")
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def own_cluster() -> Iterator[EmbeddedCluster]:
-    directory = Path(tempfile.mkdtemp(prefix="fraiseshm-metrics-pg-"))
-    cluster = EmbeddedCluster(directory, fast=True)
-    try:
-        cluster.ensure([ROOT / "examples/blog/schema.sql"], seed_users=30)
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def user_ids(cluster: EmbeddedCluster, n: int) -> list[str]:
