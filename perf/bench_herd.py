@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import time
-
-import json
 
 import common
 
@@ -26,35 +25,8 @@ def executions(cluster: common.EmbeddedCluster) -> int:
     return int(out.strip() or 0)
 
 
-class _Conn:
-    """A bare HTTP/1.1 keep-alive connection: the herd's requests leave within
-    microseconds of each other (an HTTP client library would trickle them)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> _Conn:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
-
-    def send(self, body: bytes) -> None:
-        self.writer.write(
-            b"POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
-
-    async def receive(self) -> tuple[int, bytes]:
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
-        return status, await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 async def herd(port: int, uid: str, size: int, round_no: int) -> tuple[list[float], set[bytes]]:
-    conns = await asyncio.gather(*(_Conn.open(port) for _ in range(size)))
+    conns = await asyncio.gather(*(common.RawConnection.open(port) for _ in range(size)))
     try:
         rename = json.dumps({"query": RENAME, "variables": {"id": uid, "n": f"herd {round_no}"}}).encode()
         conns[0].send(rename)
@@ -62,7 +34,7 @@ async def herd(port: int, uid: str, size: int, round_no: int) -> tuple[list[floa
         assert status == 200 and json.loads(body)["data"]["updateUser"]["success"], body
         query = json.dumps({"query": QUERY, "variables": {"id": uid}}).encode()
 
-        async def one(conn: _Conn, t0: float) -> tuple[float, bytes]:
+        async def one(conn: common.RawConnection, t0: float) -> tuple[float, bytes]:
             status, body = await conn.receive()
             assert status == 200 and json.loads(body)["data"]["user"]["name"] == f"herd {round_no}", body
             return (time.perf_counter() - t0) * 1000, body

@@ -7,6 +7,7 @@ noisy, so only ratios within one run mean anything.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -238,3 +239,55 @@ def reset_db_executions(dsn: str) -> None:
 def db_executions(dsn: str) -> int:
     """Query statements PostgreSQL executed since the last reset_db_executions()."""
     return int(psql(dsn, _DB_EXECUTIONS).strip() or 0)
+
+
+class RawConnection:
+    """A bare HTTP/1.1 keep-alive connection: the herd's requests leave within
+    microseconds of each other (an HTTP client library would trickle them)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> RawConnection:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    def send(self, body: bytes) -> None:
+        self.writer.write(
+            b"POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    async def receive(self) -> tuple[int, bytes]:
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _replay(port: int, bodies: list[bytes], connections: int) -> int:
+    conns = await asyncio.gather(*(RawConnection.open(port) for _ in range(connections)))
+    failed = 0
+
+    async def drive(conn: RawConnection, share: list[bytes]) -> None:
+        nonlocal failed
+        for body in share:
+            conn.send(body)
+            status, _ = await conn.receive()
+            failed += status != 200
+
+    try:
+        await asyncio.gather(*(drive(c, bodies[i::connections]) for i, c in enumerate(conns)))
+    finally:
+        for conn in conns:
+            conn.close()
+    return failed
+
+
+def replay(url: str, bodies: list[bytes], connections: int = 32) -> int:
+    """POST every body once over `connections` keep-alive connections; returns the non-200 count.
+    (wrk cannot stop after N requests: its thread:stop() still waits out -d.)"""
+    return asyncio.run(_replay(int(url.rsplit(":", 1)[1].split("/")[0]), bodies, connections))

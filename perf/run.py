@@ -54,14 +54,14 @@ class Scenario:
     users: int
     seconds: int
     warmup: float = 0.0
-    prewarm: float = 0.0  # at most this many seconds of one wrk pass over every id first, not measured
+    prewarm: bool = False  # one pass over every id with the scenario's reads first, not measured
     env: dict[str, str] = field(default_factory=dict)
 
 
 def scenarios(quick: bool) -> list[Scenario]:
     q = quick
     return [
-        Scenario("zipf", "locust_zipf.py", 24, 10 if q else 12, warmup=2, prewarm=120),
+        Scenario("zipf", "locust_zipf.py", 24, 10 if q else 12, warmup=2, prewarm=True),
         Scenario("herd", "locust_herd.py", 51, 6, env={"PERF_HERD": "50"}),
         Scenario("mixed", "locust_mixed.py", 16, 8 if q else 10, warmup=2),
         Scenario("coldscan", "locust_coldscan.py", 10, 8 if q else 10, warmup=3),
@@ -94,26 +94,9 @@ def zipf_lua(ids: list[str], s: float = 1.1, posts_query: str = "", query: str =
     )
 
 
-def scan_lua(ids: list[str], documents: list[str]) -> str:
-    """wrk script: one pass over every id with each read document, then stop."""
-    table = ",".join(f'"{i}"' for i in ids)
-    calls = ",".join(
-        "function(k) return wrk.format(nil, nil, nil, '{\"query\":\"" + q + "\",\"variables\":{\"id\":\"' .. ids[k] .. '\"}}') end"
-        for q in documents
-    )
-    return (
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"local ids = {{{table}}}\nlocal docs = {{{calls}}}\nlocal sent, seen = 0, 0\n"
-        "request = function()\n"
-        "  sent = sent + 1\n"
-        "  local k = math.floor((sent - 1) / #docs) % #ids + 1\n"
-        "  return docs[(sent - 1) % #docs + 1](k)\n"
-        "end\n"
-        "response = function()\n"
-        "  seen = seen + 1\n"
-        "  if seen >= #docs * #ids then wrk.thread:stop() end\n"
-        "end\n"
-    )
+def scan_bodies(ids: list[str], documents: list[str]) -> list[bytes]:
+    """One request per id and read document: a pass over the whole key space."""
+    return [json.dumps({"query": q, "variables": {"id": i}}).encode() for i in ids for q in documents]
 
 
 def wrk_run(url: str, lua: str, dsn: str, seconds: float, connections: int = 32) -> dict[str, Any]:
@@ -149,8 +132,7 @@ def locust_run(sc: Scenario, target: str, url: str, round_no: int, dsn: str, ids
     if sc.prewarm:
         # PERF: steady state, not the first minute: one pass of the same reads over
         # every id first (locust alone would need minutes to touch the Zipf tail once).
-        lua = scan_lua(json.loads(ids_file.read_text()), [queries.user_q(env["PERF_OP"]), queries.posts_q(env["PERF_OP"])])
-        common.wrk(url + "/graphql", lua=lua, duration=sc.prewarm)
+        common.replay(url, scan_bodies(json.loads(ids_file.read_text()), [queries.user_q(env["PERF_OP"]), queries.posts_q(env["PERF_OP"])]))
     common.reset_db_executions(dsn)
     with open(out / "runs" / f"{tag}.log", "w") as log:
         proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=sc.seconds + 90, check=False)
@@ -347,9 +329,9 @@ def main() -> int:
 
         if not only or "read" in only:
             print("read throughput (wrk) ...", flush=True)
-            scan = scan_lua(ids, [READ_QUERY])
+            scan = scan_bodies(ids, [READ_QUERY])
             for t in TARGETS:  # one pass over every id warms every cache, not measured
-                common.wrk(urls[t] + "/graphql", lua=scan, duration=60)
+                common.replay(urls[t], scan)
             raw["read (wrk)"] = {t: [] for t in TARGETS}
             for _ in range(rounds):
                 for t in TARGETS:
