@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from graphql import ExecutionResult, GraphQLError
+from graphql import ExecutionResult
 
 from fraiseshm.arena import Arena, Counter
 from fraiseshm.cascade.changes import Changes, parse_recorded, verify
@@ -364,4 +364,4 @@ class GraphQLService:
         return error_reply(400, message, meta.media_type, code="BAD_REQUEST")
 
 
-__all__ = ["GraphQLError", "GraphQLService", "Reply", "RequestMeta", "error_reply"]
+__all__ = ["GraphQLService", "Reply", "RequestMeta", "error_reply"]
