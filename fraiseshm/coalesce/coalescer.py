@@ -72,7 +72,7 @@ class Coalescer(Generic[R]):
         self.wait = wait  # seconds a follower waits before it gives up
         self.execute_on_timeout = execute_on_timeout
         self.max_waiting_processes = max(1, workers - 1)
-        self._local: dict[bytes, tuple[asyncio.Future[Filled[R]], int]] = {}
+        self._local: dict[bytes, asyncio.Future[Filled[R]]] = {}  # key -> this worker's leader
         self._threads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fraiseshm-doorbell")
 
     async def fetch(
@@ -89,9 +89,8 @@ class Coalescer(Generic[R]):
         read:    the arena's current valid entry as a reply, or None
         failed:  the reply a follower gets when its leader failed with a message
         """
-        local = self._local.get(key)
-        if local is not None:
-            future, _ = local
+        future = self._local.get(key)
+        if future is not None:
             self.arena.incr(Counter.COALESCE_FOLLOWED)  # counted on joining, as flight_begin counts FOLLOW
             filled = await asyncio.shield(future)
             if not filled.ok or start_seq <= filled.fill_seq:
@@ -102,8 +101,8 @@ class Coalescer(Generic[R]):
                 return reply
             return await self.fetch(key, self.arena.current_seq(), execute, read, failed)
 
-        future: asyncio.Future[Filled[R]] = asyncio.get_running_loop().create_future()
-        self._local[key] = (future, start_seq)
+        future = asyncio.get_running_loop().create_future()
+        self._local[key] = future
         try:
             filled = await self._across_processes(key, execute, read, failed)
         except BaseException as exc:
@@ -114,7 +113,7 @@ class Coalescer(Generic[R]):
             future.set_result(filled)
             return filled.reply
         finally:
-            if self._local.get(key, (None,))[0] is future:
+            if self._local.get(key) is future:
                 del self._local[key]
 
     async def _across_processes(
