@@ -3,12 +3,15 @@
     fraiseshm [--arena NAME] stats [--json]     per-process and arena figures
     fraiseshm [--arena NAME] top [--interval S] live per-process view (rich)
     fraiseshm [--arena NAME] check              fsck of every layout invariant; exit 1 on problems
-    fraiseshm [--arena NAME] invalidate TAG...  e.g. User:42  User:*  query:users
+    fraiseshm [--arena NAME] invalidate TAG...  e.g. r:public.tb_user:42  t:public.tb_post  query:users
     fraiseshm [--arena NAME] flush              invalidate everything
     fraiseshm audit [--dsn DSN] [--limit N]     recent cascade failures from PostgreSQL
+    fraiseshm schema check [--dsn] [--sdl]      the start-up check of the SDL against the database;
+                                                per type, the tables followed precisely / coarsely
 
 Exit codes: 0 fine, 1 check found problems, 2 no arena / another layout
 version / bad configuration / audit trail unavailable.
+`schema check` exits 1 when the SDL does not match the database.
 """
 
 from __future__ import annotations
@@ -235,6 +238,33 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+# --- schema check -------------------------------------------------------------------------------
+
+
+def cmd_schema_check(args: argparse.Namespace, console: Console) -> int:
+    """The master's start-up check as a command: exit 1 on a problem, with the same message."""
+    from fraiseshm.errors import SchemaError
+    from fraiseshm.graphql.check import load_and_check
+
+    settings = load_settings()
+    dsn = args.dsn or settings.database_dsn
+    sdl = args.sdl or settings.schema_sdl
+    if dsn == "embedded":
+        raise CliError("the database is the embedded cluster: pass --dsn postgresql://... "
+                       "(the server logs 'embedded PostgreSQL ready at ...')")
+    try:
+        _served, result = asyncio.run(load_and_check(sdl, dsn, connect_timeout=settings.db_connect_timeout))
+    except SchemaError as exc:
+        Console(stderr=True).print(f"fraiseshm: {exc}", highlight=False, markup=False)
+        return EXIT_PROBLEMS
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", highlight=False, markup=False)
+    console.print(f"{sdl}: ok against {dsn}; dependencies per type:", highlight=False, markup=False)
+    for line in result.report:
+        console.print(f"  {line}", highlight=False, markup=False)
+    return 0
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 
@@ -248,13 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
     sub.add_parser("check", help="fsck of the arena's invariants; exit 1 on problems")
-    p = sub.add_parser("invalidate", help="invalidate tags (User:42, User:*, query:users)")
+    p = sub.add_parser("invalidate", help="invalidate tags (r:public.tb_user:42, t:public.tb_post, query:users)")
     p.add_argument("tags", nargs="+", metavar="TAG")
     sub.add_parser("flush", help="invalidate every entry")
     p = sub.add_parser("audit", help="recent cascade failures from PostgreSQL")
     p.add_argument("--dsn", help="PostgreSQL DSN (default: Settings.database_dsn)")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("schema", help="the SDL against the database")
+    schema_sub = p.add_subparsers(dest="schema_command", required=True, metavar="SUBCOMMAND")
+    p = schema_sub.add_parser("check", help="the start-up check; per type, tables followed precisely/coarsely; "
+                                            "exit 1 on problems")
+    p.add_argument("--dsn", help="PostgreSQL DSN (default: Settings.database_dsn)")
+    p.add_argument("--sdl", help="SDL file (default: Settings.schema_sdl)")
     return parser
 
 
@@ -268,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "audit":
             return cmd_audit(args, console)
+        if args.command == "schema":
+            return cmd_schema_check(args, console)
         name = args.arena or load_settings().arena_name
         arena = _attach(name)
         try:

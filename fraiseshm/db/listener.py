@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 
 from fraiseshm.arena import Arena
-from fraiseshm.cascade.changes import parse_notification
+from fraiseshm.cascade.changes import parse_payload
 from fraiseshm.errors import CascadeError
 
 log = logging.getLogger("fraiseshm.listener")
@@ -150,7 +150,7 @@ class Listener:
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self.notifications += 1
         try:
-            changes = parse_notification(payload)
+            changes = parse_payload(payload)
         except CascadeError as exc:
             log.error("%s; flushing the arena", exc)
             self.arena.flush()
