@@ -255,13 +255,13 @@ def cmd_schema_check(args: argparse.Namespace, console: Console) -> int:
     try:
         _served, result = asyncio.run(load_and_check(sdl, dsn, connect_timeout=settings.db_connect_timeout))
     except SchemaError as exc:
-        Console(stderr=True).print(f"fraiseshm: {exc}", highlight=False, markup=False)
+        Console(stderr=True).print(f"fraiseshm: {exc}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_PROBLEMS
     for warning in result.warnings:
-        console.print(f"warning: {warning}", highlight=False, markup=False)
+        console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"{sdl}: ok against {dsn}; dependencies per type:", highlight=False, markup=False)
     for line in result.report:
-        console.print(f"  {line}", highlight=False, markup=False)
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

@@ -65,8 +65,7 @@ def _check_schema(settings: Settings) -> None:
         _served, result = asyncio.run(
             load_and_check(settings.schema_sdl, settings.database_dsn, connect_timeout=settings.db_connect_timeout))
     except SchemaError as exc:
-        log.error("%s", exc)
-        raise StartupFailed(str(exc)) from None
+        raise StartupFailed(str(exc)) from None  # gunicorn prints it once: "Error: ..."
     log_result(result)
 
 

@@ -62,7 +62,7 @@ def examine(served: ServedSchema, catalog: Catalog) -> CheckResult:
     result = CheckResult()
     problem = result.problems.append
     root_keys: dict[str, tuple[str, str]] = {}  # table -> (key column, the type that set it)
-    untracked: dict[str, list[str]] = {}
+    untracked: dict[str, list[tuple[str, int]]] = {}
     for name, entity in served.entities.items():
         at = f"{served.where(entity.line)}: type {name} @view(name: \"{entity.view}\")"
         view = catalog.views.get(entity.view)
@@ -82,11 +82,13 @@ def examine(served: ServedSchema, catalog: Catalog) -> CheckResult:
         key_type = _base_type(columns.get("id", ""))
         if "id" in columns and key_type not in KEY_TYPES:
             problem(f"{at}: {view.qualified}.id is {columns['id']}; a key must be one of "
-                    f"{', '.join(KEY_TYPES)} (cast it in the view, e.g. id::text)")
+                    f"{', '.join(KEY_TYPES)} (serve a key column of the table as id)")
         if view.materialized:
             problem(f"{at}: {view.qualified} reads materialized view(s) {', '.join(view.materialized)}: "
                     "no trigger follows REFRESH, so its rows could be stale")
-        if view.root is None:
+        if "id" in columns and key_type not in KEY_TYPES:
+            pass  # one problem per cause: the key type already said it
+        elif view.root is None:
             if "id" in columns:
                 problem(f"{at}: cannot tell which table {view.qualified}'s rows come from: {view.root_problem}")
         else:
@@ -106,15 +108,16 @@ def examine(served: ServedSchema, catalog: Catalog) -> CheckResult:
         for table in view.reads:
             info = catalog.tables.get(table)
             if info is None or not info.tracked:
-                untracked.setdefault(table, []).append(f"{name} ({served.where(entity.line)})")
+                untracked.setdefault(table, []).append((name, entity.line))
             elif info.row_security and not view.security_invoker:
                 result.warnings.append(
                     f"{at}: {view.qualified} is not security_invoker and reads {table}, which has row-level "
                     "security: the view runs with its owner's rights and bypasses the table's policies")
     for table, users in sorted(untracked.items()):
         how = ("install the kit first: fraiseshm db install, then " if not catalog.kit_installed else "")
-        problem(f"table {table} carries no fraiseshm change triggers (INSERT, UPDATE and DELETE), so its writes "
-                f"cannot invalidate the cache; read by type {', '.join(users)}. Fix: {how}"
+        readers = ", ".join(f"{name} (line {line})" for name, line in users)
+        problem(f"{served.where(users[0][1])}: table {table} carries no fraiseshm change triggers (INSERT, UPDATE "
+                f"and DELETE), so its writes cannot invalidate the cache; read by type {readers}. Fix: {how}"
                 f"SELECT fraiseshm.track('{table}')")
 
     for name, root in served.queries.items():
@@ -122,7 +125,7 @@ def examine(served: ServedSchema, catalog: Catalog) -> CheckResult:
             view = catalog.views.get(root.entity.view)
             for arg, column in root.filters:
                 if view is not None and column not in view.columns:
-                    problem(f"{served.where(root.line)}: Query.{name}(${arg}): filter column {column} is not a "
+                    problem(f"{served.where(root.line)}: Query.{name}, argument {arg}: filter column {column} is not a "
                             f"column of {view.qualified}")
             continue
         view = catalog.views.get(root.entity.view)

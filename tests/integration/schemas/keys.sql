@@ -79,3 +79,9 @@ BEGIN
         'cascade', jsonb_build_object('updated', '[]'::jsonb, 'deleted', '[]'::jsonb, 'invalidations', '[]'::jsonb,
             'metadata', jsonb_build_object('transaction_id', txid_current()::text)));
 END $$;
+
+-- For tests/integration/test_schema_check.py: a table nobody tracked, and a
+-- view whose id is of a type no key can be.
+CREATE TABLE notes (id integer PRIMARY KEY, customer_id integer REFERENCES customers (id), body text);
+CREATE VIEW v_note AS SELECT n.id, jsonb_build_object('id', n.id, 'body', n.body) AS data FROM notes n;
+CREATE VIEW v_price AS SELECT p.price AS id, jsonb_build_object('id', p.price) AS data FROM products p;
