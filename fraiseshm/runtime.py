@@ -92,6 +92,8 @@ class Runtime:
                 retry_interval=s.listener_retry_interval,
                 keepalive=s.listener_keepalive,
                 connect_timeout=s.db_connect_timeout,
+                secret=s.notify_secret,
+                max_age=s.notify_max_age,
             )
             self.listener.start()
             if self.listener.elected:
