@@ -52,6 +52,7 @@ class Table:
     foreign_keys: tuple[ForeignKey, ...]  # single-column FKs to a single-column key
     row_security: bool  # pg_class.relrowsecurity
     tracked_events: frozenset[str]  # INSERT/UPDATE/DELETE/TRUNCATE covered by kit triggers
+    kit_key: str | None = None  # the column the kit names rows by (fraiseshm.tracked_tables()); None: unknown
 
     @property
     def tracked(self) -> bool:
@@ -86,6 +87,7 @@ class Catalog:
     functions: dict[str, Function] = field(default_factory=dict)
     definitions: bytes = b""  # hash of every served view's definition, recursively
     kit_installed: bool = False
+    kit_keys_known: bool = False  # the kit says which column names each table's rows (else: FKs must reference it)
 
 
 # --- the query tree of a view (pg_rewrite.ev_action, nodeToString format) ----------
@@ -235,6 +237,15 @@ SELECT jsonb_build_object(
 
 _KIT = f"SELECT jsonb_build_object('kit', to_regnamespace('{KIT_SCHEMA}') IS NOT NULL)"
 
+# The kit's own view of what it tracks: the key column it names rows by. Its
+# triggers look a foreign key's parent up by that key, whichever unique column
+# the foreign key references (fraiseshm/db/sql/kit.sql, _items_sql).
+_KIT_KEYS = f"""
+SELECT CASE WHEN to_regprocedure('{KIT_SCHEMA}.tracked_tables()') IS NOT NULL
+            THEN (SELECT coalesce(jsonb_object_agg(table_name, key_column), '{{}}'::jsonb)
+                  FROM {KIT_SCHEMA}.tracked_tables()) END
+"""
+
 
 async def _one(fetch: Fetch, sql: str, *args: Any) -> Any:
     rows = await fetch(sql, args)
@@ -301,6 +312,8 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
             materialized=tuple(sorted(set(materialized))),
             security_invoker=options.get("security_invoker", "").lower() in ("true", "on", "1", "yes"),
         )
+    kit_keys = (await _one(fetch, _KIT_KEYS)) if catalog.kit_installed else None
+    catalog.kit_keys_known = kit_keys is not None
     for t in await _one(fetch, _TABLES, list(table_oids)):
         events = set()
         for tgtype in t["trigger_types"]:
@@ -313,6 +326,7 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
             foreign_keys=tuple(ForeignKey(c, p, pc) for c, p, pc in t["fks"]),
             row_security=bool(t["rls"]),
             tracked_events=frozenset(events),
+            kit_key=(kit_keys or {}).get(t["qualified"]),
         )
     for fn in sorted(set(functions)):
         found = await _one(fetch, _FUNCTION, fn)

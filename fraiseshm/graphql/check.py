@@ -97,6 +97,9 @@ def examine(served: ServedSchema, catalog: Catalog) -> CheckResult:
             if info is not None and column not in info.keys:
                 problem(f"{at}: {view.qualified}.id comes from {table}.{column}, which is not a single-column "
                         "PRIMARY KEY or UNIQUE key: its rows cannot be tagged")
+            if info is not None and catalog.kit_keys_known and info.tracked and info.kit_key != column:
+                problem(f"{at}: {view.qualified}.id comes from {table}.{column}, but the kit names {table}'s rows "
+                        f"by {info.kit_key or 'no key'}: SELECT fraiseshm.track('{table}', key => '{column}')")
             earlier = root_keys.setdefault(table, (column, name))
             if earlier[0] != column:
                 problem(f"{at}: its id is {table}.{column}, but type {earlier[1]}'s id over the same table is "

@@ -132,9 +132,18 @@ def bind(served: ServedSchema, catalog: Catalog) -> list[str]:
         owner = {roots[t][0]: t for t in listed}
 
         def matching(tname: str) -> list[tuple[str, str, str]]:
+            """FKs whose parent tag the kit emits under the key the entry records."""
             info = catalog.tables.get(tname)
-            return [(fk.column, fk.parent, fk.parent_column) for fk in (info.foreign_keys if info else ())
-                    if fk.parent in recorded and key_of.get(fk.parent) == fk.parent_column]
+            out = []
+            for fk in info.foreign_keys if info else ():
+                if fk.parent not in recorded:
+                    continue
+                parent = catalog.tables.get(fk.parent)
+                # The kit looks the parent's key up when the FK references another unique column.
+                named_by = parent.kit_key if catalog.kit_keys_known and parent is not None else fk.parent_column
+                if named_by == key_of.get(fk.parent):
+                    out.append((fk.column, fk.parent, key_of[fk.parent]))
+            return out
 
         follows: list[Follow] = []
         by_fk = {t: matching(t) for t in view.reads}

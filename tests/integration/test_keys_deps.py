@@ -2,9 +2,8 @@
 
 tests/integration/schemas/keys.sql: integer, bigint, text and uuid keys, an
 order total computed from item prices, a customer's order count through a
-foreign key, two GraphQL types over one view. Its tables carry
-kit_stub.sql's triggers (the contract's items in fraiseshm.changes), in a
-database of their own. Mutations whose cascades name only the row they wrote
+foreign key, two GraphQL types over one view, in a database of its own with
+the SQL kit installed and its tables tracked. Mutations whose cascades name only the row they wrote
 must still leave every computed value fresh: the entries depend on what the
 database built them from, not on what the query selected.
 """
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from fraiseshm.db.embedded import EmbeddedCluster
+from fraiseshm.db.kit import INSTALL_FILES
 from fraiseshm.db.pool import Database
 from fraiseshm.graphql.catalog import load_catalog
 from tests.integration.server import Server, graphql
@@ -31,7 +31,7 @@ def make_database(cluster: EmbeddedCluster, name: str, *files: Path) -> str:
     cluster.psql(f"DROP DATABASE IF EXISTS {name}")
     cluster.psql(f"CREATE DATABASE {name}")
     dsn = cluster.dsn.rsplit("/", 1)[0] + "/" + name
-    for path in files:
+    for path in (*INSTALL_FILES, *files):
         subprocess.run([str(cluster.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", str(path)],
                        check=True, capture_output=True)
     return dsn
@@ -39,7 +39,7 @@ def make_database(cluster: EmbeddedCluster, name: str, *files: Path) -> str:
 
 @pytest.fixture(scope="module")
 def keys_dsn(pg_cluster: EmbeddedCluster) -> str:
-    return make_database(pg_cluster, "keys_it", SCHEMAS / "kit_stub.sql", SCHEMAS / "keys.sql")
+    return make_database(pg_cluster, "keys_it", SCHEMAS / "keys.sql")
 
 
 @pytest.fixture(scope="module")

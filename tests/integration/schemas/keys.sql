@@ -1,6 +1,6 @@
 -- Test schema for tests/integration/test_keys_deps.py: integer, bigint, text
 -- and uuid keys, a computed total, a count through a foreign key, two GraphQL
--- types over one view. Tracked by kit_stub.sql (load it first).
+-- types over one view. Needs the SQL kit (fraiseshm/db/sql/kit.sql) installed first.
 SET search_path = public;
 DROP TABLE IF EXISTS order_items, orders, products, customers CASCADE;
 
@@ -14,10 +14,10 @@ CREATE TABLE order_items (
     qty integer NOT NULL
 );
 
-SELECT fraiseshm.stub_track('customers', 'id');
-SELECT fraiseshm.stub_track('products', 'code');
-SELECT fraiseshm.stub_track('orders', 'id');
-SELECT fraiseshm.stub_track('order_items', 'id');
+SELECT fraiseshm.track('customers');
+SELECT fraiseshm.track('products');
+SELECT fraiseshm.track('orders');
+SELECT fraiseshm.track('order_items');
 
 CREATE VIEW v_customer AS
 SELECT c.id, c.name,
