@@ -142,7 +142,7 @@ def bind(served: ServedSchema, catalog: Catalog) -> list[str]:
                 # The kit looks the parent's key up when the FK references another unique column.
                 named_by = parent.kit_key if catalog.kit_keys_known and parent is not None else fk.parent_column
                 if named_by == key_of.get(fk.parent):
-                    out.append((fk.column, fk.parent, key_of[fk.parent]))
+                    out.append((fk.column, fk.parent, fk.parent_column))
             return out
 
         follows: list[Follow] = []
@@ -155,7 +155,7 @@ def bind(served: ServedSchema, catalog: Catalog) -> list[str]:
                 follows.append(Follow(t, False, "declared coarse in the SDL"))
             elif fks:
                 c, p, pc = fks[0]
-                follows.append(Follow(t, True, f"foreign key {c} -> {p}.{pc}: a change bumps that row"))
+                follows.append(Follow(t, True, f"foreign key {c} -> {p}.{pc}: a change bumps r:{p}:<{key_of[p]}>"))
             elif t in one_to_one:
                 follows.append(Follow(t, True, f"root table of {owner.get(t, name)}, whose rows the entry records"))
             elif t in recorded and links:

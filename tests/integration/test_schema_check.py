@@ -41,7 +41,7 @@ def test_the_good_schema_passes_and_reports_precise_and_coarse_tables(
     assert code == 0, err
     out = " ".join(out.split())
     assert "Customer over public.v_customer (root public.customers.id integer)" in out
-    assert "public.orders (foreign key customer_id -> public.customers.id" in out
+    assert "public.orders (foreign key customer_id -> public.customers.id: a change bumps r:public.customers:<id>)" in out
 
 
 BROKEN = {
