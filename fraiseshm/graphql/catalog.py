@@ -6,8 +6,9 @@ workers fork; workers inherit it), never per request:
 - each served view: its columns and their types (the ``id`` type binds
   ``$1::<type>``, filter columns bind with their own type), ``security_invoker``;
 - its *read set*: every table its rows are built from, found through
-  ``pg_depend`` from the view's rewrite rule, recursively through nested views;
-  and the text of every view on the way (``pg_get_viewdef``), hashed into the
+  ``pg_depend`` from the view's rewrite rule, recursively through nested views
+  and SQL-standard function bodies; and the text of every view and function
+  on the way (``pg_get_viewdef``, ``pg_get_functiondef``), hashed into the
   schema version;
 - its *root table*: the table the view's ``id`` column comes from, read from
   the stored query tree (``pg_rewrite.ev_action``: the target entry's
@@ -175,24 +176,41 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass($1)
 """
 
-# Every relation the view's rules depend on, recursively through views.
+# Every relation the view's rule depends on, recursively through nested views
+# and through functions whose dependencies PostgreSQL records (SQL-standard
+# bodies: RETURN ... / BEGIN ATOMIC). PL/pgSQL and string-bodied SQL functions
+# record none: what they read is invisible here (docs/ARCHITECTURE.md).
 _READS = """
-WITH RECURSIVE reads(oid) AS (
-    SELECT $1::oid
+WITH RECURSIVE objs(classid, objid) AS (
+    SELECT 'pg_class'::regclass::oid, $1::oid
     UNION
-    SELECT d.refobjid
-    FROM reads r
-    JOIN pg_rewrite w ON w.ev_class = r.oid
-    JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid
-                    AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.oid
+    SELECT d.refclassid, d.refobjid
+    FROM objs o
+    JOIN pg_depend d
+      ON (o.classid = 'pg_proc'::regclass AND d.classid = 'pg_proc'::regclass AND d.objid = o.objid)
+      OR (o.classid = 'pg_class'::regclass AND d.classid = 'pg_rewrite'::regclass
+          AND d.objid IN (SELECT w.oid FROM pg_rewrite w WHERE w.ev_class = o.objid))
+    WHERE d.refclassid IN ('pg_class'::regclass, 'pg_proc'::regclass)
+      AND NOT (d.refclassid = o.classid AND d.refobjid = o.objid)
 )
-SELECT coalesce(jsonb_agg(jsonb_build_object(
-    'oid', c.oid::bigint,
-    'qualified', n.nspname || '.' || c.relname,
-    'relkind', c.relkind::text,
-    'definition', CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid, true) END)
-    ORDER BY n.nspname, c.relname), '[]'::jsonb)
-FROM reads JOIN pg_class c ON c.oid = reads.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT coalesce(jsonb_agg(x ORDER BY x->>'qualified'), '[]'::jsonb) FROM (
+    SELECT jsonb_build_object(
+        'oid', c.oid::bigint,
+        'qualified', n.nspname || '.' || c.relname,
+        'relkind', c.relkind::text,
+        'definition', CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid, true) END) AS x
+    FROM objs JOIN pg_class c ON objs.classid = 'pg_class'::regclass AND c.oid = objs.objid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    UNION ALL
+    SELECT jsonb_build_object(
+        'oid', p.oid::bigint,
+        'qualified', p.oid::regprocedure::text,
+        'relkind', 'function',
+        'definition', pg_get_functiondef(p.oid))
+    FROM objs JOIN pg_proc p ON objs.classid = 'pg_proc'::regclass AND p.oid = objs.objid
+    JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind IN ('f', 'p')
+) s
 """
 
 _RULE = "SELECT ev_action::text FROM pg_rewrite WHERE ev_class = $1::oid AND rulename = '_RETURN'"
@@ -240,10 +258,9 @@ _KIT = f"SELECT jsonb_build_object('kit', to_regnamespace('{KIT_SCHEMA}') IS NOT
 # The kit's own view of what it tracks: the key column it names rows by. Its
 # triggers look a foreign key's parent up by that key, whichever unique column
 # the foreign key references (fraiseshm/db/sql/kit.sql, _items_sql).
+_HAS_KIT_KEYS = f"SELECT to_regprocedure('{KIT_SCHEMA}.tracked_tables()') IS NOT NULL"
 _KIT_KEYS = f"""
-SELECT CASE WHEN to_regprocedure('{KIT_SCHEMA}.tracked_tables()') IS NOT NULL
-            THEN (SELECT coalesce(jsonb_object_agg(table_name, key_column), '{{}}'::jsonb)
-                  FROM {KIT_SCHEMA}.tracked_tables()) END
+SELECT coalesce(jsonb_object_agg(table_name, key_column), '{{}}'::jsonb) FROM {KIT_SCHEMA}.tracked_tables()
 """
 
 
@@ -312,7 +329,7 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
             materialized=tuple(sorted(set(materialized))),
             security_invoker=options.get("security_invoker", "").lower() in ("true", "on", "1", "yes"),
         )
-    kit_keys = (await _one(fetch, _KIT_KEYS)) if catalog.kit_installed else None
+    kit_keys = (await _one(fetch, _KIT_KEYS)) if await _one(fetch, _HAS_KIT_KEYS) else None
     catalog.kit_keys_known = kit_keys is not None
     for t in await _one(fetch, _TABLES, list(table_oids)):
         events = set()

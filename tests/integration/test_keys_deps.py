@@ -115,13 +115,32 @@ def test_a_cascade_that_omits_a_changed_row_is_caught_and_the_read_is_fresh(keys
     assert "cascade failure in renameSilently (unlisted)" in log and "r:public.customers:1" in log
 
 
+async def _catalog(dsn: str, views: list[str]):
+    db = Database(dsn, min_size=1, max_size=1)
+    try:
+        return await load_catalog(db.fetch_column, views, [])
+    finally:
+        await db.close()
+
+
+def test_the_read_set_follows_sql_standard_functions(keys_dsn: str, pg_cluster: EmbeddedCluster) -> None:
+    pg_cluster.psql(
+        "CREATE TABLE fn_counted (id int PRIMARY KEY, c int);"
+        "CREATE FUNCTION fn_count(x int) RETURNS bigint LANGUAGE sql STABLE "
+        "BEGIN ATOMIC SELECT count(*) FROM fn_counted WHERE c = x; END;"
+        "CREATE VIEW v_counted AS SELECT c.id, jsonb_build_object('n', fn_count(c.id)) AS data FROM customers c;",
+        database="keys_it")
+    catalog = asyncio.run(_catalog(keys_dsn, ["v_counted"]))
+    assert catalog.views["v_counted"].reads == ("public.customers", "public.fn_counted")
+    before = catalog.definitions
+    pg_cluster.psql("CREATE OR REPLACE FUNCTION fn_count(x int) RETURNS bigint LANGUAGE sql STABLE "
+                    "BEGIN ATOMIC SELECT count(*) + 1 FROM fn_counted WHERE c = x; END;", database="keys_it")
+    assert asyncio.run(_catalog(keys_dsn, ["v_counted"])).definitions != before
+
+
 def test_the_schema_version_covers_the_view_definitions(keys_dsn: str, pg_cluster: EmbeddedCluster) -> None:
     async def definitions() -> bytes:
-        db = Database(keys_dsn, min_size=1, max_size=1)
-        try:
-            return (await load_catalog(db.fetch_column, ["v_product"], [])).definitions
-        finally:
-            await db.close()
+        return (await _catalog(keys_dsn, ["v_product"])).definitions
 
     before = asyncio.run(definitions())
     assert asyncio.run(definitions()) == before
