@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,6 +114,29 @@ def test_a_cascade_that_omits_a_changed_row_is_caught_and_the_read_is_fresh(keys
     assert graphql(keys, q).json()["data"] == {"customer": {"name": "anna"}}
     log = keys.server.log()  # type: ignore[attr-defined]
     assert "cascade failure in renameSilently (unlisted)" in log and "r:public.customers:1" in log
+
+
+def _await(client: httpx.Client, query: str, expected: dict, deadline: float = 5.0) -> None:
+    """Polls until the answer is expected: the change travels NOTIFY -> listener -> arena."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if graphql(client, query).json().get("data") == expected:
+            return
+    raise AssertionError(f"{query} never answered {expected} within {deadline}s: the write did not invalidate")
+
+
+def test_plain_sql_on_child_rows_reaches_the_parents_computed_values(keys: httpx.Client,
+                                                                    pg_cluster: EmbeddedCluster) -> None:
+    total = "{ order(id: 11) { total } }"
+    count = "{ customer(id: 1) { orderCount } }"
+    before = _read(keys, total)["order"]["total"]
+    n = _read(keys, count)["customer"]["orderCount"]
+    # A new item of order 11: the kit's +r:public.orders:11 (through order_items.order_id).
+    pg_cluster.psql("INSERT INTO order_items (order_id, product_code, qty) VALUES (11, 'ink', 1)", database="keys_it")
+    _await(keys, total, {"order": {"total": before + 4.0}})  # ink costs 4.00
+    # A plain INSERT INTO orders: +r:public.customers:1 (through orders.customer_id).
+    pg_cluster.psql("INSERT INTO orders VALUES (13, 1, 'plain')", database="keys_it")
+    _await(keys, count, {"customer": {"orderCount": n + 1}})
 
 
 async def _catalog(dsn: str, views: list[str]):
