@@ -181,7 +181,8 @@ def bind(served: ServedSchema, catalog: Catalog) -> list[str]:
             wide=frozenset(tag + f.table for f in follows for tag in ("w:", "t:")),
         )
     served.bindings = bindings
-    served.version = hashlib.blake2b(served.version + catalog.definitions, digest_size=16).digest()
+    served.definitions = catalog.definitions
+    served.version = hashlib.blake2b(served.sdl_version + catalog.definitions, digest_size=16).digest()
     return [b.report() for b in bindings.values()]
 
 

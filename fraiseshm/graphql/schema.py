@@ -100,6 +100,7 @@ class RootMutation:
 class ServedSchema:
     schema: GraphQLSchema
     version: bytes  # 16-byte hash of the SDL (and, once bound, of the views' SQL): part of every cache key
+    sdl_version: bytes = b""  # hash of the SDL alone
     source: str = "<sdl>"  # the SDL file, for messages
     first_line: int = 0  # lines of the built-in SDL before the user's
     entities: dict[str, EntityType] = field(default_factory=dict)
@@ -108,6 +109,7 @@ class ServedSchema:
     # object type -> ((data key, field's named object type), ...): how deps walk a `data` document
     walk: dict[str, tuple[tuple[str, str, bool], ...]] = field(default_factory=dict)
     bindings: dict[str, Binding] = field(default_factory=dict)  # @view type -> its database facts
+    definitions: bytes = b""  # hash of the views' SQL the bindings were read from
 
     @property
     def query_names(self) -> tuple[str, ...]:
@@ -164,8 +166,9 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
             line = exc.locations[0].line - first_line
             where = f"{source}:{line}" if line > 0 else f"{source} (a name the built-in SDL defines)"
         raise SchemaError(f"{where}: {exc.message}") from None
-    served = ServedSchema(schema=schema, version=hashlib.blake2b(full_sdl.encode(), digest_size=16).digest(),
-                          source=source, first_line=first_line)
+    sdl_version = hashlib.blake2b(full_sdl.encode(), digest_size=16).digest()
+    served = ServedSchema(schema=schema, version=sdl_version, sdl_version=sdl_version, source=source,
+                          first_line=first_line)
 
     for gtype in schema.type_map.values():
         if not isinstance(gtype, GraphQLObjectType):

@@ -172,3 +172,17 @@ def test_the_schema_version_covers_the_view_definitions(keys_dsn: str, pg_cluste
                     "jsonb_build_object('id', p.code, 'price', p.price * 2) AS data FROM products p",
                     database="keys_it")
     assert asyncio.run(definitions()) != before
+
+
+def test_a_view_replaced_while_running_is_never_served_from_its_old_entries(pg_cluster: EmbeddedCluster) -> None:
+    dsn = make_database(pg_cluster, "keys_ddl", SCHEMAS / "keys.sql")
+    env = {"FRAISESHM_SCHEMA_SDL": str(SCHEMAS / "keys.graphql"), "FRAISESHM_SCHEMA_RECHECK_INTERVAL": "0.2"}
+    with Server(dsn, workers=2, env=env, tag="ddl") as srv, srv.client() as client:
+        q = '{ product(id: "ink") { price } }'
+        assert _read(client, q) == {"product": {"price": 4.0}}
+        # No row changes: only the definition does. No trigger fires; the re-check must notice.
+        pg_cluster.psql("CREATE OR REPLACE VIEW v_product AS SELECT p.code AS id, "
+                        "jsonb_build_object('id', p.code, 'price', p.price * 2) AS data FROM products p",
+                        database="keys_ddl")
+        _await(client, q, {"product": {"price": 8.0}})
+        assert "the served views' SQL changed while running" in srv.log()
