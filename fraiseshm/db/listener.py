@@ -65,6 +65,7 @@ class _Signed(msgspec.Struct, forbid_unknown_fields=False):
 
     ts: float
     tags: list[str]
+    flush: str | None = None  # the kit's event trigger: these definitions changed
 
 
 _decode_signed = msgspec.json.Decoder(_Signed).decode
@@ -217,6 +218,12 @@ class Listener:
             self._reject("replayed", pid)
             return
         self._remember(mac, signed.ts, now)
+        if signed.flush is not None:
+            # INVARIANT: no entry built by an old view definition may be served.
+            self.arena.flush()
+            log.warning("the database changed %s: arena flushed; restart fraiseshm so that its schema "
+                        "version and dependencies follow the new definitions", signed.flush[:500])
+            return
         if parse_payload is not None:
             try:
                 tags = parse_payload(body).tags()

@@ -462,3 +462,17 @@ def test_a_role_without_grants_can_neither_read_the_key_nor_sign(kit_dsn: str) -
                 await admin.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}; DROP ROLE {role}")
 
     run(main())
+
+
+def test_a_changed_view_definition_sends_a_signed_flush_request(kit_dsn: str) -> None:
+    async def main() -> None:
+        async with session(kit_dsn) as (conn, heard):
+            await conn.execute("CREATE TABLE IF NOT EXISTS ddl_t (id int PRIMARY KEY)")
+            await heard.drain()
+            await conn.execute("CREATE OR REPLACE VIEW v_ddl AS SELECT id, jsonb_build_object('id', id) AS data FROM ddl_t")
+            (payload,) = [p for _raw, p in await heard.drain()]
+            assert payload["tags"] == [] and payload["flush"] == "view public.v_ddl"
+            await conn.execute("CREATE TEMP TABLE scratch (x int)")  # other DDL: nothing
+            assert await heard.drain() == []
+
+    run(main())
