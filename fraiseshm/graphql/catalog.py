@@ -25,6 +25,7 @@ one jsonb value each, so this module never sees asyncpg.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ class View:
     reads: tuple[str, ...]  # tables of the read set (recursively through views), sorted
     materialized: tuple[str, ...]  # materialized views read: no trigger can follow them
     security_invoker: bool
+    # tables some part of the view's SQL reads without an equality join on a key or a
+    # single-column foreign key column (an aggregate over the table, a join on another column)
+    unjoined: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +154,18 @@ def parse_node_tree(text: str) -> Any:
     return value()
 
 
+def _target_rtindex(tree: Any, column: str) -> int:
+    """The top query's range-table index the output column reads (0 if not a plain column)."""
+    queries = tree if isinstance(tree, list) else [tree]
+    for query in queries:
+        for entry in (query.get("targetList") or ()) if isinstance(query, dict) else ():
+            if isinstance(entry, dict) and entry.get("resname") == column:
+                expr = entry.get("expr")
+                if isinstance(expr, dict) and expr.get("_node") == "VAR" and expr.get("varlevelsup") == "0":
+                    return int(expr["varno"])
+    return 0
+
+
 def _target_origin(tree: Any, column: str) -> tuple[int, int] | None:
     """(resorigtbl, resorigcol) of the view query's output column, or None."""
     queries = tree if isinstance(tree, list) else [tree]
@@ -160,6 +176,93 @@ def _target_origin(tree: Any, column: str) -> tuple[int, int] | None:
             if isinstance(entry, dict) and entry.get("resname") == column and entry.get("resjunk") != "true":
                 return int(entry.get("resorigtbl") or 0), int(entry.get("resorigcol") or 0)
     return None
+
+
+def _queries(node: Any) -> list[dict[str, Any]]:
+    """Every QUERY node of a tree: the top one, subqueries in FROM, sublinks, CTEs."""
+    found: list[dict[str, Any]] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if item.get("_node") == "QUERY":
+                found.append(item)
+            stack.extend(v for k, v in item.items() if k != "_node")
+    return found
+
+
+def _strip(expr: Any) -> Any:
+    while isinstance(expr, dict) and expr.get("_node") in ("RELABELTYPE", "COERCEVIAIO"):
+        expr = expr.get("arg")
+    return expr
+
+
+def _operators(tree: Any) -> set[int]:
+    ops: set[int] = set()
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if item.get("_node") == "OPEXPR" and item.get("opno"):
+                ops.add(int(item["opno"]))
+            stack.extend(v for k, v in item.items() if k != "_node")
+    return ops
+
+
+def _joined_columns(query: dict[str, Any], equals: set[int]) -> set[tuple[int, int]]:
+    """(rtindex, attnum) of this query level's columns compared with '=' to another column."""
+    joined: set[tuple[int, int]] = set()
+    quals: list[Any] = []
+    stack = [query.get("jointree")]
+    while stack:  # WHERE and every JOIN ... ON of this level
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("_node") in ("FROMEXPR", "JOINEXPR"):
+                quals.append(item.get("quals"))
+                stack.extend([item.get("larg"), item.get("rarg"), *(item.get("fromlist") or [])])
+    while quals:  # conjuncts only: an OR does not restrict
+        qual = quals.pop()
+        if isinstance(qual, list):
+            quals.extend(qual)
+        elif isinstance(qual, dict) and qual.get("_node") == "BOOLEXPR" and qual.get("boolop") == "and":
+            quals.extend(qual.get("args") or [])
+        elif isinstance(qual, dict) and qual.get("_node") == "OPEXPR" and int(qual.get("opno") or 0) in equals:
+            args = [_strip(a) for a in qual.get("args") or []]
+            if len(args) != 2 or not all(isinstance(a, dict) and a.get("_node") == "VAR" for a in args):
+                continue
+            left, right = ((int(a["varno"]), int(a["varattno"]), int(a["varlevelsup"])) for a in args)
+            if left[:1] + left[2:] == right[:1] + right[2:]:
+                continue  # a column compared with a column of the same row
+            for var in (left, right):
+                if var[2] == 0:
+                    joined.add((var[0], var[1]))
+    return joined
+
+
+def unjoined_tables(tree: Any, root_rtindex: int, equals: set[int], joinable: dict[int, set[int]]) -> set[int]:
+    """Oids of tables an RTE of which is not restricted by an equality join on a key or FK column.
+
+    The view's own root row (the top query's RTE its id comes from) is exempt:
+    it is the row itself. Conservative: any doubt makes the table coarse.
+    """
+    out: set[int] = set()
+    queries = _queries(tree)
+    top = queries[0] if queries else None
+    for query in queries:
+        joined = _joined_columns(query, equals)
+        for index, rte in enumerate(query.get("rtable") or [], start=1):
+            if not isinstance(rte, dict) or rte.get("rtekind") != "0" or rte.get("relkind") not in ("r", "p"):
+                continue
+            if query is top and index == root_rtindex:
+                continue
+            relid = int(rte["relid"])
+            if not any((index, att) in joined for att in joinable.get(relid, ())):
+                out.add(relid)
+    return out
 
 
 # --- catalog queries ------------------------------------------------------------------
@@ -222,6 +325,9 @@ _COLUMN = "SELECT jsonb_build_array(n.nspname || '.' || c.relname, c.relkind::te
 _TABLES = f"""
 SELECT coalesce(jsonb_agg(jsonb_build_object(
     'qualified', n.nspname || '.' || c.relname,
+    'oid', c.oid::bigint,
+    'joinable', (SELECT coalesce(jsonb_agg(DISTINCT k.conkey[1]), '[]'::jsonb) FROM pg_constraint k
+                 WHERE k.conrelid = c.oid AND k.contype IN ('p', 'u', 'f') AND cardinality(k.conkey) = 1),
     'rls', c.relrowsecurity,
     'keys', (SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname, k.contype::text)), '[]'::jsonb)
              FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
@@ -254,6 +360,9 @@ SELECT jsonb_build_object(
 """
 
 _KIT = f"SELECT jsonb_build_object('kit', to_regnamespace('{KIT_SCHEMA}') IS NOT NULL)"
+
+_EQUALS = "SELECT coalesce(jsonb_agg(oid::bigint), '[]'::jsonb) FROM pg_operator WHERE oid = ANY ($1::bigint[]::oid[]) " \
+          "AND oprname = '='"
 
 # The kit's own view of what it tracks: the key column it names rows by. Its
 # triggers look a foreign key's parent up by that key, whichever unique column
@@ -295,6 +404,7 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
     catalog.kit_installed = bool((await _one(fetch, _KIT))["kit"])
     definitions = hashlib.blake2b(digest_size=16)
     table_oids: dict[int, str] = {}
+    trees: dict[str, tuple[Any, int]] = {}  # view -> (its rule's query tree, the id's range-table index)
     for name in sorted(set(views)):
         rel = await _one(fetch, _RELATION, name)
         if rel is None:
@@ -315,6 +425,8 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
             root, problem = (rel["qualified"], "id"), ""
         elif rel["relkind"] == "v":
             root, problem = await _root_of(fetch, rel["oid"])
+            tree = parse_node_tree(await _one(fetch, _RULE, rel["oid"]))
+            trees[name] = (tree, _target_rtindex(tree, "id"))
         else:
             root, problem = None, f"it is a {kind}: no trigger follows its refresh"
         options = {str(o).partition("=")[0]: str(o).partition("=")[2] for o in rel["options"]}
@@ -331,7 +443,8 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
         )
     kit_keys = (await _one(fetch, _KIT_KEYS)) if await _one(fetch, _HAS_KIT_KEYS) else None
     catalog.kit_keys_known = kit_keys is not None
-    for t in await _one(fetch, _TABLES, list(table_oids)):
+    tables_json = await _one(fetch, _TABLES, list(table_oids))
+    for t in tables_json:
         events = set()
         for tgtype in t["trigger_types"]:
             events |= {e for bit, e in ((_TRIGGER_INSERT, "INSERT"), (_TRIGGER_UPDATE, "UPDATE"),
@@ -345,6 +458,15 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
             tracked_events=frozenset(events),
             kit_key=(kit_keys or {}).get(t["qualified"]),
         )
+    joinable = {int(t["oid"]): set(t["joinable"]) for t in tables_json}
+    operators = sorted(set().union(*(_operators(tree) for tree, _ in trees.values())))
+    equals = set(await _one(fetch, _EQUALS, operators)) if operators else set()
+    for name, (tree, root_index) in trees.items():
+        view = catalog.views[name]
+        unjoined = unjoined_tables(tree, root_index, equals, joinable)
+        if view is not None and unjoined:
+            catalog.views[name] = dataclasses.replace(
+                view, unjoined=tuple(sorted(table_oids[oid] for oid in unjoined if oid in table_oids)))
     for fn in sorted(set(functions)):
         found = await _one(fetch, _FUNCTION, fn)
         catalog.functions[fn] = Function(fn, bool(found["found"]), bool(found["ok"]), tuple(found["found"]))

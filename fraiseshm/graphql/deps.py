@@ -37,7 +37,10 @@ entry records (``bind`` below says, per view, which rule applied):
 
 unless the SDL declares it coarse (``@view(coarse: ["public.orders"])``),
 which is the user's way to say "this view reads that table in a way the
-foreign keys do not describe" (a global count, a join on a non-key column).
+foreign keys do not describe", or the view's SQL visibly does so: a read of
+the table not joined with ``=`` on a key or foreign key column (a global
+count, a join on a non-key column; fraiseshm/graphql/catalog.py
+``unjoined_tables``).
 Everything else is followed coarsely. What the rules cannot see (they read the
 catalog, not the view's join conditions) is written down in
 docs/ARCHITECTURE.md.
@@ -153,6 +156,9 @@ def bind(served: ServedSchema, catalog: Catalog) -> list[str]:
                      if any(p == t for _c, p, _pc in u_fks) and any(p != t for _c, p, _pc in u_fks)]
             if t in entity.coarse:
                 follows.append(Follow(t, False, "declared coarse in the SDL"))
+            elif t in view.unjoined:
+                follows.append(Follow(t, False, "the view's SQL reads it without an equality join on a key or "
+                                                "foreign key column (an aggregate over the table?)"))
             elif fks:
                 c, p, pc = fks[0]
                 follows.append(Follow(t, True, f"foreign key {c} -> {p}.{pc}: a change bumps r:{p}:<{key_of[p]}>"))

@@ -147,6 +147,24 @@ async def _catalog(dsn: str, views: list[str]):
         await db.close()
 
 
+def test_reads_not_joined_on_a_key_or_foreign_key_are_detected(keys_dsn: str, pg_cluster: EmbeddedCluster) -> None:
+    pg_cluster.psql(
+        # orders: once through the FK (precise), once as a global count (not joined: coarse);
+        # products: joined on price, not on a key.
+        "CREATE VIEW v_global AS SELECT c.id, jsonb_build_object("
+        " 'mine', (SELECT count(*) FROM orders o WHERE o.customer_id = c.id),"
+        " 'all', (SELECT count(*) FROM orders),"
+        " 'cheap', (SELECT count(*) FROM products p JOIN products q ON q.price = p.price)) AS data FROM customers c;"
+        "CREATE VIEW v_fk_only AS SELECT c.id, jsonb_build_object("
+        " 'mine', (SELECT count(*) FROM orders o WHERE o.customer_id = c.id AND o.note IS NOT NULL OR false)) AS data "
+        "FROM customers c;",
+        database="keys_it")
+    catalog = asyncio.run(_catalog(keys_dsn, ["v_customer", "v_order", "v_global", "v_fk_only"]))
+    assert catalog.views["v_customer"].unjoined == () and catalog.views["v_order"].unjoined == ()
+    assert catalog.views["v_global"].unjoined == ("public.orders", "public.products")
+    assert catalog.views["v_fk_only"].unjoined == ("public.orders",)  # an OR does not restrict
+
+
 def test_the_read_set_follows_sql_standard_functions(keys_dsn: str, pg_cluster: EmbeddedCluster) -> None:
     pg_cluster.psql(
         "CREATE TABLE fn_counted (id int PRIMARY KEY, c int);"
