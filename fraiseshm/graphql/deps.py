@@ -49,7 +49,6 @@ docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +56,6 @@ from fraiseshm.errors import SchemaError
 from fraiseshm.graphql.catalog import Catalog
 from fraiseshm.graphql.schema import EntityType, ServedSchema
 
-log = logging.getLogger("fraiseshm.deps")
 
 # The key types a root field can bind ($1::<type>) and check before asking PostgreSQL.
 KEY_TYPES = ("smallint", "integer", "bigint", "text", "character varying", "uuid")
@@ -94,7 +92,7 @@ class Binding:
 def _reachable(served: ServedSchema, start: str) -> dict[str, bool]:
     """@view types reachable from start through the SDL -> reached through a list anywhere."""
     listed: dict[str, bool] = {}
-    seen: set[str] = set()
+    seen: set[tuple[str, bool]] = set()
     stack = [(start, False)]
     while stack:
         name, via_list = stack.pop()
@@ -102,7 +100,7 @@ def _reachable(served: ServedSchema, start: str) -> dict[str, bool]:
             listed[name] = listed.get(name, False) or via_list
         if (name, via_list) in seen:
             continue
-        seen.add((name, via_list))  # type: ignore[arg-type]
+        seen.add((name, via_list))
         for _key, child, is_list in served.walk.get(name, ()):
             stack.append((child, is_list))
     listed[start] = listed.get(start, False)

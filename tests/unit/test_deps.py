@@ -169,3 +169,15 @@ def test_arguments_bind_as_the_text_of_their_column_type(value: object, pg_type:
 def test_malformed_arguments_are_graphql_errors_naming_field_and_type(value: object, pg_type: str) -> None:
     with pytest.raises(GraphQLError, match=rf"order: argument id: .* is not a valid {pg_type}"):
         bind_text(value, pg_type, "order", "id")
+
+
+@pytest.mark.parametrize(("sdl", "message"), [
+    ('type A @view(name: "v") { id: ID! }\ntype Query {\n  a(x: Int): A\n}',
+     "s.graphql:3: Query.a returns one A: its only argument must be id"),
+    ('type A @view(name: "v") { id: ID! }\ntype Query { a(id: ID!): A }\ntype Mutation {\n\n  m(input: Int): A\n}',
+     "s.graphql:5: Mutation.m needs @function(name: ...)"),
+    ('type Query {\n  a: Int\n  b(: Int\n}', "s.graphql:3: Syntax Error"),
+])
+def test_sdl_errors_name_the_line_of_the_users_file(sdl: str, message: str) -> None:
+    with pytest.raises(SchemaError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        build_served_schema(sdl, "s.graphql")
