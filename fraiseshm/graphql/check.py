@@ -117,6 +117,11 @@ def examine(served: ServedSchema, catalog: Catalog) -> CheckResult:
                 result.warnings.append(
                     f"{at}: {view.qualified} is not security_invoker and reads {table}, which has row-level "
                     "security: the view runs with its owner's rights and bypasses the table's policies")
+            elif info.row_security and not entity.private:
+                result.warnings.append(
+                    f"{at}: {view.qualified} is security_invoker and reads {table}, which has row-level security: "
+                    "its rows differ per identity, so results holding it are never stored under a shared scope; "
+                    "mark the type @cache(private: true) so that they are cached per identity")
     for table, users in sorted(untracked.items()):
         how = ("install the kit first: fraiseshm db install, then " if not catalog.kit_installed else "")
         readers = ", ".join(f"{name} (line {line})" for name, line in users)

@@ -81,6 +81,7 @@ class Binding:
     follows: tuple[Follow, ...]  # every table of the read set
     static: frozenset[str]  # w:/t: tags every entry built from this view depends on
     wide: frozenset[str]  # w: + t: of every table of the read set: the safe wider invalidation
+    per_identity: bool = False  # security_invoker view over a table with row-level security: never shared
 
     def report(self) -> str:
         precise = [f"{f.table} ({f.why})" for f in self.follows if f.precise]
@@ -183,6 +184,8 @@ def bind(served: ServedSchema, catalog: Catalog) -> list[str]:
             follows=tuple(follows),
             static=frozenset(("w:" if f.precise else "t:") + f.table for f in follows),
             wide=frozenset(tag + f.table for f in follows for tag in ("w:", "t:")),
+            per_identity=view.security_invoker and any(
+                catalog.tables[t].row_security for t in view.reads if t in catalog.tables),
         )
     served.bindings = bindings
     served.definitions = catalog.definitions
@@ -232,6 +235,8 @@ class Dependencies:
         binding = served.bindings[entity.name]
         self.tags |= binding.static
         self._policy(entity)
+        if binding.per_identity:
+            self.private = True  # its rows differ per identity (RLS): never stored under a shared scope
         if is_list:
             self.tags.add("t:" + binding.table)
         if asked is not None:
@@ -251,9 +256,12 @@ class Dependencies:
         entity = served.entities.get(type_name)
         if entity is not None:
             key = _key_text(value.get("id"))
+            binding = served.bindings[type_name]
             if key is not None:
-                self.tags.add(f"r:{served.bindings[type_name].table}:{key}")
+                self.tags.add(f"r:{binding.table}:{key}")
             self._policy(entity)
+            if binding.per_identity:
+                self.private = True
         for data_key, child, _is_list in served.walk.get(type_name, ()):
             nested = value.get(data_key)
             if nested is not None:

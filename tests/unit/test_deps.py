@@ -181,3 +181,21 @@ def test_malformed_arguments_are_graphql_errors_naming_field_and_type(value: obj
 def test_sdl_errors_name_the_line_of_the_users_file(sdl: str, message: str) -> None:
     with pytest.raises(SchemaError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         build_served_schema(sdl, "s.graphql")
+
+
+def test_a_security_invoker_view_over_row_level_security_is_never_shared() -> None:
+    import dataclasses
+
+    cat = _catalog()
+    cat.tables["public.orders"] = dataclasses.replace(cat.tables["public.orders"], row_security=True)
+    served = build_served_schema(SDL)
+    warnings = examine(served, cat).warnings
+    assert any("type Customer" in w and "public.orders, which has row-level security" in w
+               and "@cache(private: true)" in w for w in warnings), warnings
+    bind(served, cat)
+    assert served.bindings["Customer"].per_identity and not served.bindings["Product"].per_identity
+    deps = Dependencies(60.0, served)
+    deps.rows(served.entities["Product"], [{"id": "pen", "price": 1, "categories": []}], is_list=False, asked="pen")
+    assert not deps.private
+    deps.rows(served.entities["Order"], [{"id": 8, "customer": {"id": 3}, "items": []}], is_list=False, asked="8")
+    assert deps.private  # the order's view reads orders too, and its data holds a Customer
