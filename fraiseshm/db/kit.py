@@ -84,7 +84,7 @@ async def track(conn: asyncpg.Connection, table: str, key: str | None = None) ->
     notices: list[str] = []
 
     def on_log(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
-        notices.append(str(message))
+        notices.append(message.message)
 
     conn.add_log_listener(on_log)
     try:
