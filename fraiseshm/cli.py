@@ -251,7 +251,8 @@ async def _db(args: argparse.Namespace, dsn: str, console: Console) -> int:
     conn = await asyncpg.connect(dsn, timeout=5)
     try:
         if args.db_command == "install":
-            version = await kit.install(conn, server_role=args.server_role)
+            version = await kit.install(conn, server_role=args.server_role,
+                                        on_message=lambda m: console.print(m, highlight=False, markup=False))
             granted = f"; granted its part to role {args.server_role}" if args.server_role else ""
             console.print(f"fraiseshm kit version {version} installed in schema fraiseshm{granted}", highlight=False)
         elif args.db_command == "uninstall":
@@ -262,7 +263,7 @@ async def _db(args: argparse.Namespace, dsn: str, console: Console) -> int:
             for table in args.tables:
                 summary, notices = await kit.track(conn, table, args.key)
                 for notice in notices:
-                    console.print(f"NOTICE: {notice}", highlight=False)
+                    console.print(notice, highlight=False, markup=False)
                 console.print(f"tracking {summary}", highlight=False)
         elif args.db_command == "untrack":
             for table in args.tables:

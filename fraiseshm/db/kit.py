@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,12 +62,37 @@ def verify(key: bytes, payload: str) -> str | None:
     return body if hmac.compare_digest(mac, expected) else None
 
 
-async def install(conn: asyncpg.Connection, *, server_role: str | None = None) -> int:
+@contextmanager
+def _messages(conn: asyncpg.Connection, sink: Callable[[str], None] | None) -> Iterator[None]:
+    """Hand the server's NOTICEs and WARNINGs on conn to sink while inside."""
+    if sink is None:
+        yield
+        return
+
+    def on_log(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        sink(f"{message.severity}: {message.message}")
+
+    conn.add_log_listener(on_log)
+    try:
+        yield
+    finally:
+        conn.remove_log_listener(on_log)
+
+
+async def install(
+    conn: asyncpg.Connection, *, server_role: str | None = None, on_message: Callable[[str], None] | None = None
+) -> int:
     """Install (or re-install) the kit in one transaction; returns its version.
 
     server_role: a role to grant what the server needs from the kit (schema,
-    notification key, audit table).
+    notification key, audit table). on_message receives the install's
+    NOTICEs and WARNINGs (no event trigger without a superuser, say).
     """
+    with _messages(conn, on_message):
+        return await _install(conn, server_role)
+
+
+async def _install(conn: asyncpg.Connection, server_role: str | None) -> int:
     async with conn.transaction():
         for path in INSTALL_FILES:
             await conn.execute(path.read_text())
@@ -82,15 +109,8 @@ async def uninstall(conn: asyncpg.Connection) -> None:
 async def track(conn: asyncpg.Connection, table: str, key: str | None = None) -> tuple[str, list[str]]:
     """Attach the change triggers to table; returns fraiseshm.track's summary and its NOTICEs."""
     notices: list[str] = []
-
-    def on_log(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
-        notices.append(message.message)
-
-    conn.add_log_listener(on_log)
-    try:
+    with _messages(conn, notices.append):
         summary = await conn.fetchval("SELECT fraiseshm.track($1::regclass, $2)", table, key)
-    finally:
-        conn.remove_log_listener(on_log)
     return summary, notices
 
 
