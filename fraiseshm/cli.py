@@ -11,6 +11,8 @@
     fraiseshm db track TABLE [--key COLUMN]     attach the change triggers to a table
     fraiseshm db untrack TABLE                  remove them
     fraiseshm db status [--json] [--show-key]   kit version, tracked tables and their keys
+    fraiseshm db grant ROLE [--sdl PATH]        the server role's privileges: the kit's part, SELECT
+                                                on the SDL's views, EXECUTE on its functions
 
 Exit codes: 0 fine, 1 check found problems, 2 no arena / another layout
 version / bad configuration / audit trail unavailable.
@@ -265,6 +267,15 @@ async def _db(args: argparse.Namespace, dsn: str, console: Console) -> int:
                 for notice in notices:
                     console.print(notice, highlight=False, markup=False)
                 console.print(f"tracking {summary}", highlight=False)
+        elif args.db_command == "grant":
+            from fraiseshm.graphql.schema import load_schema
+
+            served = load_schema(args.sdl or load_settings().schema_sdl)
+            views = [e.view for e in served.entities.values()]
+            functions = [m.function for m in served.mutations.values()]
+            await kit.grant(conn, args.role, views, functions)
+            console.print(f"granted to {args.role}: the kit's part, SELECT on {', '.join(sorted(set(views)))}, "
+                          f"EXECUTE on {', '.join(sorted(set(functions)))}", highlight=False)
         elif args.db_command == "untrack":
             for table in args.tables:
                 found = await kit.untrack(conn, table)
@@ -344,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = db.add_parser("track", help="attach the change triggers to tables")
     q.add_argument("tables", nargs="+", metavar="TABLE")
     q.add_argument("--key", help="the column naming a row (default: unique id, else the primary key)")
+    q = db.add_parser("grant", help="grant a server role the kit's part and the SDL's views and functions")
+    q.add_argument("role")
+    q.add_argument("--sdl", help="the SDL file (default: Settings.schema_sdl)")
     q = db.add_parser("untrack", help="remove the change triggers from tables")
     q.add_argument("tables", nargs="+", metavar="TABLE")
     q = db.add_parser("status", help="kit version and tracked tables")

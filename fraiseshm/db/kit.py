@@ -101,6 +101,20 @@ async def _install(conn: asyncpg.Connection, server_role: str | None) -> int:
         return await conn.fetchval("SELECT fraiseshm.kit_version()")
 
 
+async def grant(conn: asyncpg.Connection, role: str, views: list[str], functions: list[str]) -> None:
+    """Everything the server's login role needs, nothing more, in one transaction: the kit's
+    part (fraiseshm.grant_server), SELECT on the views, EXECUTE on the fn(jsonb) functions."""
+    async with conn.transaction():
+        await conn.execute("SELECT fraiseshm.grant_server($1::regrole)", role)
+        ident = await conn.fetchval("SELECT quote_ident($1::regrole::text)", role)
+        for view in sorted(set(views)):
+            rel = await conn.fetchval("SELECT $1::regclass::text", view)  # names it, or raises
+            await conn.execute(f"GRANT SELECT ON {rel} TO {ident}")
+        for fn in sorted(set(functions)):
+            proc = await conn.fetchval("SELECT ($1 || '(jsonb)')::regprocedure::text", fn)
+            await conn.execute(f"GRANT EXECUTE ON FUNCTION {proc} TO {ident}")
+
+
 async def uninstall(conn: asyncpg.Connection) -> None:
     async with conn.transaction():
         await conn.execute(UNINSTALL_SQL.read_text())
