@@ -311,10 +311,16 @@ def vars_of(obj: Any) -> dict[str, Any]:
 
 
 def cmd_db(args: argparse.Namespace, console: Console) -> int:
-    dsn = args.dsn or load_settings().database_dsn
+    settings = load_settings()
+    dsn = args.dsn or settings.database_dsn
     if dsn == "embedded":
-        raise CliError("the database is the embedded cluster (the kit is installed there at start): "
-                       "pass --dsn postgresql://... for another database")
+        from fraiseshm.db.embedded import EmbeddedCluster
+
+        cluster = EmbeddedCluster.from_settings(settings)
+        if not cluster.is_running():
+            raise CliError(f"the embedded cluster in {cluster.directory} is not running (`make run` starts it "
+                           "and installs the kit): pass --dsn postgresql://... for another database")
+        dsn = cluster.dsn
     try:
         return asyncio.run(_db(args, dsn, console))
     except (OSError, TimeoutError) as exc:
