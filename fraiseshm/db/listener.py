@@ -38,6 +38,7 @@ import os
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -90,7 +91,7 @@ class Listener:
         connect_timeout: float = 5.0,
         secret: str = "",
         max_age: float = 600.0,
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,  # wall clock: payloads carry the database's epoch time
     ) -> None:
         self._dsn = dsn
         self._secret = secret  # hex; "" = read fraiseshm.notify_key on connect

@@ -493,7 +493,7 @@ def test_db_commands_of_the_cli(pg_cluster: EmbeddedCluster) -> None:
         pg_cluster.psql("CREATE TABLE shop_t (id bigint PRIMARY KEY); CREATE TABLE link_t (a int, b int)", database=db)
         r = cli("db", "--dsn", dsn, "track", "shop_t", "link_t")
         assert r.returncode == 0, r.stderr
-        assert "tracking public.shop_t (key id)" in r.stdout and "NOTICE" in r.stdout and "link_t" in r.stdout
+        assert "tracking public.shop_t (key id)" in r.stdout and "NOTICE: fraiseshm.track: public.link_t" in r.stdout
         r = cli("db", "--dsn", dsn, "track", "no_such_table")
         assert r.returncode == 2 and "no_such_table" in r.stderr and "Traceback" not in r.stderr
         r = cli("db", "--dsn", dsn, "status", "--json", "--show-key")
@@ -508,3 +508,29 @@ def test_db_commands_of_the_cli(pg_cluster: EmbeddedCluster) -> None:
         assert pg_cluster.psql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop_t'::regclass", database=db).strip() == "0"
     finally:
         pg_cluster.psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", database="postgres")
+
+
+def test_install_and_track_as_a_database_owner_without_superuser(pg_cluster: EmbeddedCluster) -> None:
+    """A managed database: the owner installs the kit; only the event trigger needs more, and says so."""
+    owner, db = f"app_owner_{os.getpid()}", f"kit_owned_{os.getpid()}"
+    pg_cluster.psql(f"DROP DATABASE IF EXISTS {db}", database="postgres")
+    pg_cluster.psql(f"DROP ROLE IF EXISTS {owner}; CREATE ROLE {owner} LOGIN", database="postgres")
+    pg_cluster.psql(f"CREATE DATABASE {db} OWNER {owner}", database="postgres")
+    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + "/" + db
+
+    async def main() -> None:
+        messages: list[str] = []
+        async with connect(dsn, user=owner) as conn:
+            assert await kit.install(conn, on_message=messages.append) == 1
+            assert any("no event trigger" in m and m.startswith("WARNING") for m in messages), messages
+            await conn.execute("CREATE TABLE owned (id int PRIMARY KEY); INSERT INTO owned VALUES (1)")
+            await kit.track(conn, "owned")
+        async with session(dsn) as (conn, heard):  # written by a superuser, signed by the owner's trigger
+            recorded, payloads = await changes(conn, heard, "UPDATE owned SET id = 2")
+            assert tags(payloads) == set(recorded) == {"t:public.owned", "r:public.owned:1", "r:public.owned:2"}
+
+    try:
+        run(main())
+    finally:
+        pg_cluster.psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", database="postgres")
+        pg_cluster.psql(f"DROP ROLE IF EXISTS {owner}", database="postgres")

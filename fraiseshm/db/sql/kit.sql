@@ -360,7 +360,7 @@ BEGIN
             EXECUTE FUNCTION fraiseshm.on_ddl();
     END IF;
 EXCEPTION WHEN insufficient_privilege THEN
-    RAISE NOTICE 'fraiseshm: no event trigger on view changes (creating one needs a superuser): '
+    RAISE WARNING 'fraiseshm: no event trigger on view changes (creating one needs a superuser): '
                  'restart fraiseshm (or run `fraiseshm flush`) after changing a served view';
 END
 $$;
