@@ -399,6 +399,25 @@ async def _root_of(fetch: Fetch, oid: int, column: str = "id") -> tuple[tuple[st
     return None, "its id column's origin loops"
 
 
+def _fold(definitions: Any, name: str, reads: list[dict[str, Any]] | None) -> None:
+    """One served view's part of the definitions hash (its reads' SQL, or its absence)."""
+    if reads is None:
+        definitions.update(f"{name}\0missing\0".encode())
+        return
+    for r in reads:
+        if r["definition"] is not None:
+            definitions.update(f"{r['qualified']}\0{r['definition']}\0".encode())
+
+
+async def view_definitions(fetch: Fetch, views: Sequence[str]) -> bytes:
+    """Catalog.definitions alone, as load_catalog computes it: two queries per view (the periodic re-check)."""
+    definitions = hashlib.blake2b(digest_size=16)
+    for name in sorted(set(views)):
+        rel = await _one(fetch, _RELATION, name)
+        _fold(definitions, name, None if rel is None else await _one(fetch, _READS, rel["oid"]))
+    return definitions.digest()
+
+
 async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[str]) -> Catalog:
     catalog = Catalog()
     catalog.kit_installed = bool((await _one(fetch, _KIT))["kit"])
@@ -409,9 +428,11 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
         rel = await _one(fetch, _RELATION, name)
         if rel is None:
             catalog.views[name] = None
+            _fold(definitions, name, None)
             continue
         kind = {"v": "view", "m": "materialized view", "r": "table", "p": "table"}.get(rel["relkind"], rel["relkind"])
         reads = await _one(fetch, _READS, rel["oid"])
+        _fold(definitions, name, reads)
         tables, materialized = [], []
         for r in reads:
             if r["relkind"] in ("r", "p"):
@@ -419,8 +440,6 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
                 table_oids[r["oid"]] = r["qualified"]
             elif r["relkind"] == "m":
                 materialized.append(r["qualified"])
-            if r["definition"] is not None:
-                definitions.update(f"{r['qualified']}\0{r['definition']}\0".encode())
         if rel["relkind"] in ("r", "p"):
             root, problem = (rel["qualified"], "id"), ""
         elif rel["relkind"] == "v":
