@@ -1,7 +1,8 @@
 """What PostgreSQL's catalog says about the views and functions the SDL serves.
 
-Read once at start (fraiseshm/graphql/check.py, in the gunicorn master before
-workers fork; workers inherit it), never per request:
+Read at start (fraiseshm/graphql/check.py, in the gunicorn master before
+workers fork; workers inherit it) and again only when the periodic re-check
+sees the views' definitions change (``view_definitions``), never per request:
 
 - each served view: its columns and their types (the ``id`` type binds
   ``$1::<type>``, filter columns bind with their own type), ``security_invoker``;
@@ -14,9 +15,12 @@ workers fork; workers inherit it), never per request:
   the stored query tree (``pg_rewrite.ev_action``: the target entry's
   ``resorigtbl``/``resorigcol``, which PostgreSQL records for every plain column
   reference), following nested views down to a table;
+- the tables some part of the view's SQL reads without an equality join on a
+  key or foreign key column (``unjoined_tables``, from the same query tree);
 - each table of a read set: single-column keys, single-column foreign keys,
-  ``relrowsecurity``, and whether the kit's change triggers are attached
-  (triggers whose function lives in schema ``fraiseshm``);
+  ``relrowsecurity``, whether the kit's change triggers are attached
+  (triggers whose function lives in schema ``fraiseshm``) and the column the
+  kit names its rows by (``fraiseshm.tracked_tables()``);
 - each mutation function: whether ``fn(jsonb) RETURNS jsonb`` exists.
 
 Queries go through ``fetch_column`` (fraiseshm/db/pool.py Database) and return
