@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from graphql import GraphQLObjectType
+
 from fraiseshm.arena import Arena
 from fraiseshm.cascade.audit import Auditor, FailureWindow
 from fraiseshm.coalesce.coalescer import Coalescer
@@ -17,10 +19,26 @@ from fraiseshm.db.audit import AuditWriter
 from fraiseshm.db.listener import Listener
 from fraiseshm.db.pool import Database
 from fraiseshm.graphql.execute import Executor
+from fraiseshm.graphql.limits import Limits
 from fraiseshm.graphql.schema import ServedSchema, load_schema
+from fraiseshm.identity import check_private_types
 from fraiseshm.service import GraphQLService
 
 log = logging.getLogger("fraiseshm.runtime")
+
+
+def limits_from(s: Settings) -> Limits:
+    return Limits(
+        max_document_bytes=s.max_document_bytes,
+        max_tokens=s.max_document_tokens,
+        max_depth=s.max_query_depth,
+        max_fields=s.max_fields,
+        max_root_fields=s.max_root_fields,
+        max_list_fanout=s.max_list_fanout,
+        max_operations=s.max_operations,
+        max_fragments=s.max_fragments,
+        introspection=s.introspection,
+    )
 
 
 class Runtime:
@@ -54,7 +72,10 @@ class Runtime:
             connect_timeout=s.db_connect_timeout,
             statement_timeout_ms=s.statement_timeout_ms,
         )
-        executor = Executor(self.served, self.db, max_depth=s.max_query_depth, max_documents=s.max_document_cache)
+        executor = Executor(self.served, self.db, max_depth=s.max_query_depth, max_documents=s.max_document_cache,
+                            limits=limits_from(s), max_document_cache_bytes=s.max_document_cache_bytes)
+        type_map = self.served.schema.type_map
+        check_private_types(s, [t for t in executor.private_types if isinstance(type_map.get(t), GraphQLObjectType)])
         if self._store_factory is not None:
             self.arena = self._store_factory(s)
         elif s.cache_enabled:
