@@ -5,8 +5,11 @@
 install:
 	@bash scripts/bootstrap.sh test
 
+# The blog has a private type (Draft), so the server needs a verified identity: a
+# development secret unless FRAISESHM_JWT_SECRET is set (README, "Identity").
 run: install
-	.venv/bin/gunicorn -c gunicorn.conf.py
+	FRAISESHM_JWT_SECRET="$${FRAISESHM_JWT_SECRET:-development-only-secret-not-for-production}" \
+	FRAISESHM_DB_ROLE="$${FRAISESHM_DB_ROLE:-blog_web}" .venv/bin/gunicorn -c gunicorn.conf.py
 
 test: install
 	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -64,7 +64,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     # --- schema --------------------------------------------------------------
     schema_sdl: str = "examples/blog/schema.graphql"  # SDL with @view/@function/@cache
-    schema_sql: tuple[str, ...] = ("examples/blog/schema.sql",)  # loaded into embedded db
+    schema_sql: tuple[str, ...] = ("examples/blog/schema.sql", "examples/blog/private.sql")  # loaded into embedded db, in order
 
     # --- cache arena ---------------------------------------------------------
     cache_enabled: bool = True  # false: every query goes to PostgreSQL

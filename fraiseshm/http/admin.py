@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from typing import Any
 
 import falcon
@@ -33,6 +34,8 @@ _encode = msgspec.json.Encoder().encode
 MAX_BODY = 64 * 1024
 MAX_TAGS = 10_000
 MAX_AUDIT_LIMIT = 1000
+MAX_TAG_BYTES = 256
+_TAG = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):([!-~]+)")  # kind:rest, printable ASCII, no spaces or controls
 
 
 class _InvalidateBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -87,6 +90,11 @@ class InvalidateResource(_Admin):
             if not body.tags or len(body.tags) > MAX_TAGS or any(not t for t in body.tags):
                 graphql_error(resp, 400, f"tags must be 1..{MAX_TAGS} non-empty strings", "BAD_REQUEST")
                 return
+            bad = [t for t in body.tags if not _valid_tag(t, entities, self.runtime.served)]
+            if bad:
+                graphql_error(resp, 400, f"{len(bad)} tags are not Type:id, Type:*, type:Type or query:field with a known "
+                                         f"type/field, e.g. {bad[0][:80]!r}", "BAD_REQUEST")
+                return
             tags = sorted(set(body.tags))
         elif body.type is not None:
             if body.type not in entities:
@@ -95,7 +103,7 @@ class InvalidateResource(_Admin):
             tags = ["type:" + body.type, body.type + ":*"]
         else:
             typename, _, ident = (body.key or "").partition(":")
-            if typename not in entities or not ident:
+            if typename not in entities or not ident or not _valid_tag(body.key or "", entities, self.runtime.served):
                 graphql_error(resp, 400, f"key must be 'Type:id' with Type one of {sorted(entities)}, got {body.key!r}",
                               "BAD_REQUEST")
                 return
@@ -137,6 +145,19 @@ class AuditResource(_Admin):
             window = {"seconds": auditor.window.window, "mutations": state.mutations, "failures": state.failures,
                       "ratio": state.ratio, "threshold": auditor.window.threshold, "alerting": state.alerting}
         self._data(resp, {"records": records, "window": window})
+
+
+def _valid_tag(tag: str, entities: Any, served: Any) -> bool:
+    """The tag vocabulary of fraiseshm/graphql/deps.py, with names this schema knows."""
+    match = _TAG.fullmatch(tag) if len(tag) <= MAX_TAG_BYTES else None
+    if match is None:
+        return False
+    kind, rest = match.groups()
+    if kind == "type":
+        return rest in entities
+    if kind == "query":
+        return served is not None and rest in served.queries
+    return kind in entities
 
 
 def add_admin_routes(app: falcon.asgi.App, runtime: Runtime) -> None:
