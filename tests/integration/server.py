@@ -19,7 +19,7 @@ GUNICORN = Path(sys.executable).with_name("gunicorn")
 
 USER_QUERY = "query($id: ID!) { user(id: $id) { id name email } }"
 # The blog schema has a private type (Draft): a server refuses to start without a verified identity.
-JWT_SECRET = "test-secret-of-at-least-thirty-two-bytes"
+JWT_SECRET = "test-secret-of-sixty-four-bytes-so-that-every-hmac-algorithm-fits"
 
 
 def free_port() -> int:
