@@ -39,9 +39,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     request_timeout: PositiveFloat = 10.0  # seconds a request may spend in PostgreSQL before a 504
 
     # --- cost limits (checked before validation and execution; the error names the setting) --
-    max_document_bytes: Annotated[int, Meta(ge=1024)] = 32 * 1024  # query text, bytes
-    max_document_tokens: Annotated[int, Meta(ge=100)] = 10_000  # lexical tokens per document
-    max_fields: PositiveInt = 1000  # fields and aliases per document, fragments expanded
+    max_document_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024  # query text, bytes
+    max_document_tokens: Annotated[int, Meta(ge=100)] = 4000  # lexical tokens per document
+    max_fields: PositiveInt = 500  # fields and aliases per document, fragments expanded
     max_root_fields: PositiveInt = 20  # root fields per operation (one SQL statement each)
     max_list_fanout: PositiveInt = 20_000  # estimated rows: page size x nesting (10 per nested list)
     max_operations: PositiveInt = 10  # operations per document

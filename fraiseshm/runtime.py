@@ -118,6 +118,8 @@ class Runtime:
         log.info("worker ready: schema %s, cache %s", s.schema_sdl, "on" if self.arena else "off")
 
     async def stop(self) -> None:
+        if self._service is not None:
+            self._service.close()
         if self.listener is not None:
             await self.listener.stop()
             self.listener = None

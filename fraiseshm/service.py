@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,8 @@ _decode_variables = msgspec.json.Decoder(dict[str, Any] | None).decode
 MEMO_BODIES = 1024  # entries, then the memo starts over
 MEMO_BODY_BYTES = 4096  # larger bodies are not memoised
 MEMO_TOTAL_BYTES = 256 * 1024  # bodies' bytes, then the memo starts over (documents: <= ~40 MiB)
+OFFLOAD_QUERY_BYTES = 2048  # documents above this are compiled off the event loop
+OFFLOAD_BODY_BYTES = 64 * 1024  # bodies above this are decoded off the event loop
 
 
 @dataclass(slots=True)
@@ -131,9 +134,14 @@ class GraphQLService:
         self._counted = arena if settings.stats_enabled else None  # per-request counters; failures always count
         self._posted: dict[bytes, tuple[Prepared, dict[str, Any] | None, bytes]] = {}
         self._posted_bytes = 0
+        # One thread: large documents and bodies are compiled one at a time, off the loop.
+        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraiseshm-compile")
         self._refreshing: set[asyncio.Task[Any]] = set()  # stale-while-revalidate refreshes
         self._entity_names = tuple(served.entities)
         self._query_names = served.query_names
+
+    def close(self) -> None:
+        self._compiler.shutdown(wait=False, cancel_futures=True)
 
     # --- entry points ---------------------------------------------------------
 
@@ -144,11 +152,11 @@ class GraphQLService:
             if self._counted is not None:
                 self._counted.incr(Counter.REQUESTS)
             return await self._dispatch(*posted, meta)
-        depth = self.settings.max_json_depth
         try:
-            request = jsondepth.decode(_decode_post, body, "request body", depth)
-            jsondepth.check_depth(request.variables, "variables", depth)
-            jsondepth.check_depth(request.extensions, "extensions", depth)
+            if len(body) > OFFLOAD_BODY_BYTES:
+                request = await asyncio.get_running_loop().run_in_executor(self._compiler, self._decode, body)
+            else:
+                request = self._decode(body)
         except JSONTooDeep as exc:
             return self._bad_request(str(exc), meta)
         except msgspec.ValidationError as exc:
@@ -156,6 +164,13 @@ class GraphQLService:
         except msgspec.DecodeError as exc:
             return self._bad_request(f"request body is not valid JSON: {exc}", meta)
         return await self.handle(request.query, request.operationName, request.variables, meta, body=body)
+
+    def _decode(self, body: bytes) -> _PostBody:
+        depth = self.settings.max_json_depth
+        request = jsondepth.decode(_decode_post, body, "request body", depth)
+        jsondepth.check_depth(request.variables, "variables", depth)
+        jsondepth.check_depth(request.extensions, "extensions", depth)
+        return request
 
     async def get(self, params: dict[str, str], meta: RequestMeta) -> Reply:
         query = params.get("query")
@@ -182,7 +197,16 @@ class GraphQLService:
         if self._counted is not None:
             self._counted.incr(Counter.REQUESTS)
         try:
-            prepared = self.executor.prepare(query, operation_name)
+            prepared = self.executor.cached(query, operation_name)
+            if prepared is None:
+                if len(query) > OFFLOAD_QUERY_BYTES:
+                    # PERF: a large document is compiled in a thread: the event loop keeps
+                    # serving (the GIL is handed back every few ms) while it parses.
+                    compiled = await asyncio.get_running_loop().run_in_executor(
+                        self._compiler, self.executor.compile, query, operation_name)
+                else:
+                    compiled = self.executor.compile(query, operation_name)
+                prepared = self.executor.remember(compiled)
         except GraphQLRequestError as exc:
             log.info("rejected GraphQL document: %s", exc)
             return self._request_errors([e.formatted for e in exc.errors], meta)

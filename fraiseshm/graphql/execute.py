@@ -56,6 +56,7 @@ class Prepared:
     digest: bytes  # hash of the normalised document (print_ast) + operation name
     cost: Cost | None = None  # figures checked against the limits (fraiseshm/graphql/limits.py)
     variable_names: frozenset[str] = frozenset()  # variables the operation declares (the rest are not keyed)
+    query: str = ""  # the text it was compiled from (the cache's key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,15 +128,19 @@ class Executor:
     # --- documents ----------------------------------------------------------
 
     def prepare(self, query: str, operation_name: str | None) -> Prepared:
-        """Parse + check the limits + validate once per (query text, operation) per worker.
+        """Parse + check the limits + validate once per (query text, operation) per worker."""
+        return self.cached(query, operation_name) or self.remember(self.compile(query, operation_name))
 
-        The cache is an LRU bounded in entries and in estimated bytes (a parsed
-        document takes up to DOCUMENT_MEMORY_FACTOR x its text)."""
+    def cached(self, query: str, operation_name: str | None) -> Prepared | None:
         cache_key = (query, operation_name)
         prepared = self._prepared.get(cache_key)
         if prepared is not None:
             self._prepared.move_to_end(cache_key)
-            return prepared
+        return prepared
+
+    def compile(self, query: str, operation_name: str | None) -> Prepared:
+        """Parse, check the limits, validate. Touches nothing shared: a large
+        document may be compiled in a thread, off the event loop."""
         try:
             check_source(query, self.limits)
             document = parse(query, max_tokens=self.limits.max_tokens)
@@ -153,7 +158,7 @@ class Executor:
             raise GraphQLRequestError(list(errors))
         normalised = print_ast(document).encode()
         digest = hashlib.blake2b(normalised + b"\0" + (operation_name or "").encode(), digest_size=16).digest()
-        prepared = Prepared(
+        return Prepared(
             document=document,
             operation=operation,
             operation_name=operation_name,
@@ -161,9 +166,17 @@ class Executor:
             digest=digest,
             cost=cost,
             variable_names=frozenset(v.variable.name.value for v in operation.variable_definitions or ()),
+            query=query,
         )
+
+    def remember(self, prepared: Prepared) -> Prepared:
+        """Keep a compiled document: an LRU bounded in entries and in estimated bytes
+        (a parsed document takes up to DOCUMENT_MEMORY_FACTOR x its text)."""
+        cache_key = (prepared.query, prepared.operation_name)
+        if cache_key in self._prepared:
+            return self._prepared[cache_key]
         self._prepared[cache_key] = prepared
-        self._cached_bytes += len(query) * DOCUMENT_MEMORY_FACTOR
+        self._cached_bytes += len(prepared.query) * DOCUMENT_MEMORY_FACTOR
         while self._prepared and (len(self._prepared) > self.max_documents or self._cached_bytes > self.max_cache_bytes):
             (old_query, _), _ = self._prepared.popitem(last=False)
             self._cached_bytes -= len(old_query) * DOCUMENT_MEMORY_FACTOR

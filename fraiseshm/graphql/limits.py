@@ -53,10 +53,10 @@ MAX_TYPE_FIELDS = 10  # `__type(name:)` lookups per document (GraphiQL asks a fe
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_document_bytes: int = 32 * 1024  # query text, UTF-8 bytes
-    max_tokens: int = 10_000  # lexical tokens (graphql-core stops the parser there)
+    max_document_bytes: int = 16 * 1024  # query text, UTF-8 bytes
+    max_tokens: int = 4000  # lexical tokens (graphql-core stops the parser there)
     max_depth: int = 12  # selection-set nesting, introspection excluded
-    max_fields: int = 1000  # fields and aliases after fragment expansion
+    max_fields: int = 500  # fields and aliases after fragment expansion
     max_root_fields: int = 20  # root fields per operation: each one is one SQL statement
     max_list_fanout: int = 20_000  # estimated rows: page size x nesting
     max_operations: int = 10  # operation definitions per document
