@@ -482,7 +482,8 @@ class GraphQLService:
     def _request_errors(self, errors: list[dict[str, Any]], meta: RequestMeta) -> Reply:
         for error in errors:
             extensions = error.setdefault("extensions", {})
-            extensions.setdefault("code", "GRAPHQL_VALIDATION_FAILED")
+            syntax = str(error.get("message", "")).startswith("Syntax Error")
+            extensions.setdefault("code", "GRAPHQL_PARSE_FAILED" if syntax else "GRAPHQL_VALIDATION_FAILED")
         status = 400 if meta.media_type == GRAPHQL_RESPONSE else 200
         return Reply(status, _encode({"errors": errors}), meta.media_type, statuses=(200, 400))
 
