@@ -189,3 +189,12 @@ def test_start_refuses_private_types_without_identity(pg_cluster: EmbeddedCluste
     with pytest.raises(RuntimeError, match="private types"):
         srv.start(timeout=30)
     srv.stop()
+
+
+def test_claims_with_quotes_and_backslashes_reach_postgresql_intact(server: Server) -> None:
+    """The claims travel as an E'' literal: no quoting can break out of it."""
+    with server.client() as c:
+        for sub in ["x'; SET ROLE postgres; --", "a\\'b", 'q"uote', "$$ $x$", "é\u2028"]:
+            r = graphql(c, DRAFTS, headers=bearer(token({"sub": sub})))
+            assert r.status_code == 200, (sub, r.text)
+            assert r.json()["data"]["drafts"] == []
