@@ -5,14 +5,17 @@
 
 EXAMPLE ?= blog
 # Each example other than the blog gets its own embedded cluster (both define fn_seed).
-EXAMPLE_ENV = $(if $(filter blog,$(EXAMPLE)),,FRAISESHM_SCHEMA_SDL=examples/$(EXAMPLE)/schema.graphql \
+EXAMPLE_ENV = $(if $(filter blog,$(EXAMPLE)),FRAISESHM_DB_ROLE="$${FRAISESHM_DB_ROLE:-blog_web}",FRAISESHM_SCHEMA_SDL=examples/$(EXAMPLE)/schema.graphql \
 	FRAISESHM_SCHEMA_SQL=examples/$(EXAMPLE)/schema.sql \
 	FRAISESHM_EMBEDDED_DIR=$${TMPDIR:-/tmp}/fraiseshm-pg-$(EXAMPLE)-$$(id -u))
 
 install:
 	@bash scripts/bootstrap.sh test
 
+# The blog has a private type (Draft), so the server needs a verified identity: a
+# development secret unless FRAISESHM_JWT_SECRET is set (README, "Identity").
 run: install
+	FRAISESHM_JWT_SECRET="$${FRAISESHM_JWT_SECRET:-development-only-secret-not-for-production}" \
 	$(EXAMPLE_ENV) .venv/bin/gunicorn -c gunicorn.conf.py
 
 test: install

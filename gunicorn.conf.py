@@ -46,6 +46,10 @@ logging.basicConfig(
     level=_settings.log_level.upper(),
     format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
 )
+# Control characters a client sent (an operationName with a newline...) never forge a log line.
+from fraiseshm.logs import install as _install_log_hygiene  # noqa: E402
+
+_install_log_hygiene()
 
 _state = {}
 

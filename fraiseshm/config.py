@@ -33,8 +33,22 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workers: Annotated[int, Meta(ge=0)] = 0  # worker processes; 0 = one per core
     worker_timeout: PositiveInt = 30  # seconds before gunicorn kills a silent worker
     max_body_bytes: PositiveInt = 1 * MiB  # request bodies above this get 413
-    max_query_depth: PositiveInt = 12  # selection-set nesting limit
+    max_query_depth: PositiveInt = 12  # selection-set nesting limit (introspection not counted)
     max_document_cache: PositiveInt = 1024  # parsed+validated documents kept per worker (LRU)
+    max_document_cache_bytes: Annotated[int, Meta(ge=MiB)] = 64 * MiB  # that LRU's estimated memory, bytes
+    request_timeout: PositiveFloat = 10.0  # seconds a request may spend in PostgreSQL before a 504
+
+    # --- cost limits (checked before validation and execution; the error names the setting) --
+    max_document_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024  # query text, bytes
+    max_document_tokens: Annotated[int, Meta(ge=100)] = 4000  # lexical tokens per document
+    max_fields: PositiveInt = 500  # fields and aliases per document, fragments expanded
+    max_root_fields: PositiveInt = 20  # root fields per operation (one SQL statement each)
+    max_list_fanout: PositiveInt = 20_000  # estimated rows: page size x nesting (10 per nested list)
+    max_operations: PositiveInt = 10  # operations per document
+    max_fragments: PositiveInt = 50  # fragment definitions per document
+    introspection: bool = True  # __schema / __type; __schema at most once per document
+    max_json_depth: Annotated[int, Meta(ge=2, le=500)] = 64  # nesting of JSON in bodies, variables, tokens
+    honour_no_cache: bool = False  # a client's Cache-Control: no-cache revalidates (coalesced); false: ignored
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     expose_worker_header: bool = False  # add X-Fraiseshm-Worker: <pid> (diagnosis, tests)
 
@@ -50,7 +64,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     # --- schema --------------------------------------------------------------
     schema_sdl: str = "examples/blog/schema.graphql"  # SDL with @view/@function/@cache
-    schema_sql: tuple[str, ...] = ("examples/blog/schema.sql",)  # loaded into embedded db
+    schema_sql: tuple[str, ...] = ("examples/blog/schema.sql", "examples/blog/private.sql")  # loaded into embedded db, in order
 
     # --- cache arena ---------------------------------------------------------
     cache_enabled: bool = True  # false: every query goes to PostgreSQL
@@ -69,9 +83,21 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     coalesce_on_timeout: Literal["error", "execute"] = "error"  # what a timed-out follower does
     stale_while_revalidate: bool = False  # serve a TTL-expired (never an invalidated) entry while one leader refreshes
 
-    # --- isolation / admin ---------------------------------------------------
-    scope_header: str = ""  # request header whose value scopes the cache (tenant/user)
-    scope_jwt_claim: str = ""  # claim of the bearer JWT that scopes the cache
+    # --- identity / isolation / admin (docs/ARCHITECTURE.md, "Identity") ---------
+    jwt_secret: str = ""  # HS256/384/512 secret (>= 32 bytes); set it as FRAISESHM_JWT_SECRET
+    jwt_public_keys: str = ""  # path of a PEM public key or a JWKS file (RS*/ES*/PS*/EdDSA)
+    jwt_algorithms: tuple[str, ...] = ()  # accepted algorithms; () = HS256 with a secret, else RS256 + ES256
+    jwt_issuer: str = ""  # required `iss` when set
+    jwt_audience: str = ""  # required `aud` when set
+    jwt_leeway: Annotated[float, Meta(ge=0, le=300)] = 0.0  # seconds of clock skew allowed on exp/nbf
+    jwt_require_exp: bool = True  # refuse tokens without `exp`
+    jwt_cache_size: Annotated[int, Meta(ge=0)] = 10_000  # verified tokens remembered per worker (LRU)
+    scope_claims: tuple[str, ...] = ("sub",)  # verified claims that reach PostgreSQL and scope private entries
+    jwt_role_claim: str = ""  # claim naming the PostgreSQL role (SET LOCAL ROLE); must be in db_roles
+    db_roles: tuple[str, ...] = ()  # roles a token may ask for
+    db_role: str = ""  # role every request runs as unless its token names another; "" = the pool's user
+    scope_header: str = ""  # request header that scopes private entries, set by a trusted gateway
+    scope_header_trusted: bool = False  # required with scope_header: the gateway sets it and strips clients' own
     admin_token: str = ""  # token for /admin/*; empty = admin endpoints disabled
 
     # --- cascade audit -------------------------------------------------------
@@ -120,7 +146,59 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                               "(`fraiseshm db status --show-key`), or empty to read it from the database")
         if not self.arena_name.startswith("/") or "/" in self.arena_name[1:]:
             raise ConfigError(f"arena_name: expected '/name', got {self.arena_name!r}")
+        if self.request_timeout >= self.worker_timeout:
+            raise ConfigError(
+                f"request_timeout ({self.request_timeout}s) must be shorter than worker_timeout ({self.worker_timeout}s)"
+            )
+        if self.statement_timeout_ms > self.request_timeout * 1000:
+            # a mutation is never cancelled from the client (it may have committed): its
+            # statement_timeout is what holds it to the request's deadline
+            raise ConfigError(
+                f"statement_timeout_ms ({self.statement_timeout_ms}) must be at most request_timeout "
+                f"({self.request_timeout}s) in milliseconds"
+            )
+        self._check_identity()
 
+    def _check_identity(self) -> None:
+        if self.scope_header and not self.scope_header_trusted:
+            raise ConfigError(
+                f"scope_header ({self.scope_header!r}) is honoured only when a trusted gateway sets it and strips "
+                "the clients' own: set scope_header_trusted = true (FRAISESHM_SCOPE_HEADER_TRUSTED)"
+            )
+        if self.jwt_secret and len(self.jwt_secret.encode()) < 32:
+            raise ConfigError("jwt_secret must be at least 32 bytes (RFC 7518 3.2: a key as long as the HS256 hash)")
+        for alg in self.jwt_algorithms:
+            if alg.lower() == "none" or alg not in _JWT_ALGORITHMS:
+                raise ConfigError(f"jwt_algorithms: {alg!r} is not one of {sorted(_JWT_ALGORITHMS)}")
+            if alg.startswith("HS") and not self.jwt_secret:
+                raise ConfigError(f"jwt_algorithms has {alg}: set jwt_secret (FRAISESHM_JWT_SECRET)")
+            if not alg.startswith("HS") and not self.jwt_public_keys:
+                raise ConfigError(f"jwt_algorithms has {alg}: set jwt_public_keys (a PEM or JWKS file)")
+        if self.jwt_secret and self.jwt_public_keys and not self.jwt_algorithms:
+            raise ConfigError("both jwt_secret and jwt_public_keys are set: list the accepted jwt_algorithms")
+        for role in (self.db_role, *self.db_roles):
+            if role and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}", role):
+                raise ConfigError(f"db_role/db_roles: {role!r} is not a plain role name")
+        if self.jwt_role_claim and not self.db_roles:
+            raise ConfigError("jwt_role_claim needs db_roles: the roles a token may ask for")
+        if self.scope_header and not re.fullmatch(r"[A-Za-z0-9-]+", self.scope_header):
+            raise ConfigError(f"scope_header: {self.scope_header!r} is not a header name")
+
+    def identity_configured(self) -> bool:
+        """A verified identity exists: a signed token, or a header a trusted gateway sets."""
+        return bool(self.jwt_secret or self.jwt_public_keys or (self.scope_header and self.scope_header_trusted))
+
+    def accepted_jwt_algorithms(self) -> tuple[str, ...]:
+        if self.jwt_algorithms:
+            return self.jwt_algorithms
+        if self.jwt_secret:
+            return ("HS256",)
+        return ("RS256", "ES256") if self.jwt_public_keys else ()
+
+
+_JWT_ALGORITHMS = frozenset(
+    ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+)
 
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
 

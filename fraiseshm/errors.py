@@ -84,6 +84,10 @@ class MutationFailed(FraiseshmError):
     """A mutation function raised inside PostgreSQL."""
 
 
+class DatabaseError(FraiseshmError):
+    """A read failed inside PostgreSQL; the detail is in the log, not in the reply."""
+
+
 # --- requests ----------------------------------------------------------------
 
 
@@ -97,6 +101,26 @@ class BodyTooLarge(RequestError):
 
 class MethodNotAllowed(RequestError):
     """A mutation over GET, or an unsupported HTTP method."""
+
+
+class LimitExceeded(RequestError):
+    """A document or request is over a cost limit; ``setting`` names the limit."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(f"{message} (FRAISESHM_{setting.upper()})")
+        self.setting = setting
+
+
+class JSONTooDeep(RequestError):
+    """JSON in a body, in variables or in a token nests deeper than max_json_depth."""
+
+
+class RequestTimeout(FraiseshmError, TimeoutError):
+    """A request ran past its deadline (request_timeout); its database work was cancelled."""
+
+
+class Unauthenticated(FraiseshmError, PermissionError):
+    """A bearer token is present but not valid (bad signature, expired, unsigned, wrong audience...)."""
 
 
 class NotAuthorized(FraiseshmError, PermissionError):

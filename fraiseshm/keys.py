@@ -4,9 +4,10 @@ The document part is the digest of the *normalised* document (graphql-core's
 print_ast: whitespace, comments and formatting do not matter) and operation
 name, computed once per query text per worker. Variables are canonical JSON
 with sorted keys, so key order and spacing in the request do not matter
-either. The schema's version is in the key: a new schema never serves an old
-entry. The scope (tenant / role / user) is in the key: two scopes never share
-an entry.
+either; variables the operation does not declare are dropped first. The schema's version is in the key: a new schema never serves an old
+entry. A result that can hold a private type is keyed with the scope (the
+canonical encoding of the verified identity, fraiseshm/identity.py): two
+identities never share such an entry.
 
 PERF: the key is the concatenation itself, not a hash of it: the arena hashes
 keys in C and compares them byte for byte. Only a key longer than the arena's
@@ -36,13 +37,21 @@ def base_key(document_digest: bytes, schema_version: bytes, variables: dict[str,
     return schema_version + document_digest + canonical_variables(variables)
 
 
-def scoped_key(base: bytes, scope: str) -> bytes:
+def scoped_key(base: bytes, scope: bytes) -> bytes:
+    """scope: the identity's canonical encoding (fraiseshm/identity.py), b"" for shared entries."""
     # INVARIANT: canonical JSON never holds a raw NUL, so "\0" separates the scope unambiguously.
-    key = base + b"\0" + scope.encode() if scope else base
+    key = base + b"\0" + scope if scope else base
     if len(key) > MAX_KEY:
         key = _DIGESTED + hashlib.blake2b(key, digest_size=32).digest()
     return key
 
 
-def cache_key(document_digest: bytes, schema_version: bytes, variables: dict[str, Any] | None, scope: str) -> bytes:
+def used_variables(variables: dict[str, Any] | None, declared: frozenset[str]) -> dict[str, Any] | None:
+    """Only the variables the operation declares: junk values a client adds are not keyed."""
+    if not variables or all(name in declared for name in variables):
+        return variables
+    return {name: value for name, value in variables.items() if name in declared}
+
+
+def cache_key(document_digest: bytes, schema_version: bytes, variables: dict[str, Any] | None, scope: bytes) -> bytes:
     return scoped_key(base_key(document_digest, schema_version, variables), scope)

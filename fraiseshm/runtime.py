@@ -9,6 +9,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from graphql import GraphQLObjectType
+
 from fraiseshm.arena import Arena
 from fraiseshm.cascade.audit import Auditor, FailureWindow
 from fraiseshm.coalesce.coalescer import Coalescer
@@ -21,9 +23,25 @@ from fraiseshm.errors import DatabaseUnavailable
 from fraiseshm.graphql.execute import Executor
 from fraiseshm.graphql.check import bound_schema, load_and_check, log_result, recheck
 from fraiseshm.graphql.schema import ServedSchema
+from fraiseshm.graphql.limits import Limits
+from fraiseshm.identity import check_private_types
 from fraiseshm.service import GraphQLService
 
 log = logging.getLogger("fraiseshm.runtime")
+
+
+def limits_from(s: Settings) -> Limits:
+    return Limits(
+        max_document_bytes=s.max_document_bytes,
+        max_tokens=s.max_document_tokens,
+        max_depth=s.max_query_depth,
+        max_fields=s.max_fields,
+        max_root_fields=s.max_root_fields,
+        max_list_fanout=s.max_list_fanout,
+        max_operations=s.max_operations,
+        max_fragments=s.max_fragments,
+        introspection=s.introspection,
+    )
 
 
 class Runtime:
@@ -63,7 +81,10 @@ class Runtime:
             connect_timeout=s.db_connect_timeout,
             statement_timeout_ms=s.statement_timeout_ms,
         )
-        executor = Executor(self.served, self.db, max_depth=s.max_query_depth, max_documents=s.max_document_cache)
+        executor = Executor(self.served, self.db, max_depth=s.max_query_depth, max_documents=s.max_document_cache,
+                            limits=limits_from(s), max_document_cache_bytes=s.max_document_cache_bytes)
+        type_map = self.served.schema.type_map
+        check_private_types(s, [t for t in executor.private_types if isinstance(type_map.get(t), GraphQLObjectType)])
         if self._store_factory is not None:
             self.arena = self._store_factory(s)
         elif s.cache_enabled:
@@ -127,6 +148,8 @@ class Runtime:
         if self._recheck is not None:
             self._recheck.cancel()
             self._recheck = None
+        if self._service is not None:
+            self._service.close()
         if self.listener is not None:
             await self.listener.stop()
             self.listener = None

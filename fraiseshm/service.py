@@ -18,23 +18,36 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from graphql import ExecutionResult
+from graphql import ExecutionResult, GraphQLError
 
 from fraiseshm.arena import Arena, Counter
 from fraiseshm.cascade.changes import Changes, parse_setting, verify
 from fraiseshm.cascade.tags import CascadePlan, plan_invalidation, wide_tags
 from fraiseshm.coalesce.coalescer import Coalescer, Filled
 from fraiseshm.config import Settings
-from fraiseshm.errors import CascadeError, DatabaseUnavailable, EntryTooLarge, MutationFailed
+from fraiseshm.db.pool import RequestSession, current_session
+from fraiseshm.errors import (
+    CascadeError,
+    DatabaseError,
+    DatabaseUnavailable,
+    EntryTooLarge,
+    JSONTooDeep,
+    LimitExceeded,
+    MutationFailed,
+    RequestTimeout,
+)
 from fraiseshm.graphql.deps import Dependencies
 from fraiseshm.graphql.execute import ExecutionContext, Executor, GraphQLRequestError, MutationCall, Prepared
+from fraiseshm.graphql.limits import fanout
 from fraiseshm.graphql.schema import RootMutation, ServedSchema
-from fraiseshm import _native
-from fraiseshm.keys import base_key, scoped_key
+from fraiseshm import _native, jsondepth
+from fraiseshm.identity import ANONYMOUS, Identity
+from fraiseshm.keys import base_key, scoped_key, used_variables
 
 log = logging.getLogger("fraiseshm.service")
 
@@ -55,8 +68,12 @@ _decode_post = msgspec.json.Decoder(_PostBody).decode
 _decode_variables = msgspec.json.Decoder(dict[str, Any] | None).decode
 
 # Per-worker memo of request bodies already seen: body -> (prepared, variables, key base).
+# It holds parsed documents too (up to ~160 B per byte of text), so it is bounded in bytes.
 MEMO_BODIES = 1024  # entries, then the memo starts over
-MEMO_BODY_BYTES = 4096  # larger bodies are not memoised (bounds the memo to ~4 MiB)
+MEMO_BODY_BYTES = 4096  # larger bodies are not memoised
+MEMO_TOTAL_BYTES = 256 * 1024  # bodies' bytes, then the memo starts over (documents: <= ~40 MiB)
+OFFLOAD_QUERY_BYTES = 2048  # documents above this are compiled off the event loop
+OFFLOAD_BODY_BYTES = 64 * 1024  # bodies above this are decoded off the event loop
 
 
 @dataclass(slots=True)
@@ -65,6 +82,7 @@ class Reply:
     body: bytes
     content_type: str = JSON
     headers: dict[str, str] = field(default_factory=dict)
+    statuses: tuple[int, int] | None = None  # (for JSON, for GRAPHQL_RESPONSE) when they differ
 
 
 @dataclass(slots=True)
@@ -73,9 +91,11 @@ class RequestMeta:
 
     method: str  # "GET" or "POST"
     media_type: str = JSON  # response media type chosen from Accept
-    scope: str = ""  # tenant / role / user from the configured header or JWT claim
+    identity: Identity = ANONYMOUS  # verified (fraiseshm/identity.py); its scope keys private entries
+    vary: str = ""  # the request headers a private reply depends on (Authorization, the scope header)
     no_cache: bool = False  # request Cache-Control: no-cache
     if_none_match: str | None = None
+    deadline: float = 0.0  # time.monotonic() by which the database work must be done; 0 = none
 
 
 def _error_body(message: str, **extensions: Any) -> bytes:
@@ -113,6 +133,9 @@ class GraphQLService:
         self.on_cascade = on_cascade  # audit hook: (mutation, response, plan, seq, call, changes)
         self._counted = arena if settings.stats_enabled else None  # per-request counters; failures always count
         self._posted: dict[bytes, tuple[Prepared, dict[str, Any] | None, bytes]] = {}
+        self._posted_bytes = 0
+        # One thread: large documents and bodies are compiled one at a time, off the loop.
+        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraiseshm-compile")
         self._refreshing: set[asyncio.Task[Any]] = set()  # stale-while-revalidate refreshes
         self._query_names = served.query_names
         self.rebound()
@@ -124,6 +147,9 @@ class GraphQLService:
         self._posted.clear()  # its keys hold the old schema version
         self.executor.rebound()
 
+    def close(self) -> None:
+        self._compiler.shutdown(wait=False, cancel_futures=True)
+
     # --- entry points ---------------------------------------------------------
 
     async def post(self, body: bytes, meta: RequestMeta) -> Reply:
@@ -134,12 +160,24 @@ class GraphQLService:
                 self._counted.incr(Counter.REQUESTS)
             return await self._dispatch(*posted, meta)
         try:
-            request = _decode_post(body)
+            if len(body) > OFFLOAD_BODY_BYTES:
+                request = await asyncio.get_running_loop().run_in_executor(self._compiler, self._decode, body)
+            else:
+                request = self._decode(body)
+        except JSONTooDeep as exc:
+            return self._bad_request(str(exc), meta)
         except msgspec.ValidationError as exc:
             return self._bad_request(f"request body is not a GraphQL request: {exc}", meta)
         except msgspec.DecodeError as exc:
             return self._bad_request(f"request body is not valid JSON: {exc}", meta)
         return await self.handle(request.query, request.operationName, request.variables, meta, body=body)
+
+    def _decode(self, body: bytes) -> _PostBody:
+        depth = self.settings.max_json_depth
+        request = jsondepth.decode(_decode_post, body, "request body", depth)
+        jsondepth.check_depth(request.variables, "variables", depth)
+        jsondepth.check_depth(request.extensions, "extensions", depth)
+        return request
 
     async def get(self, params: dict[str, str], meta: RequestMeta) -> Reply:
         query = params.get("query")
@@ -148,7 +186,9 @@ class GraphQLService:
         variables = None
         if params.get("variables"):
             try:
-                variables = _decode_variables(params["variables"])
+                variables = jsondepth.decode(_decode_variables, params["variables"], "variables", self.settings.max_json_depth)
+            except JSONTooDeep as exc:
+                return self._bad_request(str(exc), meta)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 return self._bad_request(f"'variables' is not a JSON object: {exc}", meta)
         return await self.handle(query, params.get("operationName") or None, variables, meta)
@@ -164,15 +204,33 @@ class GraphQLService:
         if self._counted is not None:
             self._counted.incr(Counter.REQUESTS)
         try:
-            prepared = self.executor.prepare(query, operation_name)
+            prepared = self.executor.cached(query, operation_name)
+            if prepared is None:
+                if len(query) > OFFLOAD_QUERY_BYTES:
+                    # PERF: a large document is compiled in a thread: the event loop keeps
+                    # serving (the GIL is handed back every few ms) while it parses.
+                    compiled = await asyncio.get_running_loop().run_in_executor(
+                        self._compiler, self.executor.compile, query, operation_name)
+                else:
+                    compiled = self.executor.compile(query, operation_name)
+                prepared = self.executor.remember(compiled)
         except GraphQLRequestError as exc:
             log.info("rejected GraphQL document: %s", exc)
             return self._request_errors([e.formatted for e in exc.errors], meta)
+        variables = used_variables(variables, prepared.variable_names)
+        if prepared.cost is not None and prepared.cost.variable_pages:
+            try:  # page sizes given as variables: the fan-out limit is checked with their values
+                fanout(self.served.schema, prepared.document, prepared.operation, variables, self.executor.limits)
+            except LimitExceeded as exc:
+                log.info("rejected GraphQL request: %s", exc)
+                return self._request_errors([{"message": str(exc), "extensions": {"code": "LIMIT_EXCEEDED", "limit": exc.setting}}], meta)
         base = base_key(prepared.digest, self.served.version, variables)
         if body is not None and len(body) <= MEMO_BODY_BYTES:
-            if len(self._posted) >= MEMO_BODIES:
+            if len(self._posted) >= MEMO_BODIES or self._posted_bytes + len(body) > MEMO_TOTAL_BYTES:
                 self._posted.clear()  # bounded: a cold restart of the memo is cheap
+                self._posted_bytes = 0
             self._posted[body] = (prepared, variables, base)
+            self._posted_bytes += len(body)
         return await self._dispatch(prepared, variables, base, meta)
 
     async def _dispatch(self, prepared: Prepared, variables: dict[str, Any] | None, base: bytes, meta: RequestMeta) -> Reply:
@@ -188,27 +246,48 @@ class GraphQLService:
 
     async def _query(self, prepared: Prepared, variables: dict[str, Any] | None, base: bytes, meta: RequestMeta) -> Reply:
         arena = self.arena
-        if arena is None or meta.no_cache:
+        private = _is_private(prepared)
+        scope = meta.identity.scope if private else b""
+        if arena is None or (private and not scope):
+            # a private result for an anonymous request is never stored: no scope to key it by
             if self._counted is not None:
                 self._counted.incr(Counter.BYPASSES)
             filled = await self._execute(prepared, variables, meta, key=None)
-            filled.reply.headers["X-Cache"] = "BYPASS"
-            return filled.reply
+            reply = self._own(filled.reply, meta)
+            reply.headers["X-Cache"] = "BYPASS"
+            return reply
 
-        key = scoped_key(base, meta.scope)
+        key = scoped_key(base, scope)
+        if meta.no_cache and self.settings.honour_no_cache:
+            # revalidate, through the coalescer: one execution per key however many ask
+            reply = self._own(await self._fill(key, prepared, variables, meta), meta)
+            reply.headers["X-Cache"] = "MISS"
+            return reply
         body = arena.get(key)
         if body is not None:
-            return self._hit(body, meta)
+            return self._hit(body, meta, private)
         if self.settings.stale_while_revalidate:
             stale = arena.get_stale(key)  # TTL expired, dependencies still valid
             if stale is not None:
                 self._refresh_in_background(key, prepared, variables, meta)
-                reply = self._hit(stale, meta)
+                reply = self._hit(stale, meta, private)
                 reply.headers["X-Cache"] = "STALE"
                 return reply
-        reply = await self._fill(key, prepared, variables, meta)
+        reply = self._own(await self._fill(key, prepared, variables, meta), meta)
         reply.headers["X-Cache"] = "MISS"
         return reply
+
+    def _own(self, reply: Reply, meta: RequestMeta) -> Reply:
+        """A reply made for this request, whoever computed it (a coalesced leader
+        answers for followers that may want another media type or hold the ETag)."""
+        status = reply.status
+        if reply.statuses is not None:
+            status = reply.statuses[meta.media_type == GRAPHQL_RESPONSE]
+        own = Reply(status, reply.body, meta.media_type, dict(reply.headers), reply.statuses)
+        etag = own.headers.get("ETag")
+        if status == 200 and etag is not None and meta.if_none_match is not None and etag in meta.if_none_match:
+            own.status = 304
+        return own
 
     async def _fill(self, key: bytes, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
         """Execute and store, once per key per host when coalescing is on."""
@@ -218,7 +297,7 @@ class GraphQLService:
             key,
             self.arena.current_seq(),
             execute=lambda: self._execute(prepared, variables, meta, key=key),
-            read=lambda: self._read(key, meta),
+            read=lambda: self._read(key, meta, _is_private(prepared)),
             failed=lambda message: self._leader_failed(message, meta),
         )
 
@@ -233,29 +312,39 @@ class GraphQLService:
         if not task.cancelled() and task.exception() is not None:
             log.warning("stale-while-revalidate refresh failed: %s", task.exception())
 
-    def _hit(self, body: bytes, meta: RequestMeta) -> Reply:
+    def _hit(self, body: bytes, meta: RequestMeta, private: bool) -> Reply:
         etag = etag_of(body)
-        headers = {"X-Cache": "HIT", "ETag": etag, "Cache-Control": self._cache_control(meta)}
+        headers = {"X-Cache": "HIT", "ETag": etag}
+        self._caching_headers(headers, meta, private)
         if meta.if_none_match is not None and etag in meta.if_none_match:
             return Reply(304, b"", meta.media_type, headers)
         return Reply(200, body, meta.media_type, headers)
 
-    def _read(self, key: bytes, meta: RequestMeta) -> Reply | None:
+    def _read(self, key: bytes, meta: RequestMeta, private: bool) -> Reply | None:
         """A coalesced follower's answer: the leader's result, as the arena holds it now."""
         body = self.arena.get(key) if self.arena is not None else None
         if body is None:
             return None
-        return Reply(200, body, meta.media_type, {"ETag": etag_of(body), "Cache-Control": self._cache_control(meta)})
+        headers = {"ETag": etag_of(body)}
+        self._caching_headers(headers, meta, private)
+        return Reply(200, body, meta.media_type, headers)
 
     def _leader_failed(self, message: str, meta: RequestMeta) -> Reply:
         status, _, text = message.partition(" ")
         code = int(status) if status.isdigit() else 500
         return error_reply(code, text or message, meta.media_type, code="COALESCED_LEADER_FAILED")
 
-    def _cache_control(self, meta: RequestMeta) -> str:
+    @staticmethod
+    def _caching_headers(headers: dict[str, str], meta: RequestMeta, private: bool) -> None:
         # no-cache: browsers and CDNs must revalidate (ETag), since only this server
-        # hears the cascades that invalidate; scoped entries are never for shared caches.
-        return "private, no-cache" if meta.scope else "no-cache"
+        # hears the cascades that invalidate. A result that can hold a private type is
+        # never for shared caches, and varies with the headers its identity came from.
+        if private:
+            headers["Cache-Control"] = "private, no-cache"
+            if meta.vary:
+                headers["Vary"] = meta.vary
+        else:
+            headers["Cache-Control"] = "no-cache"
 
     async def _execute(self, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta, key: bytes | None) -> Filled[Reply]:
         """Run the query against PostgreSQL; store the result when it may be cached."""
@@ -263,15 +352,24 @@ class GraphQLService:
         fill_seq = arena.current_seq() if arena is not None else 0  # read BEFORE the database
         deps = Dependencies(self.settings.default_ttl, self.served)
         started = time.perf_counter()
-        result = await self.executor.run(prepared, variables, ExecutionContext(deps=deps))
+        session = current_session.set(self._session(meta))
+        try:
+            async with asyncio.timeout(self._time_left(meta)):
+                result = await self.executor.run(prepared, variables, ExecutionContext(deps=deps))
+        except TimeoutError:
+            reply = self._timeout(meta)
+            return Filled(reply, fill_seq=fill_seq, ok=False, error=f"{reply.status} request timed out")
+        finally:
+            current_session.reset(session)
         if self._counted is not None:
             self._counted.incr(Counter.DB_EXECUTIONS)
             self._counted.observe(time.perf_counter() - started)
         reply = self._result_reply(result, meta)
         ok = reply.status == 200 and not result.errors
+        private = _is_private(prepared)
         if ok and key is not None and arena is not None:
-            if deps.private and not meta.scope:
-                log.debug("result holds a private type and the request has no scope: not cached")
+            if deps.private and not (private and meta.identity.scope):
+                log.warning("result holds a private type but its key has no scope: not cached")
             else:
                 try:
                     arena.put(key, reply.body, sorted(deps.tags), fill_seq, deps.ttl)
@@ -279,19 +377,48 @@ class GraphQLService:
                     log.info("response of %d bytes is above max_entry_bytes: served uncached", len(reply.body))
         if reply.status == 200:
             reply.headers["ETag"] = etag_of(reply.body)
-            reply.headers["Cache-Control"] = self._cache_control(meta)
+            self._caching_headers(reply.headers, meta, private)
         error = ""
         if not ok:
-            first = result.errors[0].message if result.errors else "request failed"
+            errors = msgspec.json.decode(reply.body).get("errors") if reply.body else None
+            first = errors[0].get("message", "request failed") if errors else "request failed"
             error = f"{reply.status} {first}"
         return Filled(reply, fill_seq=fill_seq, ok=ok, error=error)
+
+    def _session(self, meta: RequestMeta) -> RequestSession:
+        """What PostgreSQL gets with every statement of this request (fraiseshm/db/pool.py)."""
+        identity = meta.identity
+        return RequestSession(
+            claims=identity.claims_json(),
+            headers=identity.headers_json(),
+            role=identity.role or self.settings.db_role or None,
+            deadline=meta.deadline or None,
+        )
+
+    def _time_left(self, meta: RequestMeta) -> float:
+        if not meta.deadline:
+            return self.settings.request_timeout
+        return max(0.001, meta.deadline - time.monotonic())
+
+    def _timeout(self, meta: RequestMeta) -> Reply:
+        log.warning("request ran past its deadline of %.1fs: database work cancelled", self.settings.request_timeout)
+        if self.arena is not None:
+            self.arena.incr(Counter.ERRORS)
+        return error_reply(504, f"the request ran past its deadline of {self.settings.request_timeout:g}s "
+                                "(FRAISESHM_REQUEST_TIMEOUT)", meta.media_type, code="REQUEST_TIMEOUT")
 
     # --- mutations --------------------------------------------------------------
 
     async def _mutate(self, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
         deps = Dependencies(self.settings.default_ttl, self.served)
         context = ExecutionContext(deps=deps, on_mutation=self._apply_cascade)
-        result = await self.executor.run(prepared, variables, context)
+        # INVARIANT: a mutation is never cancelled from here: it may have committed, and its
+        # cascade must then invalidate. Its statement_timeout holds it to the deadline.
+        session = current_session.set(self._session(meta))
+        try:
+            result = await self.executor.run(prepared, variables, context)
+        finally:
+            current_session.reset(session)
         reply = self._result_reply(result, meta)
         reply.headers["X-Cache"] = "BYPASS"
         reply.headers["Cache-Control"] = "no-store"
@@ -341,35 +468,67 @@ class GraphQLService:
         if result.errors:
             originals = [e.original_error for e in result.errors]
             if any(isinstance(o, DatabaseUnavailable) for o in originals):
-                log.error("database unavailable: %s", result.errors[0].message)
+                log.error("database unavailable: %s", next(o for o in originals if isinstance(o, DatabaseUnavailable)))
                 if self.arena is not None:
                     self.arena.incr(Counter.ERRORS)
                 return error_reply(503, "the database is unavailable; retry shortly", meta.media_type, code="DATABASE_UNAVAILABLE")
-            for error in result.errors:
-                if isinstance(error.original_error, MutationFailed):
-                    log.error("%s", error.original_error)
-                elif error.original_error is not None:
-                    log.warning("field error: %s", error.message)
+            if any(isinstance(o, RequestTimeout) for o in originals):
+                return self._timeout(meta)
             if self.arena is not None:
                 self.arena.incr(Counter.ERRORS)
             if result.data is None and all(e.path is None for e in result.errors):
                 # variable coercion failed: a request error, nothing executed
-                return self._request_errors([e.formatted for e in result.errors], meta)
-        body = _encode(result.formatted)
-        status = 200
-        if meta.media_type == GRAPHQL_RESPONSE and result.data is None:
-            status = 500
-        return Reply(status, body, meta.media_type)
+                return self._request_errors([_client_error(e) for e in result.errors], meta)
+            formatted = result.formatted
+            formatted["errors"] = [_client_error(e) for e in result.errors]
+            body = _encode(formatted)
+        else:
+            body = _encode(result.formatted)
+        statuses = (200, 500 if result.data is None else 200)
+        return Reply(statuses[meta.media_type == GRAPHQL_RESPONSE], body, meta.media_type, statuses=statuses)
 
     def _request_errors(self, errors: list[dict[str, Any]], meta: RequestMeta) -> Reply:
+        for error in errors:
+            extensions = error.setdefault("extensions", {})
+            syntax = str(error.get("message", "")).startswith("Syntax Error")
+            extensions.setdefault("code", "GRAPHQL_PARSE_FAILED" if syntax else "GRAPHQL_VALIDATION_FAILED")
         status = 400 if meta.media_type == GRAPHQL_RESPONSE else 200
-        return Reply(status, _encode({"errors": errors}), meta.media_type)
+        return Reply(status, _encode({"errors": errors}), meta.media_type, statuses=(200, 400))
 
     def _bad_request(self, message: str, meta: RequestMeta) -> Reply:
         log.info("bad request: %s", message)
         if self.arena is not None:
             self.arena.incr(Counter.ERRORS)
         return error_reply(400, message, meta.media_type, code="BAD_REQUEST")
+
+
+def _is_private(prepared: Prepared) -> bool:
+    return prepared.cost is not None and prepared.cost.private
+
+
+def _client_error(error: Any) -> dict[str, Any]:
+    """The error as a client sees it: a stable extensions.code and a plain message.
+    What the database said goes to the log only (values at DEBUG)."""
+    formatted = dict(error.formatted)
+    extensions = dict(formatted.get("extensions") or {})
+    original = error.original_error
+    where = ".".join(str(p) for p in error.path) if error.path else "request"
+    if original is None or isinstance(original, GraphQLError):
+        extensions.setdefault("code", "BAD_USER_INPUT" if error.path or original is None else "GRAPHQL_VALIDATION_FAILED")
+        log.debug("field error at %s: %s", where, error.message)
+    elif isinstance(original, MutationFailed):
+        extensions["code"] = "MUTATION_FAILED"
+        formatted["message"] = f"{where}: the mutation failed in the database; the server log has the details"
+    elif isinstance(original, DatabaseError):
+        extensions["code"] = "DATABASE_ERROR"
+        formatted["message"] = f"{where}: the database could not answer; the server log has the details"
+    else:
+        log.error("internal error at %s: %s", where, type(original).__name__)
+        log.debug("internal error at %s: %r", where, original)
+        extensions["code"] = "INTERNAL_SERVER_ERROR"
+        formatted["message"] = f"{where}: internal server error"
+    formatted["extensions"] = extensions
+    return formatted
 
 
 __all__ = ["GraphQLService", "Reply", "RequestMeta", "error_reply"]

@@ -46,7 +46,7 @@ def database(seed_users: int = 10_000) -> Iterator[EmbeddedCluster]:
     os.chmod(directory, 0o755)
     cluster = EmbeddedCluster(directory, fast=True)
     try:
-        cluster.ensure([ROOT / "examples/blog/schema.sql"], seed_users=seed_users)
+        cluster.ensure([ROOT / "examples/blog/schema.sql", ROOT / "examples/blog/private.sql"], seed_users=seed_users)
         yield cluster
     finally:
         cluster.stop()
@@ -58,6 +58,9 @@ class Stack:
     url: str
     proc: subprocess.Popen[bytes]
     arena_name: str | None = None
+
+
+JWT_SECRET = "perf-secret-of-at-least-thirty-two-bytes"
 
 
 @contextmanager
@@ -72,6 +75,7 @@ def gunicorn(app: str | None = None, *, env: Mapping[str, str] | None = None, wo
         "FRAISESHM_ARENA_NAME": arena,
         "FRAISESHM_LOG_LEVEL": "warning",
         "FRAISESHM_SCHEMA_SDL": str(ROOT / "examples/blog/schema.graphql"),
+        "FRAISESHM_JWT_SECRET": JWT_SECRET,  # the blog has a private type: a verified identity is required
         **(env or {}),
     }
     cmd = [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")]

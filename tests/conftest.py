@@ -21,6 +21,7 @@ from fraiseshm.db.embedded import EmbeddedCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOG_SQL = ROOT / "examples" / "blog" / "schema.sql"
+PRIVATE_SQL = ROOT / "examples" / "blog" / "private.sql"  # drafts under row-level security
 SEED_USERS = 200  # x 5 posts x 2 comments: 200 users, 1,000 posts, 2,000 comments
 
 
@@ -31,7 +32,7 @@ def pg_cluster() -> Iterator[EmbeddedCluster]:
     directory = Path(tempfile.mkdtemp(prefix="fraiseshm-test-pg-"))
     cluster = EmbeddedCluster(directory, fast=True)
     try:
-        cluster.ensure([BLOG_SQL], seed_users=SEED_USERS)
+        cluster.ensure([BLOG_SQL, PRIVATE_SQL], seed_users=SEED_USERS)
         yield cluster
     finally:
         cluster.stop()
@@ -52,8 +53,9 @@ def reseed(cluster: EmbeddedCluster, users: int = SEED_USERS) -> None:
     """
     cluster.psql(
         "BEGIN;"
-        " TRUNCATE tb_comment, tb_post, tb_user RESTART IDENTITY;"
+        " TRUNCATE tb_draft, tb_comment, tb_post, tb_user RESTART IDENTITY;"
         f" SELECT fn_seed({int(users)});"
+         " SELECT fn_seed_drafts();"
         " COMMIT;"
     )
 
@@ -70,7 +72,7 @@ def own_cluster() -> Iterator[EmbeddedCluster]:
     directory = Path(tempfile.mkdtemp(prefix="fraiseshm-own-pg-"))
     cluster = EmbeddedCluster(directory, fast=True)
     try:
-        cluster.ensure([BLOG_SQL], seed_users=30)
+        cluster.ensure([BLOG_SQL, PRIVATE_SQL], seed_users=30)
         yield cluster
     finally:
         cluster.stop()

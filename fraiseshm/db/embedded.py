@@ -396,6 +396,8 @@ class EmbeddedCluster:
                 return
         log.info("seeding the embedded database: fn_seed(%d)", seed_users)
         self._psql(["-c", f"SELECT fn_seed({int(seed_users)})"])
+        if self._psql(["-c", "SELECT to_regprocedure('fn_seed_drafts()') IS NOT NULL"]).strip() == "t":
+            self._psql(["-c", "SELECT fn_seed_drafts()"])  # examples/blog/private.sql
 
     # --- processes ----------------------------------------------------------
 

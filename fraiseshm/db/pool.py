@@ -11,12 +11,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from fraiseshm.errors import DatabaseUnavailable, MutationFailed
+from fraiseshm.errors import DatabaseError, DatabaseUnavailable, MutationFailed, RequestTimeout
 
 log = logging.getLogger("fraiseshm.db")
 
@@ -35,6 +37,58 @@ _UNAVAILABLE = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InterfaceError,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSession:
+    """What every statement of one request runs with, as transaction-local settings.
+
+    claims   -> set_config('request.jwt.claims', <json>, true)  (PostgREST's name)
+    headers  -> set_config('request.headers', <json>, true)
+    role     -> SET LOCAL ROLE <role> (from the allowed list; validated in Settings)
+    deadline -> SET LOCAL statement_timeout = what is left of the request's time
+    """
+
+    claims: str | None = None
+    headers: str | None = None
+    role: str | None = None
+    deadline: float | None = None  # time.monotonic() by which the request must answer
+
+    @property
+    def scoped(self) -> bool:
+        return self.claims is not None or self.headers is not None or self.role is not None
+
+
+# The request being served. Set by the service around execution, so resolvers need
+# not pass it along; an explicit session= argument wins.
+current_session: ContextVar[RequestSession | None] = ContextVar("fraiseshm_request_session", default=None)
+
+
+def _literal(text: str) -> str:
+    # E'' strings read the same whatever standard_conforming_strings is.
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def session_prelude(session: RequestSession) -> str:
+    """BEGIN and the transaction-local settings, one simple-protocol round trip."""
+    parts = ["BEGIN"]
+    if session.role is not None:
+        parts.append(f"SET LOCAL ROLE {_identifier(session.role)}")
+    settings = []
+    if session.claims is not None:
+        settings.append(f"set_config('request.jwt.claims', {_literal(session.claims)}, true)")
+    if session.headers is not None:
+        settings.append(f"set_config('request.headers', {_literal(session.headers)}, true)")
+    if session.deadline is not None:
+        left_ms = max(1, int((session.deadline - time.monotonic()) * 1000))
+        settings.append(f"set_config('statement_timeout', '{left_ms}', true)")
+    if settings:
+        parts.append("SELECT " + ", ".join(settings))
+    return "; ".join(parts)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -115,36 +169,72 @@ class Database:
         if pool is not None:
             pool.terminate()
 
-    async def _on_connection(self, work: Callable[[asyncpg.Connection], Awaitable[Any]], function: str | None = None) -> Any:
+    async def _on_connection(
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[Any]],
+        function: str | None = None,
+        session: RequestSession | None = None,
+    ) -> Any:
         """Run work on a pooled connection. A lost server becomes DatabaseUnavailable
-        (and the pool is rebuilt on next use); with function, an error raised inside
-        PostgreSQL becomes MutationFailed naming it."""
+        (and the pool is rebuilt on next use); an error raised inside PostgreSQL
+        becomes MutationFailed naming the function, or DatabaseError (its detail is
+        logged here, never sent to clients), or RequestTimeout.
+
+        A scoped session (claims, headers, role) runs work inside BEGIN ... COMMIT
+        with the settings made transaction-local: three round trips instead of one,
+        on misses only, and nothing can leak to the next user of the connection."""
         pool = await self._get_pool()
+        session = session if session is not None else current_session.get()
         try:
             async with pool.acquire() as conn:
-                return await work(conn)
+                if session is None or not session.scoped:
+                    return await work(conn)
+                return await self._in_transaction(conn, work, session)
         except _UNAVAILABLE as exc:
             self._mark_down(exc)
             await self._reset_pool()
             raise DatabaseUnavailable(f"PostgreSQL connection lost: {self._last_error}") from exc
+        except asyncpg.exceptions.QueryCanceledError as exc:
+            log.warning("statement cancelled (%s): %s", exc.sqlstate, exc)
+            raise RequestTimeout("the request ran past its deadline; its database work was cancelled") from exc
         except asyncpg.PostgresError as exc:
-            if function is None:
-                raise
             detail = getattr(exc, "detail", None)
-            raise MutationFailed(
-                f"{function} failed: {exc.__class__.__name__}: {exc}" + (f" ({detail})" if detail else "")
-            ) from exc
+            log.error("%s failed: %s (SQLSTATE %s)", function or "query", exc.__class__.__name__, exc.sqlstate)
+            log.debug("%s failed: %s%s", function or "query", exc, f" ({detail})" if detail else "")
+            if function is not None:
+                raise MutationFailed(f"{function} failed ({exc.__class__.__name__}, SQLSTATE {exc.sqlstate})") from exc
+            raise DatabaseError(f"query failed ({exc.__class__.__name__}, SQLSTATE {exc.sqlstate})") from exc
 
-    async def fetch_column(self, sql: str, args: Sequence[Any]) -> list[Any]:
+    @staticmethod
+    async def _in_transaction(conn: asyncpg.Connection, work: Callable[[asyncpg.Connection], Awaitable[Any]],
+                              session: RequestSession) -> Any:
+        await conn.execute(session_prelude(session))
+        try:
+            result = await work(conn)
+        except Exception:  # a cancellation is left to the pool: release resets the connection
+            if not conn.is_closed():
+                try:
+                    await conn.execute("ROLLBACK")
+                except (asyncpg.PostgresError, *_UNAVAILABLE):
+                    pass  # the pool resets (or drops) the connection on release
+            raise
+        await conn.execute("COMMIT")
+        return result
+
+    async def fetch_column(self, sql: str, args: Sequence[Any], *, session: RequestSession | None = None) -> list[Any]:
         """Run a read; return the first column of every row."""
-        rows = await self._on_connection(lambda conn: conn.fetch(sql, *args))
+        rows = await self._on_connection(lambda conn: conn.fetch(sql, *args), session=session)
         return [row[0] for row in rows]
 
-    async def call_function(self, function: str, payload: dict[str, Any]) -> Any:
+    async def call_function(self, function: str, payload: dict[str, Any], *, session: RequestSession | None = None) -> Any:
         """SELECT fn($1::jsonb) in its own transaction; committed when this returns."""
-        return await self._on_connection(lambda conn: conn.fetchval(f"SELECT {function}($1::jsonb)", payload), function)
+        return await self._on_connection(
+            lambda conn: conn.fetchval(f"SELECT {function}($1::jsonb)", payload), function, session
+        )
 
-    async def call_mutation(self, function: str, payload: dict[str, Any]) -> tuple[Any, str | None, str | None]:
+    async def call_mutation(
+        self, function: str, payload: dict[str, Any], *, session: RequestSession | None = None
+    ) -> tuple[Any, str | None, str | None]:
         """Like call_function, and in the same transaction (one statement, one round trip)
         read what the change triggers recorded for it: (response, fraiseshm.changes, txid).
 
@@ -157,7 +247,7 @@ class Database:
                 f"WITH m AS MATERIALIZED (SELECT {function}($1::jsonb) AS r) "
                 "SELECT r, current_setting('fraiseshm.changes', true), txid_current_if_assigned()::text FROM m"
             )
-        row = await self._on_connection(lambda conn: conn.fetchrow(sql, payload), function)
+        row = await self._on_connection(lambda conn: conn.fetchrow(sql, payload), function, session)
         return row[0], row[1], row[2]
 
     async def ping(self) -> bool:

@@ -26,14 +26,9 @@ from typing import Any
 from graphql import (
     DocumentNode,
     ExecutionResult,
-    FieldNode,
-    FragmentDefinitionNode,
-    FragmentSpreadNode,
     GraphQLError,
-    InlineFragmentNode,
     OperationDefinitionNode,
     OperationType,
-    SelectionSetNode,
     execute,
     parse,
     print_ast,
@@ -41,11 +36,13 @@ from graphql import (
 )
 
 from fraiseshm.db.pool import Database
-from fraiseshm.errors import RequestError
+from fraiseshm.errors import LimitExceeded, RequestError
 from fraiseshm.graphql.deps import Binding, Dependencies
+from fraiseshm.graphql.limits import Cost, Limits, check_document, check_source, private_types
 from fraiseshm.graphql.schema import RootMutation, RootQuery, ServedSchema, camel_case, snake_case
 
 MAX_LIST_LIMIT = 1000
+DOCUMENT_MEMORY_FACTOR = 160  # bytes of parsed + validated document per byte of text (tracemalloc: 50-130)
 
 
 class GraphQLRequestError(RequestError):
@@ -63,6 +60,9 @@ class Prepared:
     operation_name: str | None
     is_mutation: bool
     digest: bytes  # hash of the normalised document (print_ast) + operation name
+    cost: Cost | None = None  # figures checked against the limits (fraiseshm/graphql/limits.py)
+    variable_names: frozenset[str] = frozenset()  # variables the operation declares (the rest are not keyed)
+    query: str = ""  # the text it was compiled from (the cache's key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,25 +93,8 @@ def _select_operation(document: DocumentNode, name: str | None) -> OperationDefi
     return ops[0]
 
 
-def selection_depth(document: DocumentNode, operation: OperationDefinitionNode) -> int:
-    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
-
-    def depth(selection_set: SelectionSetNode | None, seen: frozenset[str]) -> int:
-        if selection_set is None:
-            return 0
-        best = 0
-        for sel in selection_set.selections:
-            if isinstance(sel, FieldNode):
-                best = max(best, 1 + depth(sel.selection_set, seen) if sel.selection_set else 1)
-            elif isinstance(sel, InlineFragmentNode):
-                best = max(best, depth(sel.selection_set, seen))
-            elif isinstance(sel, FragmentSpreadNode):
-                name = sel.name.value
-                if name in fragments and name not in seen:
-                    best = max(best, depth(fragments[name].selection_set, seen | {name}))
-        return best
-
-    return depth(operation.selection_set, frozenset())
+def _limit_error(exc: LimitExceeded) -> GraphQLError:
+    return GraphQLError(str(exc), extensions={"code": "LIMIT_EXCEEDED", "limit": exc.setting})
 
 
 _INT_RANGE = {"smallint": 1 << 15, "integer": 1 << 31, "bigint": 1 << 63}
@@ -168,12 +151,24 @@ def _to_snake(value: Any) -> Any:
 
 
 class Executor:
-    def __init__(self, served: ServedSchema, db: Database, *, max_depth: int, max_documents: int) -> None:
+    def __init__(
+        self,
+        served: ServedSchema,
+        db: Database,
+        *,
+        max_depth: int,
+        max_documents: int,
+        limits: Limits | None = None,
+        max_document_cache_bytes: int = 64 << 20,
+    ) -> None:
         self.served = served
         self.db = db
-        self.max_depth = max_depth
+        self.limits = limits or Limits(max_depth=max_depth)
         self.max_documents = max_documents
+        self.max_cache_bytes = max_document_cache_bytes
         self._prepared: OrderedDict[tuple[str, str | None], Prepared] = OrderedDict()
+        self._cached_bytes = 0  # estimated memory of the prepared documents kept
+        self.private_types = private_types(served.schema)  # results holding one are scoped per identity
         self._list_sql: dict[tuple[str, tuple[str, ...]], str] = {}
         schema = served.schema
         for name, root in served.queries.items():
@@ -188,37 +183,58 @@ class Executor:
     # --- documents ----------------------------------------------------------
 
     def prepare(self, query: str, operation_name: str | None) -> Prepared:
-        """Parse + validate once per (query text, operation) per worker (bounded LRU)."""
+        """Parse + check the limits + validate once per (query text, operation) per worker."""
+        return self.cached(query, operation_name) or self.remember(self.compile(query, operation_name))
+
+    def cached(self, query: str, operation_name: str | None) -> Prepared | None:
         cache_key = (query, operation_name)
         prepared = self._prepared.get(cache_key)
         if prepared is not None:
             self._prepared.move_to_end(cache_key)
-            return prepared
+        return prepared
+
+    def compile(self, query: str, operation_name: str | None) -> Prepared:
+        """Parse, check the limits, validate. Touches nothing shared: a large
+        document may be compiled in a thread, off the event loop."""
         try:
-            document = parse(query)
+            check_source(query, self.limits)
+            document = parse(query, max_tokens=self.limits.max_tokens)
+            operation = _select_operation(document, operation_name)
+            # INVARIANT: the limits are checked before validate(), whose rules are super-linear.
+            cost = check_document(self.served.schema, document, operation, self.limits, self.private_types)
         except GraphQLError as exc:
             raise GraphQLRequestError([exc]) from None
+        except LimitExceeded as exc:
+            raise GraphQLRequestError([_limit_error(exc)]) from None
+        except RecursionError:
+            raise GraphQLRequestError([_limit_error(LimitExceeded("the document nests too deeply to parse", "max_query_depth"))]) from None
         errors = validate(self.served.schema, document)
         if errors:
             raise GraphQLRequestError(list(errors))
-        operation = _select_operation(document, operation_name)
-        depth = selection_depth(document, operation)
-        if depth > self.max_depth:
-            raise GraphQLRequestError(
-                [GraphQLError(f"Query is nested {depth} levels deep; the limit is {self.max_depth} (FRAISESHM_MAX_QUERY_DEPTH).")]
-            )
         normalised = print_ast(document).encode()
         digest = hashlib.blake2b(normalised + b"\0" + (operation_name or "").encode(), digest_size=16).digest()
-        prepared = Prepared(
+        return Prepared(
             document=document,
             operation=operation,
             operation_name=operation_name,
             is_mutation=operation.operation == OperationType.MUTATION,
             digest=digest,
+            cost=cost,
+            variable_names=frozenset(v.variable.name.value for v in operation.variable_definitions or ()),
+            query=query,
         )
+
+    def remember(self, prepared: Prepared) -> Prepared:
+        """Keep a compiled document: an LRU bounded in entries and in estimated bytes
+        (a parsed document takes up to DOCUMENT_MEMORY_FACTOR x its text)."""
+        cache_key = (prepared.query, prepared.operation_name)
+        if cache_key in self._prepared:
+            return self._prepared[cache_key]
         self._prepared[cache_key] = prepared
-        if len(self._prepared) > self.max_documents:
-            self._prepared.popitem(last=False)
+        self._cached_bytes += len(prepared.query) * DOCUMENT_MEMORY_FACTOR
+        while self._prepared and (len(self._prepared) > self.max_documents or self._cached_bytes > self.max_cache_bytes):
+            (old_query, _), _ = self._prepared.popitem(last=False)
+            self._cached_bytes -= len(old_query) * DOCUMENT_MEMORY_FACTOR
         return prepared
 
     async def run(self, prepared: Prepared, variables: dict[str, Any] | None, context: ExecutionContext) -> ExecutionResult:

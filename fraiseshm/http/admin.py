@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from typing import Any
 
 import falcon
@@ -33,6 +34,8 @@ _encode = msgspec.json.Encoder().encode
 MAX_BODY = 64 * 1024
 MAX_TAGS = 10_000
 MAX_AUDIT_LIMIT = 1000
+MAX_TAG_BYTES = 256
+_TAG = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):([!-~]+)")  # kind:rest, printable ASCII, no spaces or controls
 
 
 class _InvalidateBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -88,6 +91,11 @@ class InvalidateResource(_Admin):
             if not body.tags or len(body.tags) > MAX_TAGS or any(not t for t in body.tags):
                 graphql_error(resp, 400, f"tags must be 1..{MAX_TAGS} non-empty strings", "BAD_REQUEST")
                 return
+            bad = [t for t in body.tags if not _valid_tag(t, entities, self.runtime.served)]
+            if bad:
+                graphql_error(resp, 400, f"{len(bad)} tags are not r:<table>:<key>, t:<table>, w:<table> or query:<field> with a "
+                                         f"served table/field, e.g. {bad[0][:80]!r}", "BAD_REQUEST")
+                return
             tags = sorted(set(body.tags))
         elif body.type is not None:
             if body.type not in entities:
@@ -96,7 +104,7 @@ class InvalidateResource(_Admin):
             tags = sorted(entities[body.type].wide)
         else:
             typename, _, ident = (body.key or "").partition(":")
-            if typename not in entities or not ident:
+            if typename not in entities or not ident or not _valid_tag(body.key or "", entities, self.runtime.served):
                 graphql_error(resp, 400, f"key must be 'Type:id' with Type one of {sorted(entities)}, got {body.key!r}",
                               "BAD_REQUEST")
                 return
@@ -139,6 +147,23 @@ class AuditResource(_Admin):
             window = {"seconds": auditor.window.window, "mutations": state.mutations, "failures": state.failures,
                       "ratio": state.ratio, "threshold": auditor.window.threshold, "alerting": state.alerting}
         self._data(resp, {"records": records, "window": window})
+
+
+def _valid_tag(tag: str, entities: Any, served: Any) -> bool:
+    """The tag vocabulary of fraiseshm/graphql/deps.py, with names this schema knows."""
+    match = _TAG.fullmatch(tag) if len(tag) <= MAX_TAG_BYTES else None
+    if match is None:
+        return False
+    kind, rest = match.groups()
+    if kind == "query":
+        return served is not None and rest in served.queries
+    tables = {f.table for binding in entities.values() for f in binding.follows}
+    if kind in ("t", "w"):
+        return rest in tables
+    if kind == "r":
+        table, _, key = rest.partition(":")
+        return table in tables and bool(key)
+    return False
 
 
 def add_admin_routes(app: falcon.asgi.App, runtime: Runtime) -> None:

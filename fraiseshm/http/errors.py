@@ -14,7 +14,15 @@ import falcon
 import falcon.asgi
 import msgspec
 
-from fraiseshm.errors import BodyTooLarge, CoalesceTimeout, DatabaseUnavailable, NotAuthorized, RequestError
+from fraiseshm.errors import (
+    BodyTooLarge,
+    CoalesceTimeout,
+    DatabaseUnavailable,
+    NotAuthorized,
+    RequestError,
+    RequestTimeout,
+    Unauthenticated,
+)
 
 log = logging.getLogger("fraiseshm.http")
 
@@ -53,6 +61,17 @@ async def _on_not_authorized(_req: Any, resp: falcon.asgi.Response, exc: NotAuth
     resp.set_header("WWW-Authenticate", "Bearer")
 
 
+async def _on_unauthenticated(_req: Any, resp: falcon.asgi.Response, exc: Unauthenticated, _params: Any) -> None:
+    log.info("bearer token refused: %s", exc)
+    graphql_error(resp, 401, str(exc), "UNAUTHENTICATED")
+    resp.set_header("WWW-Authenticate", 'Bearer error="invalid_token"')
+
+
+async def _on_request_timeout(_req: Any, resp: falcon.asgi.Response, exc: RequestTimeout, _params: Any) -> None:
+    log.warning("%s", exc)
+    graphql_error(resp, 504, str(exc), "REQUEST_TIMEOUT")
+
+
 async def _on_http_error(_req: Any, resp: falcon.asgi.Response, exc: falcon.HTTPError, _params: Any) -> None:
     # falcon's own errors (405 on an unknown method, 404 ...), GraphQL-shaped.
     graphql_error(resp, exc.status_code, exc.title + (f": {exc.description}" if exc.description else ""), "HTTP_ERROR")
@@ -73,3 +92,5 @@ def install_error_handlers(app: falcon.asgi.App) -> None:
     app.add_error_handler(DatabaseUnavailable, _on_database_unavailable)
     app.add_error_handler(NotAuthorized, _on_not_authorized)
     app.add_error_handler(CoalesceTimeout, _on_coalesce_timeout)
+    app.add_error_handler(Unauthenticated, _on_unauthenticated)
+    app.add_error_handler(RequestTimeout, _on_request_timeout)

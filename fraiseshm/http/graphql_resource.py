@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
+import time
 from typing import Any
 
 import falcon
 import falcon.asgi
-import msgspec
 
-from fraiseshm.errors import BodyTooLarge, RequestError
+from fraiseshm.errors import BodyTooLarge
 from fraiseshm.http.errors import graphql_error
+from fraiseshm.identity import Verifier
 from fraiseshm.runtime import Runtime
 from fraiseshm.service import GRAPHQL_RESPONSE, JSON, Reply, RequestMeta
 
@@ -32,47 +31,37 @@ def _response_media_type(accept: str | None) -> str | None:
     return best
 
 
-def _jwt_claim(authorization: str | None, claim: str) -> str:
-    """The claim of a bearer JWT's payload. The signature is NOT checked here:
-    the gateway in front of fraiseshm must verify tokens (docs/ARCHITECTURE.md)."""
-    if not authorization or not authorization.lower().startswith("bearer "):
-        return ""
-    parts = authorization[7:].strip().split(".")
-    if len(parts) != 3:
-        raise RequestError("Authorization bearer token is not a JWT")
-    try:
-        payload = msgspec.json.decode(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise RequestError("Authorization bearer token has an unreadable payload") from None
-    value = payload.get(claim, "") if isinstance(payload, dict) else ""
-    return str(value)
-
-
 class GraphQLResource:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         settings = runtime.settings
         self.max_body = settings.max_body_bytes
-        self.scope_header = settings.scope_header
-        self.scope_claim = settings.scope_jwt_claim
+        self.request_timeout = settings.request_timeout
+        self.verifier = Verifier(settings)
+        self.scope_header = self.verifier.header
+        self.honour_no_cache = settings.honour_no_cache
 
     def _meta(self, req: falcon.asgi.Request, method: str) -> RequestMeta | None:
         media_type = _response_media_type(req.get_header("Accept"))
         if media_type is None:
             return None
-        scope = ""
-        if self.scope_header:
-            scope = req.get_header(self.scope_header) or ""
-        if self.scope_claim:
-            claim = _jwt_claim(req.get_header("Authorization"), self.scope_claim)
-            scope = f"{scope}|{claim}" if scope else claim
-        cache_control = req.get_header("Cache-Control") or ""
+        deadline = time.monotonic() + self.request_timeout
+        # Unauthenticated (401) or a RequestError (400) for a bad token propagate to http/errors.py.
+        identity = self.verifier.identify(
+            req.get_header("Authorization"), req.get_header(self.scope_header) if self.scope_header else None
+        )
+        no_cache = False
+        if self.honour_no_cache:
+            cache_control = req.get_header("Cache-Control") or ""
+            no_cache = "no-cache" in cache_control or "no-store" in cache_control
         return RequestMeta(
             method=method,
             media_type=media_type,
-            scope=scope,
-            no_cache="no-cache" in cache_control or "no-store" in cache_control,
+            identity=identity,
+            vary=self.verifier.vary,
+            no_cache=no_cache,
             if_none_match=req.get_header("If-None-Match"),
+            deadline=deadline,
         )
 
     async def _read_body(self, req: falcon.asgi.Request) -> bytes:

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 
 USER_QUERY = "query($id: ID!) { user(id: $id) { id name email } }"
+# The blog schema has a private type (Draft): a server refuses to start without a verified identity.
+JWT_SECRET = "test-secret-of-sixty-four-bytes-so-that-every-hmac-algorithm-fits"
 
 
 def free_port() -> int:
@@ -44,6 +46,7 @@ class Server:
             "FRAISESHM_SCHEMA_SDL": str(ROOT / "examples/blog/schema.graphql"),
             "FRAISESHM_LOG_LEVEL": "warning",
             "FRAISESHM_EXPOSE_WORKER_HEADER": "true",
+            "FRAISESHM_JWT_SECRET": JWT_SECRET,
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

@@ -52,15 +52,16 @@ def test_hit_from_another_worker_without_database(server: Server, pg_cluster: Em
     assert after["hits"] > before["hits"]
 
 
-def test_etag_304_and_no_cache_bypass(http: httpx.Client, pg_cluster: EmbeddedCluster) -> None:
+def test_etag_304_and_client_no_cache_ignored(http: httpx.Client, pg_cluster: EmbeddedCluster) -> None:
     (uid,) = _ids(pg_cluster, "tb_user", 1, offset=151)
     r = graphql(http, USER_QUERY, {"id": uid})
     etag = r.headers["ETag"]
     assert r.headers["Cache-Control"] == "no-cache"
     r2 = graphql(http, USER_QUERY, {"id": uid}, headers={"If-None-Match": etag})
     assert r2.status_code == 304 and r2.content == b"" and r2.headers["X-Cache"] == "HIT"
+    # a client's no-cache cannot bypass the cache unless honour_no_cache is set (issue 13)
     r3 = graphql(http, USER_QUERY, {"id": uid}, headers={"Cache-Control": "no-cache"})
-    assert r3.status_code == 200 and r3.headers["X-Cache"] == "BYPASS"
+    assert r3.status_code == 200 and r3.headers["X-Cache"] == "HIT"
     assert r3.content == r.content
 
 
@@ -151,7 +152,8 @@ def test_reads_after_a_mutation_response_are_never_stale(server: Server, pg_clus
 
 @pytest.fixture(scope="module")
 def scoped_server(pg_dsn: str):
-    env = {"FRAISESHM_SCHEMA_SDL": str(SCHEMAS / "scoped.graphql"), "FRAISESHM_SCOPE_HEADER": "X-Tenant"}
+    env = {"FRAISESHM_SCHEMA_SDL": str(SCHEMAS / "scoped.graphql"), "FRAISESHM_SCOPE_HEADER": "X-Tenant",
+           "FRAISESHM_SCOPE_HEADER_TRUSTED": "true"}
     with Server(pg_dsn, workers=2, env=env, tag="scoped") as srv:
         yield srv
 
@@ -162,13 +164,15 @@ def test_private_type_never_shared(scoped_server: Server, pg_cluster: EmbeddedCl
     with scoped_server.client() as c:
         for _ in range(3):  # no scope: computed every time, never stored
             r = graphql(c, q, {"id": uid})
-            assert r.status_code == 200 and r.headers["X-Cache"] == "MISS"
+            assert r.status_code == 200 and r.headers["X-Cache"] == "BYPASS"
+            assert r.headers["Cache-Control"] == "private, no-cache"
         a1 = graphql(c, q, {"id": uid}, headers={"X-Tenant": "a"})
         a2 = graphql(c, q, {"id": uid}, headers={"X-Tenant": "a"})
         b1 = graphql(c, q, {"id": uid}, headers={"X-Tenant": "b"})
         assert (a1.headers["X-Cache"], a2.headers["X-Cache"], b1.headers["X-Cache"]) == ("MISS", "HIT", "MISS")
         assert a2.headers["Cache-Control"] == "private, no-cache"
-        assert graphql(c, q, {"id": uid}).headers["X-Cache"] == "MISS"
+        assert a2.headers["Vary"] == "Authorization, X-Tenant"
+        assert graphql(c, q, {"id": uid}).headers["X-Cache"] == "BYPASS"
 
 
 def test_ttl_expires(scoped_server: Server, pg_cluster: EmbeddedCluster) -> None:

@@ -10,18 +10,18 @@ def test_variable_order_and_spacing_do_not_matter() -> None:
 
 
 def test_every_component_changes_the_key() -> None:
-    base = cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "")
-    assert cache_key(b"e" * 16, b"v" * 16, {"id": "1"}, "") != base
-    assert cache_key(b"d" * 16, b"w" * 16, {"id": "1"}, "") != base
-    assert cache_key(b"d" * 16, b"v" * 16, {"id": "2"}, "") != base
-    assert cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "tenant-a") != base
-    assert cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "tenant-a") != cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "tenant-b")
-    assert cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "") == base
+    base = cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, b"")
+    assert cache_key(b"e" * 16, b"v" * 16, {"id": "1"}, b"") != base
+    assert cache_key(b"d" * 16, b"w" * 16, {"id": "1"}, b"") != base
+    assert cache_key(b"d" * 16, b"v" * 16, {"id": "2"}, b"") != base
+    assert cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, b"tenant-a") != base
+    assert cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, b"tenant-a") != cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, b"tenant-b")
+    assert cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, b"") == base
 
 
 def test_long_keys_are_digested_to_fit_the_arena() -> None:
     big = {"ids": [str(i) for i in range(500)]}
-    key = cache_key(b"d" * 16, b"v" * 16, big, "")
+    key = cache_key(b"d" * 16, b"v" * 16, big, b"")
     assert len(key) == 33 and key.startswith(b"#")
-    assert key != cache_key(b"d" * 16, b"v" * 16, {**big, "x": 1}, "")
-    assert len(cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, "s")) <= MAX_KEY
+    assert key != cache_key(b"d" * 16, b"v" * 16, {**big, "x": 1}, b"")
+    assert len(cache_key(b"d" * 16, b"v" * 16, {"id": "1"}, b"s")) <= MAX_KEY
