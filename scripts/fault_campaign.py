@@ -75,7 +75,7 @@ class Ledger:
     acked: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # uid -> (ack time, version)
     reads: list[tuple[str, float, int]] = field(default_factory=list)  # (uid, read start, version seen)
     errors: Counter[str] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[tuple[float, float, str]] = field(default_factory=list)  # (seconds, start, what)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ack(self, uid: str, at: float, version: int) -> None:
@@ -145,7 +145,8 @@ class Load:
             fresh = {"Connection": "close"} if i % 3 == 0 else {}
             started = time.monotonic()
             try:
-                if i % 5 == 0:
+                what = "list" if i % 5 == 0 else "user"
+                if what == "list":
                     r = graphql(client, LIST_QUERY, headers=fresh)
                     if r.status_code == 200 and "errors" not in r.json():
                         for u in r.json()["data"]["users"]:
@@ -161,7 +162,7 @@ class Load:
                         self.counts["user reads"] += 1
                     else:
                         self.ledger.errors[f"read {r.status_code}"] += 1
-                self.ledger.latencies.append(time.monotonic() - started)
+                self.ledger.latencies.append((time.monotonic() - started, started, f"{what} {r.status_code}"))
             except (httpx.TransportError, ValueError) as exc:  # the worker died under the request
                 self.ledger.errors[f"read {type(exc).__name__}"] += 1
                 client.close()
@@ -387,17 +388,22 @@ def main() -> int:
             print("shm:", json.dumps(results["shm"]), flush=True)
         env = {"FRAISESHM_WORKER_TIMEOUT": "20", "FRAISESHM_COALESCE_LEASE": "5"}
         with Server(cluster.dsn, workers=args.workers, env=env, tag="campaign") as server:
+            results["server_log"] = str(server.log_path)
             load = Load(server, cluster.dsn, api, sql, args.readers).start()
+            epoch, marks = time.monotonic(), {}
             try:
                 if "kills" in phases:
+                    marks["kills"] = time.monotonic()
                     results["kills"] = phase_kills(server, args.kills, rng)
                     results["check_after_kills"] = arena_check(server)
                     print("kills:", json.dumps(results["kills"]), "check exit",
                           results["check_after_kills"]["fraiseshm_check_exit"], flush=True)
                 if "pg" in phases:
+                    marks["pg"] = time.monotonic()
                     results["pg_restart"] = phase_pg_restart(server, cluster, probes[0])
                     print("pg:", json.dumps(results["pg_restart"]), flush=True)
                 if "listener" in phases:
+                    marks["listener"] = time.monotonic()
                     results["listener"] = phase_listener(server, cluster, probes[1])
                     print("listener:", json.dumps(results["listener"]), flush=True)
             finally:
@@ -408,9 +414,12 @@ def main() -> int:
             results["errors"] = dict(load.ledger.errors)
             lat = sorted(load.ledger.latencies)
             if lat:
-                results["read_latency_ms"] = {"p50": round(1000 * lat[len(lat) // 2], 2),
-                                              "p99": round(1000 * lat[int(len(lat) * 0.99)], 2),
-                                              "max": round(1000 * lat[-1], 2)}
+                results["read_latency_ms"] = {"p50": round(1000 * lat[len(lat) // 2][0], 2),
+                                              "p99": round(1000 * lat[int(len(lat) * 0.99)][0], 2),
+                                              "max": round(1000 * lat[-1][0], 2)}
+                results["slowest_reads"] = [{"ms": round(1000 * d, 1), "started_s": round(t - epoch, 2), "what": w}
+                                            for d, t, w in lat[-5:]]
+                results["phase_started_s"] = {k: round(v - epoch, 2) for k, v in marks.items()}
     finally:
         cluster.stop()
         shutil.rmtree(directory, ignore_errors=True)
