@@ -102,10 +102,16 @@ class Ledger:
                     sql_100ms += 1
                 if seen < self.floor(uid, started - 1.0):
                     sql_1s += 1
-                    sql_lag.append(started)
+                if seen < self.floor(uid, started):
+                    # how long ago the oldest write this read missed had committed
+                    missed = next(t for t, v in self.acked[uid] if v > seen)
+                    sql_lag.append(started - missed)
         api_reads = sum(1 for r in reads if r[0] in self.api)
         return {"reads": len(reads), "api_reads": api_reads, "stale_reads": len(stale), "stale_examples": stale[:5],
-                "sql_reads": len(reads) - api_reads, "sql_old_after_100ms": sql_100ms, "sql_old_after_1s": sql_1s}
+                "sql_reads": len(reads) - api_reads, "sql_old_after_100ms": sql_100ms, "sql_old_after_1s": sql_1s,
+                "sql_missed_write_age_s": {"max": round(max(sql_lag), 3),
+                                           "p99_of_old_reads": round(sorted(sql_lag)[int(len(sql_lag) * 0.99)], 3)}
+                if sql_lag else None}
 
 
 class Load:
