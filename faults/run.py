@@ -10,7 +10,7 @@ a test that fails without the fault proves nothing.
 
     .venv/bin/python faults/run.py                 # every fault, 3 runs each
     .venv/bin/python faults/run.py --runs 1 no_takeover ttl_ignored
-    .venv/bin/python faults/run.py --source /work/main   # patches against another checkout
+    .venv/bin/python faults/run.py --source /work/main --build   # patches against another checkout
 
 Not part of `make test` (pytest collects only tests/). Exit 0 only when every
 patch applied and every run of every fault was caught.
@@ -60,15 +60,27 @@ def scratch_copy(source: Path) -> Path:
     return dest
 
 
-def apply(patch: Path, tree: Path) -> str:
-    """'' when applied, else git's complaint."""
-    check = subprocess.run(["git", "apply", "--check", str(patch)], cwd=tree, capture_output=True, text=True)
-    if check.returncode != 0:
+def apply(patch: Path, tree: Path, build: bool) -> str:
+    """'' when applied, else git's complaint. Context lines around the changed line
+    may have moved or changed since the patch was made: a second try needs only
+    one line of context (the changed lines themselves must still match)."""
+    for fuzz in ([], ["-C1"]):
+        check = subprocess.run(["git", "apply", "--check", *fuzz, str(patch)], cwd=tree, capture_output=True, text=True)
+        if check.returncode == 0:
+            break
+    else:
         return (check.stderr or check.stdout).strip()
-    subprocess.run(["git", "apply", str(patch)], cwd=tree, check=True, capture_output=True)
-    if any(line.startswith(("+++ b/native/", "--- a/native/")) for line in patch.read_text().splitlines()):
-        subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, check=True, capture_output=True)
+    subprocess.run(["git", "apply", *fuzz, str(patch)], cwd=tree, check=True, capture_output=True)
+    if fuzz:
+        print(f"  note: {patch.name} applied with one line of context only: refresh it", flush=True)
+    touches_native = any(line.startswith(("+++ b/native/", "--- a/native/")) for line in patch.read_text().splitlines())
+    if build or touches_native or not glob.glob(str(tree / "fraiseshm" / "_native*.so")):
+        build_extension(tree)
     return ""
+
+
+def build_extension(tree: Path) -> None:
+    subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, check=True, capture_output=True)
 
 
 def run_tests(tree: Path, tests: list[str], report: Path) -> tuple[int, list[str], str]:
@@ -102,6 +114,8 @@ def main() -> int:
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout the patches apply to (default: this one)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unpatched run of each test set")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    parser.add_argument("--build", action="store_true",
+                        help="build the C extension in each copy (default: copy the source's, build only if absent)")
     args = parser.parse_args()
 
     manifest = tomllib.loads((HERE / "manifest.toml").read_text())
@@ -116,6 +130,8 @@ def main() -> int:
         tests = sorted({t for n in names for t in manifest[n]["tests"]})
         tree = scratch_copy(source)
         try:
+            if args.build or not glob.glob(str(tree / "fraiseshm" / "_native*.so")):
+                build_extension(tree)
             code, failed, tail = run_tests(tree, tests, tree / "baseline.xml")
         finally:
             if not args.keep:
@@ -134,7 +150,7 @@ def main() -> int:
         for run in range(args.runs):
             tree = scratch_copy(source)
             try:
-                error = apply(HERE / f"{name}.patch", tree)
+                error = apply(HERE / f"{name}.patch", tree, args.build)
                 if error:
                     outcome.applied, outcome.apply_error = False, error
                     break
