@@ -121,6 +121,7 @@ def test_reads_after_a_mutation_response_are_never_stale(quiet_server: Server, p
     that rename or a later one. No listener: the mutation path alone keeps reads fresh."""
     server = quiet_server
     users = _ids(pg_cluster, "tb_user", 3, offset=160)
+    run = f"r{time.monotonic_ns()}-"  # names left by an earlier run (another param) must not count as versions
     acked: dict[str, list[tuple[float, int]]] = {u: [(0.0, -1)] for u in users}  # (ack time, version)
     reads: list[tuple[str, float, int]] = []
     errors: list[str] = []
@@ -129,7 +130,7 @@ def test_reads_after_a_mutation_response_are_never_stale(quiet_server: Server, p
     def writer(uid: str) -> None:
         with server.client() as c:
             for version in range(100):
-                r = graphql(c, UPDATE_USER, {"id": uid, "name": f"v{version}"})
+                r = graphql(c, UPDATE_USER, {"id": uid, "name": f"{run}{version}"})
                 if r.status_code != 200 or not r.json()["data"]["updateUser"]["success"]:
                     errors.append(r.text)
                 acked[uid].append((time.monotonic(), version))
@@ -143,7 +144,7 @@ def test_reads_after_a_mutation_response_are_never_stale(quiet_server: Server, p
                 started = time.monotonic()
                 r = graphql(c, USER_QUERY, {"id": uid}, headers={"Connection": "close"} if i % 4 == 0 else {})
                 name = r.json()["data"]["user"]["name"]
-                reads.append((uid, started, int(name[1:]) if name.startswith("v") else -1))
+                reads.append((uid, started, int(name[len(run):]) if name.startswith(run) else -1))
 
     readers = [threading.Thread(target=reader, args=(n,)) for n in range(6)]
     writers = [threading.Thread(target=writer, args=(u,)) for u in users]
