@@ -1,7 +1,7 @@
 # fraiseshm: `make run` serves the example blog schema on http://127.0.0.1:8000/graphql
 # (private PostgreSQL cluster, one worker per core); `make run EXAMPLE=shop` the
 # example shop (its own private cluster); `make test` runs every test.
-.PHONY: run test perf install clean
+.PHONY: run test perf faults campaign install clean
 
 EXAMPLE ?= blog
 # Each example other than the blog gets its own embedded cluster (both define fn_seed).
@@ -24,6 +24,14 @@ test: install
 perf:
 	@bash scripts/bootstrap.sh test,perf
 	.venv/bin/python perf/run.py $(PERF_ARGS)
+
+# Not part of `make test`: does the suite catch one-line faults (faults/manifest.toml)?
+faults: install
+	.venv/bin/python faults/run.py $(FAULT_ARGS)
+
+# Not part of `make test`: 1,000 worker SIGKILLs under load, PostgreSQL restart, stopped listener, small /dev/shm.
+campaign: install
+	.venv/bin/python scripts/fault_campaign.py $(CAMPAIGN_ARGS)
 
 clean:
 	rm -rf .venv build *.egg-info fraiseshm/*.so .fraiseshm

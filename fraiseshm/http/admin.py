@@ -104,7 +104,7 @@ class InvalidateResource(_Admin):
             tags = sorted(entities[body.type].wide)
         else:
             typename, _, ident = (body.key or "").partition(":")
-            if typename not in entities or not ident or not _valid_tag(body.key or "", entities, self.runtime.served):
+            if typename not in entities or not ident or _TAG.fullmatch(body.key or "") is None or len(body.key or "") > MAX_TAG_BYTES:
                 graphql_error(resp, 400, f"key must be 'Type:id' with Type one of {sorted(entities)}, got {body.key!r}",
                               "BAD_REQUEST")
                 return

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from fraiseshm.db.embedded import EmbeddedCluster
-from tests.integration.server import USER_QUERY, Server, graphql
+from tests.integration.server import ROOT, USER_QUERY, Server, graphql
+
+SCHEMAS = Path(__file__).parent / "schemas"
 
 TOKEN = "s3cret-admin-token"
 ROUTES = [("POST", "/admin/invalidate", {"type": "User"}), ("POST", "/admin/flush", None), ("GET", "/admin/audit", None)]
 
 
 @pytest.fixture(scope="module")
-def server(pg_dsn: str) -> Iterator[Server]:
-    with Server(pg_dsn, workers=2, env={"FRAISESHM_ADMIN_TOKEN": TOKEN}, tag="admin") as srv:
+def server(pg_cluster: EmbeddedCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # The blog plus updateUserBroken (schemas/broken_cascade.*): a cascade failure to list.
+    pg_cluster.psql((SCHEMAS / "broken_cascade.sql").read_text())
+    sdl = tmp_path_factory.mktemp("sdl") / "blog_broken.graphql"
+    sdl.write_text((ROOT / "examples/blog/schema.graphql").read_text() + "\n" + (SCHEMAS / "broken_cascade.graphql").read_text())
+    env = {"FRAISESHM_ADMIN_TOKEN": TOKEN, "FRAISESHM_SCHEMA_SDL": str(sdl)}
+    with Server(pg_cluster.dsn, workers=2, env=env, tag="admin") as srv:
         yield srv
 
 
@@ -56,23 +64,31 @@ def test_invalidate_by_type_key_tags_and_flush(server: Server, pg_cluster: Embed
 
 
 def test_audit_records_readable_with_the_token(server: Server, pg_cluster: EmbeddedCluster) -> None:
-    user_id = pg_cluster.psql("SELECT id FROM tb_user ORDER BY pk_user LIMIT 1").strip()
+    user_id, broken_id = pg_cluster.psql("SELECT id FROM tb_user ORDER BY pk_user LIMIT 2").split()
     with server.client() as http:
         r = graphql(http, "mutation($i: UpdateUserInput!) { updateUser(input: $i) { success } }",
                     {"i": {"id": user_id, "name": "audited"}})
         assert r.json()["data"]["updateUser"]["success"]
+        r = graphql(http, "mutation($i: UpdateUserInput!) { updateUserBroken(input: $i) { success } }",
+                    {"i": {"id": broken_id, "name": "audited, cascade broken"}})
+        assert r.json()["data"]["updateUserBroken"]["success"]
     with server.client(headers={"Authorization": f"Bearer {TOKEN}"}) as admin:
-        # Whichever worker answers, the record (written by either) shows up within the flush interval.
+        # Whichever worker answers, the records (written by either) show up within the flush interval.
         for _ in range(200):
             records = admin.get("/admin/audit", params={"limit": 50}).json()["data"]["records"]
             mine = [x for x in records if x["mutation"] == "updateUser" and f"r:public.tb_user:{user_id}" in x["tags"]]
-            if mine:
+            broken = [x for x in records if x["mutation"] == "updateUserBroken" and f"r:public.tb_user:{broken_id}" in x["tags"]]
+            if mine and broken:
                 break
         assert mine and mine[0]["verdict"] == "ok" and not mine[0]["failure"]
         assert mine[0]["cascade"]["updated"][0]["id"] == user_id
+        assert broken and broken[0]["failure"], broken
         assert admin.get("/admin/audit", params={"limit": 0}).status_code == 400
-        failures = admin.get("/admin/audit", params={"failures": "true"}).json()["data"]["records"]
+        failures = admin.get("/admin/audit", params={"failures": "true", "limit": 50}).json()["data"]["records"]
+        assert failures, "the broken cascade's record is missing from ?failures=true"
         assert all(x["failure"] for x in failures)
+        assert broken[0]["id"] in {x["id"] for x in failures}
+        assert mine[0]["id"] not in {x["id"] for x in failures}
 
 
 def test_admin_routes_absent_without_a_configured_token(pg_dsn: str) -> None:

@@ -215,3 +215,129 @@ def test_followers_take_over_from_a_sigkilled_leader(server: Server, gated: Embe
     assert _calls(gated) - calls_before == 2
     assert takeover_seconds < 5.0
     server.wait_all_workers()  # gunicorn replaced the killed worker
+
+
+# --- a leader stuck past its lease, with no reap to help ------------------------------
+
+STUCK_LEASE = 3.0  # seconds: long enough for the followers to join before it runs out
+
+
+@pytest.fixture(scope="module")
+def short_lease_server(gated: EmbeddedCluster) -> Iterator[Server]:
+    env = {"FRAISESHM_SCHEMA_SDL": str(SCHEMAS / "gated.graphql"), "FRAISESHM_COALESCE_LEASE": str(STUCK_LEASE),
+           "FRAISESHM_COALESCE_WAIT": "20", "FRAISESHM_LISTEN_CHANGES": "false"}
+    with Server(gated.dsn, workers=2, env=env, tag="stuck") as srv:
+        yield srv
+
+
+def test_followers_take_over_a_leader_stuck_past_its_lease(short_lease_server: Server, gated: EmbeddedCluster) -> None:
+    """SIGSTOP keeps the leader alive and silent: gunicorn never reaps it, so only a
+    follower noticing the expired lease (flight_poll -> ABANDONED -> flight_takeover)
+    can recover. One more execution, no more."""
+    server = short_lease_server
+    uid = _user_id(gated, 13)
+    led_before = _counter_by_pid(server, "coalesce_led")
+    followed_before = _counter_by_pid(server, "coalesce_followed")
+    takeovers_before = sum(_counter_by_pid(server, "coalesce_takeovers").values())
+    calls_before = _calls(gated)
+    results: list[httpx.Response | Exception] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        try:
+            r = _request(server, uid)
+        except httpx.TransportError as exc:
+            r = exc
+        with lock:
+            results.append(r)
+
+    gate = ClosedGate(gated.dsn)
+    leader = 0
+    threads: list[threading.Thread] = []
+    try:
+        threads.append(threading.Thread(target=send))
+        threads[0].start()
+        _await(lambda: _calls(gated) - calls_before == 1, 10, "the leader's query in PostgreSQL")
+        led_now = _counter_by_pid(server, "coalesce_led")
+        (leader,) = [pid for pid, n in led_now.items() if n > led_before.get(pid, 0)]
+        os.kill(leader, signal.SIGSTOP)
+        started = time.monotonic()
+        # Its query may finish now: the stopped leader can neither publish nor release its flight.
+        gate.open()
+        for _ in range(8):  # only the running worker accepts connections now
+            threads.append(threading.Thread(target=send))
+            threads[-1].start()
+
+        def joined() -> int:
+            now = _counter_by_pid(server, "coalesce_followed")
+            return sum(n - followed_before.get(pid, 0) for pid, n in now.items() if pid != leader)
+
+        _await(lambda: joined() >= 8, STUCK_LEASE, "8 followers in the running worker")
+        assert time.monotonic() - started < STUCK_LEASE, "the followers joined after the lease ran out"
+        _await(lambda: _calls(gated) - calls_before == 2, STUCK_LEASE + 5, "a follower's takeover")
+        for t in threads[1:]:
+            t.join(timeout=15)
+            assert not t.is_alive(), "a follower hung behind a stuck leader"
+    finally:
+        gate.open()
+        if leader:
+            os.kill(leader, signal.SIGCONT)
+    threads[0].join(timeout=15)
+    assert not threads[0].is_alive()
+
+    assert len(results) == 9
+    for r in results:
+        assert isinstance(r, httpx.Response) and r.status_code == 200, r
+        assert r.json()["data"]["user"]["id"] == uid
+    assert _calls(gated) - calls_before == 2  # the stuck leader's run and one takeover
+    assert sum(_counter_by_pid(server, "coalesce_takeovers").values()) - takeovers_before == 1
+    assert "took over an abandoned flight" in server.log()  # the follower's path, not a new flight_begin
+    assert leader in server.worker_pids(), "the stuck leader was replaced: its recovery was not a follower's"
+
+
+# --- freshness inside one worker -------------------------------------------------------
+
+UPDATE_USER = "mutation($id: ID!, $name: String) { updateUser(input: {id: $id, name: $name}) { success } }"
+
+
+@pytest.fixture(scope="module")
+def gated_blog_server(gated: EmbeddedCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The blog schema with users read through the gate: one worker, so a follower is always
+    in the leader's process; no listener, so only the mutation path invalidates."""
+    blog = (Path(__file__).resolve().parents[2] / "examples/blog/schema.graphql").read_text()
+    sdl = tmp_path_factory.mktemp("sdl") / "gated_blog.graphql"
+    sdl.write_text(blog.replace('@view(name: "v_user"', '@view(name: "v_gated_user"'))
+    env = {"FRAISESHM_SCHEMA_SDL": str(sdl), "FRAISESHM_LISTEN_CHANGES": "false"}
+    with Server(gated.dsn, workers=1, env=env, tag="gblog") as srv:
+        yield srv
+
+
+def test_a_fill_that_raced_a_mutation_never_serves_a_later_request(gated_blog_server: Server, gated: EmbeddedCluster) -> None:
+    """The leader L reads user U before a rename is acknowledged and answers after it.
+    A request F of the same worker that started after the acknowledgement joins L's
+    flight: it must not take L's old bytes, and L's result must not be stored."""
+    server = gated_blog_server
+    uid = _user_id(gated, 14)
+    old = gated.psql(f"SELECT name FROM tb_user WHERE id = '{uid}'").strip()
+    new = f"renamed {time.monotonic_ns()}"
+    calls_before = _calls(gated)
+    followed_before = _followers(server)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        gate = ClosedGate(gated.dsn)
+        try:
+            leader = pool.submit(_request, server, uid)
+            _await(lambda: _calls(gated) - calls_before == 1, 10, "the leader's query in PostgreSQL")
+            with server.client() as c:
+                r = graphql(c, UPDATE_USER, {"id": uid, "name": new})
+            assert r.json()["data"]["updateUser"]["success"], r.text
+            follower = pool.submit(_request, server, uid)
+            _await(lambda: _followers(server) - followed_before >= 1, 10, "the follower joining the leader")
+            gate.open()
+            first, second = leader.result(timeout=15), follower.result(timeout=15)
+        finally:
+            gate.open()
+    assert first.json()["data"]["user"]["name"] == old  # started before the rename: may be old
+    assert second.json()["data"]["user"]["name"] == new, "a follower got the leader's pre-mutation bytes"
+    with server.client() as c:
+        later = graphql(c, QUERY, {"id": uid})
+    assert later.json()["data"]["user"]["name"] == new, "the raced fill was stored"

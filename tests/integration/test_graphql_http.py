@@ -216,3 +216,48 @@ def test_mutation_function_that_raises(http: httpx.Client) -> None:
     assert error["extensions"]["code"] == "MUTATION_FAILED"
     assert "Error" not in error["message"] and "nope" not in error["message"]
     _still_serves(http)
+
+
+GOOD = b'{"query": "{ users(limit: 1) { id } }"}'
+BAD_REQUESTS = [  # (method, path, headers, body, status)
+    ("POST", "/graphql", {"Content-Type": "application/json"}, b"{not json", 400),
+    ("POST", "/graphql", {"Content-Type": "application/json"}, b'{"query": 42}', 400),
+    ("POST", "/graphql", {"Content-Type": "application/json", "Accept": GRAPHQL_RESPONSE}, b'{"query": "{ users { nope } }"}', 400),
+    ("POST", "/graphql", {"Content-Type": "application/json", "Accept": GRAPHQL_RESPONSE}, b'{"query": "{ users("}', 400),
+    ("GET", "/graphql?query=%7B%20users%20%7B%20id", {"Accept": GRAPHQL_RESPONSE}, None, 400),
+    ("GET", "/graphql", {}, None, 400),
+    ("GET", "/graphql?query=mutation%7BdeleteUser(input%3A%7Bid%3A%22x%22%7D)%7Bsuccess%7D%7D", {}, None, 405),
+    ("POST", "/graphql", {"Content-Type": "application/json", "Accept": "text/html"}, GOOD, 406),
+    ("POST", "/graphql", {"Content-Type": "text/plain"}, GOOD, 415),
+]
+
+
+def test_bad_requests_leave_the_answering_worker_alive(server) -> None:  # noqa: ANN001
+    """Each bad request on a fresh connection; the same connection then carries a good
+    request that the same worker must answer; and no worker was replaced meanwhile."""
+    import http.client
+    import json
+
+    workers = server.worker_pids()
+    answered: set[str] = set()
+    for round_ in range(3):  # fresh connections spread the cases over the workers
+        for method, path, headers, body, status in BAD_REQUESTS:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.auto_open = 0  # a closed connection must fail, not be silently reopened
+            conn.connect()
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                r = conn.getresponse()
+                payload = json.loads(r.read())
+                assert r.status == status, (path, body, r.status, payload)
+                assert payload["errors"][0]["message"]
+                pid = r.getheader("X-Fraiseshm-Worker")
+                conn.request("POST", "/graphql", body=GOOD, headers={"Content-Type": "application/json"})
+                again = conn.getresponse()
+                assert again.status == 200 and json.loads(again.read())["data"]["users"], (round_, path)
+                assert again.getheader("X-Fraiseshm-Worker") == pid, "another worker answered on the same connection"
+            finally:
+                conn.close()
+            answered.add(pid)
+            assert server.worker_pids() == workers, f"a worker was replaced after {method} {path} -> {status}"
+    assert answered <= {str(p) for p in workers}

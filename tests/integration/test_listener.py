@@ -145,3 +145,26 @@ def test_listener_reconnects_after_postgres_restart(server: Server, reset_db: Em
         _cache(http, user_id)
         reset_db.psql(f"UPDATE tb_user SET name = 'after restart' WHERE id = '{user_id}'")
         _await_name(http, user_id, "after restart")
+
+
+def test_the_next_listener_flushes_what_nobody_heard(server: Server, reset_db: EmbeddedCluster, pg_dsn: str) -> None:
+    """A plain write while the listener is stopped is never heard (its NOTIFY goes to
+    the stopped holder's connection). Its successor must flush the arena after LISTEN,
+    before it hears anything; so once it has heard a later write, the earlier one shows."""
+    unheard_id, heard_id = _user_ids(reset_db, 5)[3:5]
+    holder = asyncio.run(_await_listener(pg_dsn, server.arena_name, set()))
+    with server.client() as http:
+        _cache(http, unheard_id)
+        _cache(http, heard_id)
+    os.kill(holder, signal.SIGSTOP)
+    try:
+        reset_db.psql(f"UPDATE tb_user SET name = 'while nobody listened' WHERE id = '{unheard_id}'")
+    finally:
+        os.kill(holder, signal.SIGKILL)
+    asyncio.run(_await_listener(pg_dsn, server.arena_name, {holder}))
+    reset_db.psql(f"UPDATE tb_user SET name = 'heard' WHERE id = '{heard_id}'")
+    with server.client() as http:
+        _await_name(http, heard_id, "heard")  # the successor listens: its flush came before this
+        name, state = _read(http, unheard_id)
+    assert name == "while nobody listened", f"stale read ({state}) of a write sent while nobody listened"
+    server.wait_all_workers()

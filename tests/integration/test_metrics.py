@@ -155,6 +155,27 @@ def test_metrics_cli_and_workers_agree_exactly(own_cluster: EmbeddedCluster) -> 
         assert cli("check", arena=srv.arena_name).returncode == 0
 
 
+def test_hit_ratio_counts_bypasses_from_the_request_sequence(own_cluster: EmbeddedCluster) -> None:
+    """Expected figures come from what was sent, not from the server's X-Cache headers:
+    4 keys sent 3 times each (1 miss + 2 hits) and 3 no-cache requests (bypasses)
+    give hits 8, misses 4, bypasses 3, so the hit ratio is 8 / 15."""
+    ids = user_ids(own_cluster, 4)
+    env = {"FRAISESHM_LISTEN_CHANGES": "false"}  # nothing but these requests touches the new arena
+    with Server(own_cluster.dsn, workers=2, env=env, tag="ratio") as srv, srv.client() as client:
+        for _ in range(3):
+            for uid in ids:
+                r = graphql(client, USER_QUERY, {"id": uid}, headers={"Connection": "close"})
+                assert r.status_code == 200 and r.json()["data"]["user"]["id"] == uid
+            r = graphql(client, USER_QUERY, {"id": ids[0]}, headers={"Connection": "close", "Cache-Control": "no-cache"})
+            assert r.status_code == 200
+        hits, misses, bypasses = 8, 4, 3
+        totals = cli_stats(srv.arena_name)["totals"]
+        assert (totals["hits"], totals["misses"], totals["bypasses"]) == (hits, misses, bypasses)
+        expected = hits / (hits + misses + bypasses)
+        assert cli_stats(srv.arena_name)["hit_rate"] == pytest.approx(expected)
+        assert metrics(client)[("fraiseshm_hit_ratio", ())] == pytest.approx(expected)
+
+
 def test_sigkilled_worker_counts_are_not_lost(own_cluster: EmbeddedCluster) -> None:
     ids = user_ids(own_cluster, 3)
     with Server(own_cluster.dsn, workers=2, tag="kill") as srv, srv.client() as client:

@@ -19,7 +19,9 @@ RETITLE = 'mutation($id: ID!, $t: String) { updatePost(input: {id: $id, title: $
 
 @pytest.fixture(scope="module")
 def swr_server(pg_dsn: str) -> Iterator[Server]:
-    env = {"FRAISESHM_SCHEMA_SDL": str(SCHEMAS / "scoped.graphql"), "FRAISESHM_STALE_WHILE_REVALIDATE": "true"}
+    # No listener: its NOTIFY would hide a mutation that forgot to invalidate.
+    env = {"FRAISESHM_SCHEMA_SDL": str(SCHEMAS / "scoped.graphql"), "FRAISESHM_STALE_WHILE_REVALIDATE": "true",
+           "FRAISESHM_LISTEN_CHANGES": "false"}
     with Server(pg_dsn, workers=2, env=env, tag="swr") as srv:
         yield srv
 

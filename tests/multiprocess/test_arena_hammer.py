@@ -79,7 +79,9 @@ def test_hammer_with_random_kills(arena_name: str) -> None:
             for _ in range(rng.randrange(200, 3000)):
                 a.get(b"key-%d" % rng.randrange(KEYS))
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _, status = os.waitpid(pid, 0)
+            # a victim that met a torn value exits 1 before the kill: that is a failure
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"victim {k} exited on its own"
             a.reap(pid)
             cur = a.stats()["totals"]
             _monotonic(prev, cur)
@@ -87,7 +89,13 @@ def test_hammer_with_random_kills(arena_name: str) -> None:
             got = a.get(b"key-1")
             if got is not None:
                 _verify(b"key-1", got)
-            survived += 1
+            # the arena still takes a write after this kill (the steady workers may evict it at once)
+            probe = b"probe-%d" % k
+            if a.put(probe, _value(rng, probe), ["T:probe"], a.current_seq(), 60):
+                got = a.get(probe)
+                if got is not None:
+                    _verify(probe, got)
+                survived += 1
         for pid in steady:
             _, status = os.waitpid(pid, 0)
             assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "a steady worker failed"
@@ -96,7 +104,7 @@ def test_hammer_with_random_kills(arena_name: str) -> None:
         assert a.check() == []
         st = a.stats()
         _monotonic(prev, st["totals"])
-        assert survived == KILLS
+        assert survived == KILLS, f"the arena failed a put/get round trip after {KILLS - survived} of {KILLS} kills"
         assert st["totals"]["puts"] > 0 and st["totals"]["hits"] > 0
         print(f"\nhammer: survived {survived} kills, {st['lock_wipes']} lock wipes, "
               f"{st['totals']['evictions']} evictions, {st['entries']} entries")

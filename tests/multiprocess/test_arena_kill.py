@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from fraiseshm.arena import Arena, FlightRole
 from tests.multiprocess.conftest import (
@@ -96,6 +97,14 @@ def test_kill_while_claiming_a_flight_lets_the_next_caller_lead(arena_name: str)
         assert a.check() == []
 
 
+def _asleep_on_a_futex(pid: int) -> bool:
+    """The process sleeps in the kernel's futex wait (a single-threaded child: the mutex)."""
+    with open(f"/proc/{pid}/stat") as f:
+        state = f.read().rpartition(")")[2].split()[0]
+    with open(f"/proc/{pid}/wchan") as f:
+        return state == "S" and "futex" in f.read()
+
+
 def test_waiting_locker_gets_the_lock_when_the_holder_dies(arena_name: str) -> None:
     """A third process blocked on the mutex is woken with EOWNERDEAD and wipes."""
     with _small(arena_name) as a:
@@ -120,6 +129,11 @@ def test_waiting_locker_gets_the_lock_when_the_holder_dies(arena_name: str) -> N
         assert wait_byte(r) == b"!"
         wp = fork(waiter)
         assert wait_byte(r2) == b"s"
+        # Only a waiter already asleep on the mutex tests the wake-up with EOWNERDEAD;
+        # one that arrives after the death would just find the lock abandoned.
+        deadline = time.monotonic() + 30
+        while not _asleep_on_a_futex(wp):
+            assert time.monotonic() < deadline, "the waiter never blocked on the shard mutex"
         os.kill(hp, signal.SIGKILL)
         os.waitpid(hp, 0)
         assert wait_byte(r2) == b"d"
