@@ -36,6 +36,9 @@ _UNAVAILABLE = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InterfaceError,
+    # "cannot switch to state N; another operation is in progress": the protocol broke
+    # mid-statement, seen while PostgreSQL shut down under load (fault campaign).
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -190,6 +193,11 @@ class Database:
                 if session is None or not session.scoped:
                     return await work(conn)
                 return await self._in_transaction(conn, work, session)
+        except asyncpg.exceptions.OutdatedSchemaCacheError as exc:
+            # A served view was replaced under a prepared statement inside a transaction
+            # (asyncpg retries it by itself outside one): new connections, not "down".
+            await self._reset_pool()
+            raise DatabaseError("the database schema changed during the request; retry it") from exc
         except _UNAVAILABLE as exc:
             self._mark_down(exc)
             await self._reset_pool()

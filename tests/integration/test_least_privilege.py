@@ -38,7 +38,7 @@ def role(pg_cluster: EmbeddedCluster, pg_dsn: str) -> Iterator[str]:
     pg_cluster.psql(f"DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN")
     r = cli("db", "--dsn", pg_dsn, "grant", name, "--sdl", str(ROOT / "examples/blog/schema.graphql"))
     assert r.returncode == 0, r.stderr
-    assert "v_comment, v_post, v_user" in r.stdout and "fn_update_user" in r.stdout
+    assert "v_comment, v_draft, v_post, v_user" in r.stdout and "fn_update_user" in r.stdout
     try:
         yield name
     finally:
