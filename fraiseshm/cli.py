@@ -260,7 +260,8 @@ def cmd_schema_check(args: argparse.Namespace, console: Console) -> int:
         raise CliError("the database is the embedded cluster: pass --dsn postgresql://... "
                        "(the server logs 'embedded PostgreSQL ready at ...')")
     try:
-        _served, result = asyncio.run(load_and_check(sdl, dsn, connect_timeout=settings.db_connect_timeout))
+        _served, result = asyncio.run(load_and_check(sdl, dsn, connect_timeout=settings.db_connect_timeout,
+                                                   request_role=settings.db_role))
     except SchemaError as exc:
         Console(stderr=True).print(f"fraiseshm: {exc}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_PROBLEMS

@@ -177,12 +177,34 @@ async def check_schema(served: ServedSchema, fetch: Fetch) -> CheckResult:
 _inherited: dict[tuple[str, str], Catalog] = {}
 
 
-async def load_and_check(sdl: str, dsn: str, *, connect_timeout: float = 5.0) -> tuple[ServedSchema, CheckResult]:
+_BYPASSES_RLS = ("SELECT jsonb_build_array(r.rolname::text, r.rolsuper OR r.rolbypassrls) FROM pg_roles r "
+                 "WHERE r.rolname = coalesce(nullif($1, ''), current_user)")
+
+
+async def _warn_if_requests_bypass_rls(served: ServedSchema, fetch: Fetch, request_role: str,
+                                       result: CheckResult) -> None:
+    """Private data is only as private as the role requests run as: a superuser or a
+    BYPASSRLS role sees every row whatever the policies say (DESIGN.md, Isolation)."""
+    private = sorted(name for name, e in served.entities.items()
+                     if e.private or (name in served.bindings and served.bindings[name].per_identity))
+    if not private:
+        return
+    rows = await fetch(_BYPASSES_RLS, (request_role,))
+    if rows and rows[0][1]:
+        result.warnings.append(
+            f"requests run as role {rows[0][0]}, which bypasses row-level security (superuser or BYPASSRLS): "
+            f"the policies behind the private types {', '.join(private)} do not apply, every identity sees "
+            "every row; set FRAISESHM_DB_ROLE to a plain role")
+
+
+async def load_and_check(sdl: str, dsn: str, *, connect_timeout: float = 5.0,
+                         request_role: str = "") -> tuple[ServedSchema, CheckResult]:
     """Load the SDL file, check it against the database at dsn, bind it; remember the catalog."""
     served = load_schema(sdl)
     db = Database(dsn, min_size=1, max_size=1, connect_timeout=connect_timeout)
     try:
         result = await check_schema(served, db.fetch_column)
+        await _warn_if_requests_bypass_rls(served, db.fetch_column, request_role, result)
     except DatabaseUnavailable as exc:
         raise SchemaCheckFailed(f"cannot check {sdl} against the database: {exc}") from None
     finally:

@@ -123,3 +123,16 @@ def test_an_sdl_syntax_error_is_one_message_with_its_line(tmp_path: Path, check_
     log = str(failed.value)
     assert f"{path}:" in log and "Syntax Error" in log
     assert "Traceback" not in log and log.count("Syntax Error") == 1
+
+
+@pytest.mark.parametrize("role, warned", [("", True), ("blog_web", False)])
+def test_private_types_served_as_a_role_that_bypasses_row_level_security_are_named(
+        pg_dsn: str, role: str, warned: bool, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The blog's Draft is private under RLS; the test cluster's login role is a superuser."""
+    monkeypatch.setenv("FRAISESHM_DB_ROLE", role)
+    sdl = SCHEMAS.parents[2] / "examples/blog/schema.graphql"
+    code = cli.main(["schema", "check", "--dsn", pg_dsn, "--sdl", str(sdl)])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 0, out
+    assert ("bypasses row-level security" in out and "private types Draft" in out) is warned, out
