@@ -164,6 +164,7 @@ class Counter(enum.IntEnum):
     FLUSHES = 21  # counted by flush() in C
     BYTES_READ = 22  # counted by get() in C
     BYTES_WRITTEN = 23  # counted by put() in C
+    CORRUPTION_WIPES = 24  # shards wiped after an inconsistency was found, counted in C
 
 
 assert len(Counter) == _native.N_COUNTERS
