@@ -1040,6 +1040,8 @@ static uint32_t *tag_slots_of(Handle *h, PyObject *tags, uint32_t *stackbuf, siz
     return out;
 }
 
+static int repair_ahead(Handle *h, uint64_t *p);
+
 /* tmpl->check holds meta_base(); the final check is mixed in once the
  * block's place, generation and first chunk are known. */
 static int put_locked(Handle *h, shard_t *s, blk_t *tmpl, const uint32_t *deps, const uint8_t *key,
@@ -1152,7 +1154,11 @@ static PyObject *H_put(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
     const uint64_t *tags = tags_of(h);
     int stale = fill_seq < valid_from_now(h);
     for (Py_ssize_t i = 0; !stale && i < ndeps; i++) stale = tag_last(tags, deps[i]) > fill_seq;
-    if (stale) {
+    if (stale) { /* rare path: a copy ahead of the sequence is a bad byte, not an invalidation */
+        uint64_t *t = (uint64_t *)tags;
+        for (Py_ssize_t i = 0; i < ndeps; i++) { repair_ahead(h, &t[2 * deps[i]]); repair_ahead(h, &t[2 * deps[i] + 1]); }
+        repair_ahead(h, &h->hdr->valid_from);
+        repair_ahead(h, &h->hdr->valid_from_b);
         count(h, C_PUT_REJECTED_STALE, 1);
         res = Py_NewRef(Py_False);
         goto done;
@@ -1215,6 +1221,16 @@ static uint64_t seq_next(Handle *h) {
     atomic_max(&h->hdr->global_seq, s);
     atomic_max(&h->hdr->global_seq_b, s);
     return s;
+}
+
+/* A tag or valid_from copy ahead of the global sequence can only be a bad
+ * byte (the sequence is raised first). Bring it down, then up to the
+ * sequence as read after the CAS: never below an invalidation that raced. */
+static int repair_ahead(Handle *h, uint64_t *p) {
+    uint64_t v = LD(p), s = seq_now(h);
+    if (v <= s || !CAS(p, v, s)) return 0;
+    atomic_max(p, seq_now(h));
+    return 1;
 }
 
 static PyObject *H_invalidate(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
@@ -1744,13 +1760,21 @@ static PyObject *H_check(Handle *h, PyObject *Py_UNUSED(ignored)) {
     if (x->shards != h->g.shards || x->pages != h->g.pages || x->buckets != h->g.buckets ||
         x->tag_slots != h->g.tag_slots || x->off_shards != h->g.off_shards || x->shard_stride != h->g.stride)
         PROBLEM("I11 header geometry differs from the geometry validated at attach");
-    const uint64_t *tags = tags_of(h);
-    uint64_t top = 0;
+    uint64_t *tags = tags_of(h), top = 0;
+    uint32_t ahead = 0;
     for (uint32_t i = 0; i < h->g.tag_slots; i++) top = max2(top, tag_last(tags, i));
     uint64_t seq = seq_now(h);
-    if (top > seq) PROBLEM("I2 a tag was invalidated at %llu, after the global sequence %llu", top, seq);
-    if (valid_from_now(h) > seq) PROBLEM("I2 valid_from %llu is ahead of the global sequence %llu",
-                                         (unsigned long long)valid_from_now(h), seq);
+    if (top > seq) {
+        for (uint32_t i = 0; i < 2 * h->g.tag_slots; i++) ahead += repair_ahead(h, &tags[i]);
+        PROBLEM("I2 a tag was invalidated at %llu, after the global sequence %llu (%u copies lowered to it)",
+                top, seq, ahead);
+    }
+    if (valid_from_now(h) > seq) {
+        PROBLEM("I2 valid_from %llu is ahead of the global sequence %llu (lowered to it)",
+                (unsigned long long)valid_from_now(h), seq);
+        repair_ahead(h, &x->valid_from);
+        repair_ahead(h, &x->valid_from_b);
+    }
     shard_t *snap = PyMem_Malloc((size_t)h->g.stride);
     if (!snap) { Py_DECREF(out); return PyErr_NoMemory(); }
     for (uint32_t si = 0; !err && si < h->g.shards; si++) {
@@ -1781,9 +1805,17 @@ static PyObject *H_check(Handle *h, PyObject *Py_UNUSED(ignored)) {
     for (uint32_t i = 0; !err && i < h->g.stats_slots; i++) { /* I9 */
         sslot_t *s = sslot(h, i);
         uint64_t w = LD(&s->owner);
-        if (w && !(w >> 32)) PROBLEM("I9 stats slot %u owned by pid 0", i);
-        for (int j = 0; j < N_VALUES; j++)
-            if (LD(&s->base[j]) > LD(&s->v[j])) { PROBLEM("I9 stats slot %u value %d below its base", i, j); break; }
+        if (w && !(w >> 32)) {
+            PROBLEM("I9 stats slot %u owned by pid 0 (freed)", i);
+            CAS(&s->owner, w, 0);
+        }
+        for (int j = 0; j < N_VALUES; j++) {
+            uint64_t b = LD(&s->base[j]), v = LD(&s->v[j]);
+            if (b > v) { /* the owner's share of it restarts at 0; totals stay monotonic */
+                PROBLEM("I9 stats slot %u value %d below its base (base reset)", i, j);
+                CAS(&s->base[j], b, v);
+            }
+        }
     }
     if (err) { Py_DECREF(out); return NULL; }
     return out;
