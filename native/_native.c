@@ -90,7 +90,7 @@ enum { C_HITS = 1, C_MISSES = 2, C_PUTS = 4, C_PUT_REJECTED_STALE = 5, C_EVICTIO
        C_STALE_HITS = 19, C_CHECKSUM_FAILURES = 20, C_FLUSHES = 21, C_BYTES_READ = 22,
        C_BYTES_WRITTEN = 23, C_CORRUPTION_WIPES = 24 };
 enum { DBG_NONE = 0, DBG_LOCK_HELD = 1, DBG_PUT_WRITE = 2, DBG_EVICT = 3, DBG_TAG_BUMP = 4,
-       DBG_FLIGHT_CLAIM = 5, DBG_FLIGHT_END = 6 };
+       DBG_FLIGHT_CLAIM = 5, DBG_FLIGHT_END = 6, DBG_REAP = 7, DBG_SLOT_CLAIM = 8 };
 
 typedef struct {              /* offset: the arena header, 4096 B at +0 */
     uint64_t magic;           /* +0   FS_MAGIC, written last at create */
@@ -270,7 +270,7 @@ typedef struct {
 
 static PyObject *error_map = NULL; /* {status code: exception class}, from Python */
 static PyObject *wipe_hook = NULL; /* callable(shard, reason), called after the lock is released */
-static int dbg_point = DBG_NONE, dbg_fd = -1;
+static int dbg_point = DBG_NONE, dbg_fd = -1, dbg_resume = -1;
 static int mu_kind = -1;           /* glibc's __kind of a robust pshared mutex, from a local one */
 
 static inline uint64_t now_ns(void) {
@@ -279,12 +279,17 @@ static inline uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-/* Test hook: block forever at a chosen point inside a critical section so a
- * test can SIGKILL us there. Costs one predictable branch. */
+/* Test hook: stop at a chosen point (inside a critical section, between two
+ * steps of a lock-free protocol) and write one byte; then block forever so a
+ * test can SIGKILL us there, or, with a resume fd, go on once a byte arrives
+ * (a deterministic interleaving, fired once). Costs one predictable branch. */
 static void debug_point(int point) {
     if (dbg_point != point) return;
-    if (write(dbg_fd, "!", 1) < 0) { /* the killer will time out */ }
-    for (;;) pause();
+    if (write(dbg_fd, "!", 1) < 0) { /* the test will time out */ }
+    if (dbg_resume < 0) for (;;) pause();
+    char c;
+    if (read(dbg_resume, &c, 1) < 0) { /* resumed by EOF or error alike */ }
+    dbg_point = DBG_NONE;
 }
 
 /* Tags live twice ([2i], [2i+1]); a reader takes the larger, so one bad
@@ -452,6 +457,7 @@ static int claim_slot(Handle *h) {
             uint64_t w = LD(&s->owner);
             if (pass == 0 ? w != 0 : (w == 0 || !owner_dead(s, w))) continue;
             if (!CAS(&s->owner, w, mine)) continue; /* LOCK-FREE: the CAS is the claim */
+            debug_point(DBG_SLOT_CLAIM);
             ST(&s->start, start);
             ST(&s->start_owner, mine); /* after start: readers trust start only now */
             ST(&s->claimed_ns, now_ns());
@@ -660,11 +666,13 @@ static int chain_find_locked(Handle *h, shard_t *s, uint32_t bi, uint64_t kh, co
         if (n >= CHAIN_MAX) return corrupt(h, "an index chain is longer than CHAIN_MAX (a cycle?)");
         if (!b || b->state != B_LIVE || bucket_index(h, b->key_hash) != bi)
             return corrupt(h, "an index chain links a block that is no live entry of its bucket");
-        if (key && !f->b && b->key_hash == kh && b->key_len == klen && head_fits(h, b, c) &&
-            memcmp(key_of(b), key, klen) == 0) {
+        if (key && !f->b && b->key_hash == kh && b->key_len == klen) {
+            if (!head_fits(h, b, c)) return corrupt(h, "an entry's lengths do not fit its block");
+            if (memcmp(key_of(b), key, klen) != 0) goto next;
             f->b = b; f->ref = r; f->cls = c;
             if (!full) return FS_OK;
         }
+    next:
         f->last = r;
         r = b->next;
     }
@@ -1536,6 +1544,7 @@ static long release_flights(Handle *h, long pid, uint64_t now) {
         uint32_t st = CTL_ST(ctl);
         if ((st != F_RUNNING && st != F_CLAIMING) || CTL_PID(ctl) != (pid & 0xFFFFFF)) continue;
         if (!abandoned(h, f, ctl, now) || !pid_dead(pid)) continue;
+        debug_point(DBG_REAP);
         /* followers see a new generation (GONE) and retry at once */
         if (CAS(&f->ctl, ctl, CTL(CTL_GEN(ctl) + 1, 0, F_EMPTY))) released++;
     }
@@ -1796,7 +1805,10 @@ static PyObject *H_check(Handle *h, PyObject *Py_UNUSED(ignored)) {
         fslot_t *f = flight(h, i);
         uint64_t ctl = LD(&f->ctl), owner = LD(&f->owner), dl = LD(&f->deadline);
         uint32_t st = CTL_ST(ctl);
-        if (st > F_CLAIMING) PROBLEM("I8 flight %u in state %u", i, st);
+        if (st > F_CLAIMING) { /* no such state: free the slot (its followers see GONE) */
+            PROBLEM("I8 flight %u in state %u (freed)", i, st);
+            CAS(&f->ctl, ctl, CTL(CTL_GEN(ctl) + 1, 0, F_EMPTY));
+        }
         if (st == F_RUNNING && LD(&f->ctl) == ctl &&
             ((long)(owner >> 32) != CTL_PID(ctl) || (dl & 0xFFFFFF) != (CTL_GEN(ctl) & 0xFFFFFF)))
             PROBLEM("I8 flight %u runs without its owner's words", i);
@@ -2012,7 +2024,8 @@ static PyObject *M_set_hooks(PyObject *Py_UNUSED(m), PyObject *args) {
 }
 
 static PyObject *M_debug_pause_in(PyObject *Py_UNUSED(m), PyObject *args) {
-    if (!PyArg_ParseTuple(args, "ii", &dbg_point, &dbg_fd)) return NULL;
+    dbg_resume = -1;
+    if (!PyArg_ParseTuple(args, "ii|i", &dbg_point, &dbg_fd, &dbg_resume)) return NULL;
     Py_RETURN_NONE;
 }
 
