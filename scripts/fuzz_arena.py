@@ -75,15 +75,18 @@ def build(name: str) -> tuple[Arena, Model]:
     a.flush()
     for k in list(m.valid):
         m.valid[k] = m.stale_ok[k] = None
+    for _ in range(300):  # a high sequence, so a bad byte in a tag can lower it below a fill
+        a.invalidate(["warm-up"])
     for i in range(120):
         size = rnd.choice((10, 100, 300, 1000, 3000, 9000, 30_000, 70_000, 150_000))
         put(b"key-%d" % i, rnd.randbytes(size), ["User:%d" % (i % 10), "query:users", "Q:%d" % i])
     for i in range(0, 120, 7):  # overwritten: the old value must never come back
         put(b"key-%d" % i, rnd.randbytes(rnd.choice((50, 2000, 80_000))), ["User:%d" % (i % 10), "Q:%d" % i])
-    a.invalidate(["User:3"])  # stale entries left in place until someone reads them
-    for k, deps in m.deps.items():
-        if "User:3" in deps:
-            m.valid[k] = m.stale_ok[k] = None
+    for tag in ("User:3", "User:7", "Q:11", "Q:50"):  # stale entries left in place until someone reads them
+        a.invalidate([tag])
+        for k, deps in m.deps.items():
+            if tag in deps:
+                m.valid[k] = m.stale_ok[k] = None
     for i in range(10):  # expired: get misses, get_stale may serve
         put(b"ttl-%d" % i, rnd.randbytes(500), ["T:%d" % i], ttl=0.001)
         m.valid[b"ttl-%d" % i] = None
@@ -106,11 +109,12 @@ def regions(a: Arena) -> dict[str, list[tuple[int, int]]]:
     r: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
     r["header (used fields)"].append((0, 192))
     r["header (padding)"].append((192, 4096))
-    r["tag table"].append((off_tags, off_tags + info["tag_slots"] * 16))
-    r["flight slots"].append((off_flights, off_flights + info["flight_slots"] * 256))
-    r["stats slots"].append((off_stats, off_stats + info["stats_slots"] * 1088))
     with open("/dev/shm" + a.name, "rb") as f:
         raw = f.read()
+    for at in range(off_tags, off_tags + info["tag_slots"] * tag_bytes, 8):  # an invalidated tag: lowering it must not revive entries
+        r["tag table (set)" if raw[at:at + 8] != bytes(8) else "tag table (unset)"].append((at, at + 8))
+    r["flight slots"].append((off_flights, off_flights + info["flight_slots"] * 256))
+    r["stats slots"].append((off_stats, off_stats + info["stats_slots"] * 1088))
     for si in range(info["shards"]):
         s = off_shards + si * stride
         r["shard mutex"].append((s, s + 64))
