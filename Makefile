@@ -1,7 +1,7 @@
 # fraiseshm: `make run` serves the example blog schema on http://127.0.0.1:8000/graphql
 # (private PostgreSQL cluster, one worker per core); `make run EXAMPLE=shop` the
 # example shop (its own private cluster); `make test` runs every test.
-.PHONY: run test perf faults campaign install clean
+.PHONY: run test perf faults campaign sanitize install clean
 
 EXAMPLE ?= blog
 # Each example other than the blog gets its own embedded cluster (both define fn_seed).
@@ -21,6 +21,10 @@ run: install
 test: install
 	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# the arena's C extension under ASan + UBSan (separate build in build-asan/): unit, property, multiprocess
+sanitize: install
+	bash scripts/sanitize.sh $(PYTEST_ARGS)
+
 perf:
 	@bash scripts/bootstrap.sh test,perf
 	.venv/bin/python perf/run.py $(PERF_ARGS)
@@ -34,4 +38,4 @@ campaign: install
 	.venv/bin/python scripts/fault_campaign.py $(CAMPAIGN_ARGS)
 
 clean:
-	rm -rf .venv build *.egg-info fraiseshm/*.so .fraiseshm
+	rm -rf .venv build build-asan *.egg-info fraiseshm/*.so .fraiseshm

@@ -5,7 +5,18 @@
  * arena as ONE call made under one shard lock. The layout, its invariants,
  * the lock order and the crash-recovery story are documented in
  * fraiseshm/arena/layout.py; the offsets here are asserted against it by
- * tests/unit/test_native.py.
+ * tests/unit/test_arena_layout.py.
+ *
+ * Trust model: any byte of the segment may be wrong (a stray write, a bug in
+ * another process, a hostile co-tenant of /dev/shm). So:
+ * - the geometry is validated once at attach and kept in the Handle; no
+ *   size, count or offset is ever re-read from shared memory for control flow;
+ * - every block ref, class, length and link read from shared memory is
+ *   bounds-checked before use, and every walk is bounded (cycle-proof);
+ * - an inconsistency found under a shard lock wipes that shard (an empty
+ *   cache is always correct), counts it and tells Python, never acts on it;
+ * - an entry is served only if its header check (which covers its position,
+ *   block generation and chunk chain) and its value hash verify.
  *
  * Conventions: internal functions return FS_* status codes (LMDB style);
  * only the Python-facing wrappers turn a code into an exception, through the
@@ -19,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,7 +47,7 @@
  *************************************************************************/
 
 #define FS_MAGIC 0x314d485345534946ULL /* "FISESHM1" in memory order */
-#define FS_VERSION 1u
+#define FS_VERSION 2u
 #define HDR_SIZE 4096u
 #define PAGE 65536u
 #define BLK_HDR 72u
@@ -42,7 +55,7 @@
 #define NCLASS 20
 #define PFREE 0xFFu
 #define N_VALUES 64 /* per stats slot: counters 0..31, histogram 32..48, sum 49 */
-#define N_COUNTERS 24
+#define N_COUNTERS 25
 #define N_BUCKETS 17
 #define V_HIST 32
 #define V_HIST_SUM 49
@@ -51,6 +64,11 @@
 #define EVICT_BATCH 8
 #define STEAL_EVERY 16
 #define MAX_KEY 1024
+#define CHAIN_MAX 32          /* longest index chain; put trims, readers wipe beyond */
+#define MAX_PAGES (1u << 20)  /* per shard, so every block ref fits 32 bits */
+#define PID_MAX_BITS 24       /* Linux pid_max <= 2^22 */
+#define LOCK_WAIT_NS 1000000000ULL /* re-judge a lock owner after this long */
+#define CLAIM_SPINS 200       /* yields spent waiting for a CLAIMING flight slot to settle */
 
 static const uint32_t CLASS_SIZE[NCLASS] = {
     64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048,
@@ -61,7 +79,7 @@ static const uint64_t HIST_BOUND_NS[N_BUCKETS - 1] = {
     500000000ULL, 1000000000ULL, 2500000000ULL, 5000000000ULL, 10000000000ULL};
 
 enum { FS_OK = 0, FS_STALE, FS_TOO_LARGE, FS_FULL, FS_LOCK_BROKEN, FS_BAD_MAGIC,
-       FS_BAD_VERSION, FS_TOO_SMALL, FS_NOMEM, FS_SYS };
+       FS_BAD_VERSION, FS_TOO_SMALL, FS_NOMEM, FS_SYS, FS_CORRUPT, FS_BAD_GEOMETRY };
 enum { B_FREE = 0, B_LIVE = 1, B_CHUNK = 2, B_WRITING = 3 };
 enum { F_EMPTY = 0, F_RUNNING = 1, F_DONE_OK = 2, F_DONE_ERROR = 3, F_CLAIMING = 4,
        F_ABANDONED = 5, F_GONE = 6 };
@@ -70,9 +88,9 @@ enum { C_HITS = 1, C_MISSES = 2, C_PUTS = 4, C_PUT_REJECTED_STALE = 5, C_EVICTIO
        C_INVALIDATIONS = 7, C_TAGS_BUMPED = 8, C_LOCK_WIPES = 9, C_ENTRY_TOO_LARGE = 10,
        C_COALESCE_LED = 11, C_COALESCE_FOLLOWED = 12, C_COALESCE_TAKEOVERS = 13,
        C_STALE_HITS = 19, C_CHECKSUM_FAILURES = 20, C_FLUSHES = 21, C_BYTES_READ = 22,
-       C_BYTES_WRITTEN = 23 };
+       C_BYTES_WRITTEN = 23, C_CORRUPTION_WIPES = 24 };
 enum { DBG_NONE = 0, DBG_LOCK_HELD = 1, DBG_PUT_WRITE = 2, DBG_EVICT = 3, DBG_TAG_BUMP = 4,
-       DBG_FLIGHT_CLAIM = 5 };
+       DBG_FLIGHT_CLAIM = 5, DBG_FLIGHT_END = 6, DBG_REAP = 7, DBG_SLOT_CLAIM = 8 };
 
 typedef struct {              /* offset: the arena header, 4096 B at +0 */
     uint64_t magic;           /* +0   FS_MAGIC, written last at create */
@@ -92,13 +110,17 @@ typedef struct {              /* offset: the arena header, 4096 B at +0 */
     uint64_t off_shards;      /* +80 */
     uint64_t shard_stride;    /* +88 */
     uint64_t created_ns;      /* +96  CLOCK_MONOTONIC at create */
-    uint8_t pad0[24];         /* +104 */
-    uint64_t global_seq;      /* +128 atomic: ++ per invalidate/flush */
-    uint64_t valid_from;      /* +136 atomic max: entries filled before are invalid */
+    uint64_t seed;            /* +104 random at create: every key and tag hash uses it */
+    uint8_t pad0[16];         /* +112 */
+    uint64_t global_seq;      /* +128 atomic: ++ per invalidate/flush (copy A) */
+    uint64_t valid_from;      /* +136 atomic max: entries filled before are invalid (copy A) */
     uint64_t lock_wipes;      /* +144 atomic: shards wiped after EOWNERDEAD */
     uint32_t nonce_ctr;       /* +152 atomic: registration nonces */
     uint32_t pad1;            /* +156 */
     uint64_t checksum_failures; /* +160 atomic */
+    uint64_t corrupt_wipes;   /* +168 atomic: shards wiped after an inconsistency */
+    uint64_t global_seq_b;    /* +176 copy B: readers take max(A, B) */
+    uint64_t valid_from_b;    /* +184 copy B */
 } hdr_t;
 
 typedef struct {              /* one per size class, inside shard_t */
@@ -133,22 +155,22 @@ typedef struct {              /* block header, BLK_HDR bytes */
     uint16_t ndeps;           /* u32 tag slot indexes following the header */
     uint32_t next;            /* LIVE: index chain; FREE: free list; CHUNK: next chunk */
     uint32_t aux;             /* LIVE: first chunk; FREE: free prev; CHUNK: head */
-    uint32_t key_len;
+    uint32_t key_len;         /* CHUNK: the head's generation */
     uint32_t value_len;
-    uint32_t pad;
+    uint32_t gen;             /* +20 ++ at every allocation of this block */
     uint64_t key_hash;
     uint64_t fill_seq;
     uint64_t expiry;          /* CLOCK_MONOTONIC ns; UINT64_MAX = none */
     uint64_t created;
     uint64_t vhash;           /* hash of the value bytes: the ETag */
-    uint64_t check;           /* hash of the fields above + deps + key */
+    uint64_t check;           /* hash of the fields above + deps + key, mixed with ref, gen, aux */
 } blk_t;
 
 typedef struct {              /* flight slot, 256 B */
-    uint64_t ctl;             /* generation << 32 | F_* state */
+    uint64_t ctl;             /* generation << 32 | owner pid << 8 | F_* state */
     uint64_t key_hash;
-    uint64_t lease;           /* owner pid << 32 | registration nonce; 0 = none */
-    uint64_t deadline;        /* (ns >> 20) << 24 | low 24 bits of the lease nonce */
+    uint64_t owner;           /* owner pid << 32 | registration nonce */
+    uint64_t deadline;        /* (ns >> 20) << 24 | low 24 bits of the generation */
     uint32_t waiters;
     uint32_t err_len;
     char err[ERR_MAX];
@@ -158,14 +180,18 @@ typedef struct {              /* stats slot, 1088 B */
     uint64_t owner;           /* pid << 32 | nonce; 0 = free */
     uint64_t start;           /* owner's start time, clock ticks since boot */
     uint64_t claimed_ns;
-    uint64_t pad[5];
+    uint64_t start_owner;     /* the owner word "start" belongs to (written after it) */
+    uint64_t pad[4];
     uint64_t v[N_VALUES];     /* written by the owner only, never decrease */
     uint64_t base[N_VALUES];  /* v at claim time: this owner's share is v - base */
 } sslot_t;
 
+_Static_assert(offsetof(hdr_t, seed) == 104, "header layout");
 _Static_assert(offsetof(hdr_t, global_seq) == 128, "header layout");
 _Static_assert(offsetof(hdr_t, checksum_failures) == 160, "header layout");
+_Static_assert(offsetof(hdr_t, valid_from_b) == 184, "header layout");
 _Static_assert(sizeof(blk_t) == BLK_HDR, "block header");
+_Static_assert(offsetof(blk_t, gen) == 20, "block header");
 _Static_assert(sizeof(fslot_t) == 256, "flight slot");
 _Static_assert(sizeof(sslot_t) == 1088, "stats slot");
 _Static_assert(sizeof(shard_t) <= 4096, "shard header");
@@ -190,6 +216,7 @@ static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); re
 static inline uint64_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint64_t xround(uint64_t acc, uint64_t in) { return rotl(acc + in * P2, 31) * P1; }
 static inline uint64_t xmerge(uint64_t h, uint64_t v) { return (h ^ xround(0, v)) * P1 + P4; }
+static inline uint64_t avalanche(uint64_t h) { h ^= h >> 33; h *= P2; h ^= h >> 29; h *= P3; h ^= h >> 32; return h; }
 
 static uint64_t fs_hash(const void *data, size_t len, uint64_t seed) {
     const uint8_t *p = data, *end = p + len;
@@ -210,32 +237,41 @@ static uint64_t fs_hash(const void *data, size_t len, uint64_t seed) {
     for (; p + 8 <= end; p += 8) h = rotl(h ^ xround(0, rd64(p)), 27) * P1 + P4;
     if (p + 4 <= end) { h = rotl(h ^ (rd32(p) * P1), 23) * P2 + P3; p += 4; }
     for (; p < end; p++) h = rotl(h ^ (*p * P5), 11) * P1;
-    h ^= h >> 33; h *= P2; h ^= h >> 29; h *= P3; h ^= h >> 32;
-    return h;
+    return avalanche(h);
 }
 
+/* Per-purpose seeds, xored with the arena's random seed: keys chosen by a
+ * client cannot be precomputed to collide in one bucket. */
 #define SEED_TAG 0x7461677300000000ULL
 #define SEED_FLIGHT 0x666c696768740000ULL
 
 /*************************************************************************
- * Handle object and addressing                                          *
+ * Handle, geometry (validated once, kept in process memory), addressing *
  *************************************************************************/
+
+typedef struct {              /* copied from the header at attach, after validation */
+    uint64_t size, max_entry, seed, off_tags, off_flights, off_stats, off_shards, stride, pages_off;
+    uint32_t shards, tag_slots, flight_slots, stats_slots, pages, buckets, nrefs;
+} geo_t;
 
 typedef struct {
     PyObject_HEAD
     uint8_t *base;
-    uint64_t size;
     hdr_t *hdr;
+    geo_t g;
     sslot_t *my;              /* this process's stats slot, NULL until claimed */
-    uint64_t me;              /* its owner word, also our lease word */
+    uint64_t me;              /* its owner word, also our flight owner word */
     int claim_failed;
     int last_wiped;           /* shard wiped during this call, -1 if none */
+    const char *wipe_reason;  /* why, for the Python log */
+    const char *why;          /* the inconsistency found by the failing check */
     uint64_t dummy[N_VALUES]; /* counts when no stats slot could be claimed */
 } Handle;
 
 static PyObject *error_map = NULL; /* {status code: exception class}, from Python */
-static PyObject *wipe_hook = NULL; /* callable(shard), called after the lock is released */
-static int dbg_point = DBG_NONE, dbg_fd = -1;
+static PyObject *wipe_hook = NULL; /* callable(shard, reason), called after the lock is released */
+static int dbg_point = DBG_NONE, dbg_fd = -1, dbg_resume = -1;
+static int mu_kind = -1;           /* glibc's __kind of a robust pshared mutex, from a local one */
 
 static inline uint64_t now_ns(void) {
     struct timespec ts;
@@ -243,30 +279,35 @@ static inline uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-/* Test hook: block forever at a chosen point inside a critical section so a
- * test can SIGKILL us there. Costs one predictable branch. */
+/* Test hook: stop at a chosen point (inside a critical section, between two
+ * steps of a lock-free protocol) and write one byte; then block forever so a
+ * test can SIGKILL us there, or, with a resume fd, go on once a byte arrives
+ * (a deterministic interleaving, fired once). Costs one predictable branch. */
 static void debug_point(int point) {
     if (dbg_point != point) return;
-    if (write(dbg_fd, "!", 1) < 0) { /* the killer will time out */ }
-    for (;;) pause();
+    if (write(dbg_fd, "!", 1) < 0) { /* the test will time out */ }
+    if (dbg_resume < 0) for (;;) pause();
+    char c;
+    if (read(dbg_resume, &c, 1) < 0) { /* resumed by EOF or error alike */ }
+    dbg_point = DBG_NONE;
 }
 
-static inline uint64_t *tags_of(Handle *h) { return (uint64_t *)(h->base + h->hdr->off_tags); }
-static inline fslot_t *flight(Handle *h, uint32_t i) { return (fslot_t *)(h->base + h->hdr->off_flights) + i; }
-static inline sslot_t *sslot(Handle *h, uint32_t i) { return (sslot_t *)(h->base + h->hdr->off_stats) + i; }
-static inline shard_t *shard(Handle *h, uint32_t i) {
-    return (shard_t *)(h->base + h->hdr->off_shards + (uint64_t)i * h->hdr->shard_stride);
-}
+/* Tags live twice ([2i], [2i+1]); a reader takes the larger, so one bad
+ * byte can never lower a tag and make an invalidated entry valid again. */
+static inline uint64_t *tags_of(Handle *h) { return (uint64_t *)(h->base + h->g.off_tags); }
+static inline uint64_t max2(uint64_t a, uint64_t b) { return a > b ? a : b; }
+static inline uint64_t tag_last(const uint64_t *t, uint32_t i) { return max2(LD(&t[2 * i]), LD(&t[2 * i + 1])); }
+static inline uint64_t seq_now(Handle *h) { return max2(LD(&h->hdr->global_seq), LD(&h->hdr->global_seq_b)); }
+static inline uint64_t valid_from_now(Handle *h) { return max2(LD(&h->hdr->valid_from), LD(&h->hdr->valid_from_b)); }
+
+static inline fslot_t *flight(Handle *h, uint32_t i) { return (fslot_t *)(h->base + h->g.off_flights) + i; }
+static inline sslot_t *sslot(Handle *h, uint32_t i) { return (sslot_t *)(h->base + h->g.off_stats) + i; }
+static inline shard_t *shard(Handle *h, uint32_t i) { return (shard_t *)(h->base + h->g.off_shards + (uint64_t)i * h->g.stride); }
 static inline uint32_t *buckets(shard_t *s) { return (uint32_t *)((uint8_t *)s + 4096); }
-static inline pdesc_t *pdescs(Handle *h, shard_t *s) { return (pdesc_t *)(buckets(s) + h->hdr->buckets); }
-static inline uint8_t *pages_of(Handle *h, shard_t *s) {
-    uint64_t off = 4096 + (uint64_t)h->hdr->buckets * 4 + (uint64_t)h->hdr->pages * sizeof(pdesc_t);
-    return (uint8_t *)s + ((off + 4095) & ~4095ULL);
-}
+static inline pdesc_t *pdescs(Handle *h, shard_t *s) { return (pdesc_t *)(buckets(s) + h->g.buckets); }
+static inline uint8_t *pages_of(Handle *h, shard_t *s) { return (uint8_t *)s + h->g.pages_off; }
 /* Block refs are (byte offset in the shard's pages / 16) + 1; 0 is null. */
-static inline blk_t *blk(Handle *h, shard_t *s, uint32_t ref) { return (blk_t *)(pages_of(h, s) + (uint64_t)(ref - 1) * 16); }
 static inline uint32_t ref_of(Handle *h, shard_t *s, blk_t *b) { return (uint32_t)(((uint8_t *)b - pages_of(h, s)) / 16) + 1; }
-static inline uint32_t page_of(Handle *h, shard_t *s, blk_t *b) { return (uint32_t)(((uint8_t *)b - pages_of(h, s)) / PAGE); }
 static inline blk_t *blk_at(Handle *h, shard_t *s, uint32_t page, uint32_t i, int c) {
     return (blk_t *)(pages_of(h, s) + (uint64_t)page * PAGE + (uint64_t)i * CLASS_SIZE[c]);
 }
@@ -279,45 +320,115 @@ static int class_for(uint64_t n) {
     return -1;
 }
 
+/* Record why a structure is inconsistent; the caller wipes the shard. */
+static inline int corrupt(Handle *h, const char *why) { h->why = why; return FS_CORRUPT; }
+
+/* A block ref read from shared memory, checked against the geometry and the
+ * class of its page: the block (and *cls), or NULL if it cannot be one. */
+static inline blk_t *blk_ref(Handle *h, shard_t *s, uint32_t ref, int *cls) {
+    if (ref == 0 || ref > h->g.nrefs) return NULL;
+    uint64_t off = (uint64_t)(ref - 1) * 16;
+    uint32_t in = (uint32_t)(off % PAGE);
+    int c = pdescs(h, s)[off / PAGE].cls;
+    if (c >= NCLASS || in % CLASS_SIZE[c] || in / CLASS_SIZE[c] >= bpp(c)) return NULL;
+    *cls = c;
+    return (blk_t *)(pages_of(h, s) + off);
+}
+
+/* The fixed part of a LIVE head fits its block and the arena's limits:
+ * afterwards deps, key and the first value bytes are inside the block. */
+static inline int head_fits(Handle *h, blk_t *b, int c) {
+    uint64_t fixed = BLK_HDR + 4ull * b->ndeps + b->key_len;
+    if (b->key_len == 0 || b->key_len > MAX_KEY || b->value_len > h->g.max_entry || fixed > CLASS_SIZE[c]) return 0;
+    if (!b->aux) return fixed + b->value_len <= CLASS_SIZE[c];
+    return c == NCLASS - 1 && fixed + b->value_len > PAGE; /* chunked only when it must be */
+}
+
+/* First value bytes in the head, and the number of chunks the value needs. */
+static inline uint32_t head_first(blk_t *b) {
+    uint32_t room = PAGE - BLK_HDR - 4u * b->ndeps - b->key_len;
+    return b->aux ? room : b->value_len;
+}
+static inline uint32_t chunks_needed(blk_t *b) {
+    uint32_t first = head_first(b);
+    return b->aux ? (b->value_len - first + PAGE - CHUNK_HDR - 1) / (PAGE - CHUNK_HDR) : 0;
+}
+
+/* Header check: a hash of the entry's fields, deps and key (computed by put
+ * outside the lock), mixed with where the block is, its generation and its
+ * first chunk (known only under the lock). A block copied, re-pointed or
+ * re-linked does not verify. */
+static inline uint64_t meta_base(const blk_t *b, const uint8_t *run, size_t runlen) {
+    uint64_t m[7] = {b->key_hash, b->fill_seq, b->expiry, b->created, b->vhash,
+                     ((uint64_t)b->key_len << 32) | b->value_len, b->ndeps};
+    return fs_hash(run, runlen, fs_hash(m, sizeof m, 0));
+}
+static inline uint64_t meta_mix(uint64_t base, uint32_t ref, uint32_t gen, uint32_t aux) {
+    return base ^ avalanche(((uint64_t)gen << 32 | ref) ^ P3) ^ avalanche((uint64_t)aux + P5);
+}
+static inline uint64_t meta_check(blk_t *b, uint32_t ref) {
+    return meta_mix(meta_base(b, (const uint8_t *)deps_of(b), 4u * b->ndeps + b->key_len), ref, b->gen, b->aux);
+}
+
 /*************************************************************************
- * Stats slots and process liveness                                      *
+ * Stats slots and process liveness (conservative)                       *
  *************************************************************************/
 
-/* Start time (clock ticks since boot) of pid, 0 if absent; *state gets the
- * /proc state letter ('Z' for a zombie: dead, not yet reaped). */
-static uint64_t proc_start(long pid, char *state) {
+enum { P_ALIVE = 0, P_GONE, P_UNKNOWN };
+
+/* Reads /proc/pid/stat: *start gets field 22 (clock ticks since boot).
+ * Only "no such process" is P_GONE (a zombie too: dead, not yet reaped);
+ * any other failure (EMFILE, EACCES, a short read) is P_UNKNOWN, which every
+ * caller treats as alive: taking a live process for dead breaks ownership,
+ * the converse only delays a takeover until the lease deadline. */
+static int proc_stat(long pid, uint64_t *start) {
     char path[64], buf[1024];
+    *start = 0;
+    if (pid <= 0) return P_GONE;
     snprintf(path, sizeof path, "/proc/%ld/stat", pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
+    if (fd < 0) {
+        int e = errno;
+        if (e == ENOENT || e == ESRCH) /* confirm: without /proc every pid would look gone */
+            return (kill((pid_t)pid, 0) != 0 && errno == ESRCH) ? P_GONE : P_UNKNOWN;
+        return P_UNKNOWN;
+    }
     ssize_t n = read(fd, buf, sizeof buf - 1);
+    int e = errno;
     close(fd);
-    if (n <= 0) return 0;
+    if (n <= 0) return (n < 0 && e == ESRCH) ? P_GONE : P_UNKNOWN;
     buf[n] = 0;
     char *p = strrchr(buf, ')');
-    if (!p || p[1] != ' ') return 0;
+    if (!p || p[1] != ' ') return P_UNKNOWN;
     p += 2;
-    if (state) *state = *p;
+    if (*p == 'Z' || *p == 'X') return P_GONE;
     for (int field = 3; field < 22; field++) { /* starttime is field 22 */
         p = strchr(p, ' ');
-        if (!p) return 0;
+        if (!p) return P_UNKNOWN;
         p++;
     }
-    return strtoull(p, NULL, 10);
+    *start = strtoull(p, NULL, 10);
+    return P_ALIVE;
 }
 
+static inline int pid_dead(long pid) { uint64_t st; return proc_stat(pid, &st) == P_GONE; }
+
+/* Is the owner w of stats slot s dead? Its recorded start time counts only
+ * once written for this very owner word (start_owner), so a slot being
+ * claimed is never judged by its previous owner's start time. */
 static int owner_dead(sslot_t *s, uint64_t w) {
-    long pid = (long)(w >> 32);
-    uint64_t st = LD(&s->start);
-    if (!st) return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
-    char state = '?';
-    uint64_t now = proc_start(pid, &state);
-    return now != st || state == 'Z' || state == 'X';
+    uint64_t so = LD(&s->start_owner), st = LD(&s->start), now;
+    if (LD(&s->start_owner) != so) return 0; /* being rewritten: alive */
+    int r = proc_stat((long)(w >> 32), &now);
+    if (r == P_GONE) return 1;
+    if (r == P_UNKNOWN) return 0;
+    return so == w && st && now != st; /* pid reused by another process */
 }
 
+/* A flight owner word is alive while it owns a stats slot whose process lives. */
 static int lease_alive(Handle *h, uint64_t lease) {
     if (!lease) return 0;
-    for (uint32_t i = 0; i < h->hdr->stats_slots; i++) {
+    for (uint32_t i = 0; i < h->g.stats_slots; i++) {
         sslot_t *s = sslot(h, i);
         if (LD(&s->owner) == lease) return !owner_dead(s, lease);
     }
@@ -326,11 +437,13 @@ static int lease_alive(Handle *h, uint64_t lease) {
 
 static int claim_slot(Handle *h) {
     long pid = (long)getpid();
-    uint64_t start = proc_start(pid, NULL);
-    for (uint32_t i = 0; i < h->hdr->stats_slots; i++) { /* another handle of this process */
+    uint64_t start;
+    if (pid >= (1L << PID_MAX_BITS)) return -1; /* flight words hold 24 bits of pid */
+    if (proc_stat(pid, &start) != P_ALIVE) start = 0;
+    for (uint32_t i = 0; i < h->g.stats_slots; i++) { /* another handle of this process */
         sslot_t *s = sslot(h, i);
         uint64_t w = LD(&s->owner);
-        if (w && (long)(w >> 32) == pid && start && LD(&s->start) == start) {
+        if (w && (long)(w >> 32) == pid && start && LD(&s->start_owner) == w && LD(&s->start) == start) {
             h->my = s; h->me = w;
             return (int)i;
         }
@@ -339,12 +452,14 @@ static int claim_slot(Handle *h) {
     do nonce = __atomic_add_fetch(&h->hdr->nonce_ctr, 1, __ATOMIC_ACQ_REL); while (!nonce);
     uint64_t mine = ((uint64_t)pid << 32) | nonce;
     for (int pass = 0; pass < 2; pass++) {
-        for (uint32_t i = 0; i < h->hdr->stats_slots; i++) {
+        for (uint32_t i = 0; i < h->g.stats_slots; i++) {
             sslot_t *s = sslot(h, i);
             uint64_t w = LD(&s->owner);
             if (pass == 0 ? w != 0 : (w == 0 || !owner_dead(s, w))) continue;
-            if (!CAS(&s->owner, w, mine)) continue;
+            if (!CAS(&s->owner, w, mine)) continue; /* LOCK-FREE: the CAS is the claim */
+            debug_point(DBG_SLOT_CLAIM);
             ST(&s->start, start);
+            ST(&s->start_owner, mine); /* after start: readers trust start only now */
             ST(&s->claimed_ns, now_ns());
             /* INVARIANT: base <= v; values are never reset, so totals stay monotonic. */
             for (int j = 0; j < N_VALUES; j++) ST(&s->base[j], LD(&s->v[j]));
@@ -368,15 +483,19 @@ static inline void count(Handle *h, int c, uint64_t n) {
 }
 
 /*************************************************************************
- * Shard locks, wipe, free lists                                         *
+ * Shard locks and wipes                                                 *
  *************************************************************************/
 
+#define FUTEX_TID_BITS 0x3fffffff
+#define LOCK_FOREIGN_WAITS 3 /* waits on a live thread of no registered process, then corrupt */
+
+/* INVARIANT: only the handle's geometry is used; nothing is read from the shard. */
 static void shard_wipe_locked(Handle *h, shard_t *s) {
-    uint32_t np = h->hdr->pages;
+    uint32_t np = h->g.pages;
     pdesc_t *pd = pdescs(h, s);
-    memset(buckets(s), 0, (size_t)h->hdr->buckets * 4);
+    memset(buckets(s), 0, (size_t)h->g.buckets * 4);
     for (uint32_t i = 0; i < np; i++) {
-        pd[i].cls = PFREE; pd[i].ref = 0; pd[i].next = (i + 1 < np) ? i + 2 : 0;
+        pd[i].cls = PFREE; pd[i].ref = 0; pd[i].pad = 0; pd[i].next = (i + 1 < np) ? i + 2 : 0;
     }
     s->free_page_head = np ? 1 : 0;
     s->free_pages = np;
@@ -384,168 +503,330 @@ static void shard_wipe_locked(Handle *h, shard_t *s) {
     memset(s->cls, 0, sizeof s->cls);
 }
 
-static int shard_lock(Handle *h, uint32_t si) {
+/* An inconsistency was found under the lock: wipe instead of acting on it. */
+static void wipe_corrupt_locked(Handle *h, uint32_t si, const char *why) {
     shard_t *s = shard(h, si);
-    int r = pthread_mutex_lock(&s->mu);
-    if (r == 0) return FS_OK;
-    if (r != EOWNERDEAD) return FS_LOCK_BROKEN;
-    /* LOCK: the holder died inside a critical section. Do not repair: an
-     * empty shard is always a correct cache. */
     shard_wipe_locked(h, s);
     s->wipes++;
-    pthread_mutex_consistent(&s->mu);
-    __atomic_add_fetch(&h->hdr->lock_wipes, 1, __ATOMIC_ACQ_REL);
-    count(h, C_LOCK_WIPES, 1);
+    __atomic_add_fetch(&h->hdr->corrupt_wipes, 1, __ATOMIC_ACQ_REL);
+    count(h, C_CORRUPTION_WIPES, 1);
     h->last_wiped = (int)si;
+    h->wipe_reason = why ? why : "inconsistent";
+}
+
+static void mutex_init_robust(pthread_mutex_t *mu) {
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    memset(mu, 0, sizeof *mu);
+    pthread_mutex_init(mu, &a);
+    pthread_mutexattr_destroy(&a);
+}
+
+/* Who holds a lock we waited LOCK_WAIT_NS for: 0 nobody alive (or us: we
+ * never hold a lock between calls), 1 a thread of a registered process,
+ * 2 a live thread of some other process (plausible only for a while). */
+static int lock_owner(Handle *h, int tid) {
+    if (tid <= 0 || tid == (int)gettid()) return 0;
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/status", tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return (errno == ENOENT && kill(tid, 0) != 0 && errno == ESRCH) ? 0 : 1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 1;
+    buf[n] = 0;
+    char *t = strstr(buf, "\nTgid:");
+    if (!t) return 1;
+    long tgid = strtol(t + 6, NULL, 10);
+    for (uint32_t i = 0; i < h->g.stats_slots; i++)
+        if ((long)(LD(&sslot(h, i)->owner) >> 32) == tgid) return 1;
+    return 2;
+}
+
+/* Contended: wait in LOCK_WAIT_NS slices and judge the owner between them,
+ * so a lock word overwritten with a dead or bogus owner never hangs us. */
+static int lock_slow(Handle *h, shard_t *s, const char **broken) {
+    int foreign = 0, last = 0;
+    for (;;) {
+        uint64_t t = now_ns() + LOCK_WAIT_NS;
+        struct timespec ts = {(time_t)(t / 1000000000ULL), (long)(t % 1000000000ULL)};
+        int r = pthread_mutex_clocklock(&s->mu, CLOCK_MONOTONIC, &ts);
+        if (r != ETIMEDOUT) return r;
+        int word = __atomic_load_n(&s->mu.__data.__lock, __ATOMIC_RELAXED);
+        int v = lock_owner(h, word & FUTEX_TID_BITS);
+        if (v == 0) { *broken = "its lock word names no live thread"; return EINVAL; }
+        if (v == 2) {
+            foreign = word == last ? foreign + 1 : 1;
+            last = word;
+            if (foreign >= LOCK_FOREIGN_WAITS) { *broken = "its lock was held for seconds by a foreign thread"; return EINVAL; }
+        }
+    }
+}
+
+static int shard_lock(Handle *h, uint32_t si) {
+    shard_t *s = shard(h, si);
+    const char *broken = NULL;
+    int r;
+    if (s->mu.__data.__kind != mu_kind) { broken = "its mutex type word was overwritten"; r = EINVAL; }
+    else if ((r = pthread_mutex_trylock(&s->mu)) == EBUSY) r = lock_slow(h, s, &broken);
+    if (r == 0) return FS_OK;
+    if (r == EOWNERDEAD) {
+        /* LOCK: the holder died inside a critical section. Do not repair: an
+         * empty shard is always a correct cache. */
+        shard_wipe_locked(h, s);
+        s->wipes++;
+        pthread_mutex_consistent(&s->mu);
+        __atomic_add_fetch(&h->hdr->lock_wipes, 1, __ATOMIC_ACQ_REL);
+        count(h, C_LOCK_WIPES, 1);
+        h->last_wiped = (int)si;
+        h->wipe_reason = "a process died holding its lock (EOWNERDEAD)";
+        return FS_OK;
+    }
+    /* The mutex itself is corrupt (EINVAL, ENOTRECOVERABLE, a bogus owner):
+     * re-create it; waiters time out of their futex wait and retry. */
+    mutex_init_robust(&s->mu);
+    if (pthread_mutex_lock(&s->mu) != 0) return FS_LOCK_BROKEN;
+    wipe_corrupt_locked(h, si, broken ? broken : "its mutex was unusable");
     return FS_OK;
 }
 
 static void shard_unlock(Handle *h, uint32_t si) { pthread_mutex_unlock(&shard(h, si)->mu); }
 
-static void free_push_locked(Handle *h, shard_t *s, int c, blk_t *b) {
-    uint32_t r = ref_of(h, s, b), head = s->cls[c].free_head;
+/* After a locked section: wipe the shard if it found an inconsistency. */
+static inline int settle_locked(Handle *h, uint32_t si, int st) {
+    if (st == FS_CORRUPT) wipe_corrupt_locked(h, si, h->why);
+    return st;
+}
+
+/*************************************************************************
+ * Free lists and pages (every link validated)                           *
+ *************************************************************************/
+
+static inline blk_t *free_blk(Handle *h, shard_t *s, uint32_t r, int c) {
+    int bc;
+    blk_t *b = blk_ref(h, s, r, &bc);
+    return (b && bc == c && b->state == B_FREE) ? b : NULL;
+}
+
+static int free_push_locked(Handle *h, shard_t *s, int c, blk_t *b, uint32_t r) {
+    uint32_t head = s->cls[c].free_head;
+    blk_t *hb = NULL;
+    if (head && !(hb = free_blk(h, s, head, c))) return corrupt(h, "a free list head is not a free block of its class");
     b->state = B_FREE; b->ref = 0; b->next = head; b->aux = 0;
-    if (head) blk(h, s, head)->aux = r;
+    if (hb) hb->aux = r;
     s->cls[c].free_head = r;
+    return FS_OK;
 }
 
-static void free_remove_locked(Handle *h, shard_t *s, int c, blk_t *b) {
-    if (b->aux) blk(h, s, b->aux)->next = b->next; else s->cls[c].free_head = b->next;
-    if (b->next) blk(h, s, b->next)->aux = b->aux;
+static int free_remove_locked(Handle *h, shard_t *s, int c, blk_t *b, uint32_t r) {
+    blk_t *prev = NULL, *next = NULL;
+    if (b->aux && (!(prev = free_blk(h, s, b->aux, c)) || prev->next != r)) return corrupt(h, "free list back link broken");
+    if (!b->aux && s->cls[c].free_head != r) return corrupt(h, "free list head broken");
+    if (b->next && (!(next = free_blk(h, s, b->next, c)) || next->aux != r)) return corrupt(h, "free list link broken");
+    if (prev) prev->next = b->next; else s->cls[c].free_head = b->next;
+    if (next) next->aux = b->aux;
+    return FS_OK;
 }
 
-static void page_assign_locked(Handle *h, shard_t *s, uint32_t p, int c) {
+static int page_assign_locked(Handle *h, shard_t *s, uint32_t p, int c) {
     pdesc_t *pd = pdescs(h, s);
     pd[p].cls = (uint8_t)c; pd[p].ref = 0;
     pd[p].next = s->cls[c].page_head;
     s->cls[c].page_head = p + 1;
     s->cls[c].pages++;
-    for (uint32_t i = bpp(c); i-- > 0;) free_push_locked(h, s, c, blk_at(h, s, p, i, c));
+    for (uint32_t i = bpp(c); i-- > 0;) {
+        blk_t *b = blk_at(h, s, p, i, c);
+        int st = free_push_locked(h, s, c, b, ref_of(h, s, b));
+        if (st) return st;
+    }
+    return FS_OK;
 }
 
 /*************************************************************************
  * Entries: lookup, free, CLOCK eviction, page stealing, allocation      *
  *************************************************************************/
 
-static inline uint32_t shard_index(Handle *h, uint64_t kh) { return (uint32_t)((kh >> 32) % h->hdr->shards); }
-static inline uint32_t *bucket_of(Handle *h, shard_t *s, uint64_t kh) { return &buckets(s)[kh & (h->hdr->buckets - 1)]; }
+static inline uint32_t shard_index(Handle *h, uint64_t kh) { return (uint32_t)((kh >> 32) % h->g.shards); }
+static inline uint32_t bucket_index(Handle *h, uint64_t kh) { return (uint32_t)(kh & (h->g.buckets - 1)); }
 
-static blk_t *lookup_locked(Handle *h, shard_t *s, uint64_t kh, const uint8_t *key, uint32_t klen) {
-    for (uint32_t r = *bucket_of(h, s, kh); r;) {
-        blk_t *b = blk(h, s, r);
-        if (b->key_hash == kh && b->key_len == klen && memcmp(key_of(b), key, klen) == 0) return b;
+typedef struct { blk_t *b; uint32_t ref; int cls; uint32_t len, last; } found_t;
+
+/* Walk index bucket bi: every link a LIVE head of this bucket, at most
+ * CHAIN_MAX of them (so a cycle ends here). With key: stop at its head
+ * unless full. */
+static int chain_find_locked(Handle *h, shard_t *s, uint32_t bi, uint64_t kh, const uint8_t *key,
+                             uint32_t klen, int full, found_t *f) {
+    uint32_t n = 0, r = buckets(s)[bi];
+    f->b = NULL; f->last = 0;
+    for (; r; n++) {
+        int c;
+        blk_t *b = blk_ref(h, s, r, &c);
+        if (n >= CHAIN_MAX) return corrupt(h, "an index chain is longer than CHAIN_MAX (a cycle?)");
+        if (!b || b->state != B_LIVE || bucket_index(h, b->key_hash) != bi)
+            return corrupt(h, "an index chain links a block that is no live entry of its bucket");
+        if (key && !f->b && b->key_hash == kh && b->key_len == klen) {
+            if (!head_fits(h, b, c)) return corrupt(h, "an entry's lengths do not fit its block");
+            if (memcmp(key_of(b), key, klen) != 0) goto next;
+            f->b = b; f->ref = r; f->cls = c;
+            if (!full) return FS_OK;
+        }
+    next:
+        f->last = r;
         r = b->next;
     }
-    return NULL;
+    f->len = n;
+    return FS_OK;
 }
 
-static inline uint64_t meta_check(blk_t *b) {
-    uint64_t m[7] = {b->key_hash, b->fill_seq, b->expiry, b->created, b->vhash,
-                     ((uint64_t)b->key_len << 32) | b->value_len, b->ndeps};
-    uint64_t c = fs_hash(m, sizeof m, 0);
-    return fs_hash(deps_of(b), 4u * b->ndeps + b->key_len, c); /* deps and key are adjacent */
-}
-
-/* Unlink a LIVE head from its chain and free it with its chunks. */
-static void entry_free_locked(Handle *h, shard_t *s, blk_t *b) {
-    uint32_t r = ref_of(h, s, b), *link = bucket_of(h, s, b->key_hash);
-    for (uint32_t guard = 0; *link && guard < 1u << 30; guard++) {
-        if (*link == r) { *link = b->next; break; }
-        link = &blk(h, s, *link)->next;
+/* Unlink a LIVE head (ref r, class c) from its chain and free it with its
+ * chunks; every link on the way is validated. */
+static int entry_free_locked(Handle *h, shard_t *s, blk_t *b, uint32_t r, int c) {
+    if (!head_fits(h, b, c)) return corrupt(h, "an entry's lengths do not fit its block");
+    uint32_t *link = &buckets(s)[bucket_index(h, b->key_hash)];
+    for (uint32_t n = 0; *link != r; n++) {
+        int xc;
+        blk_t *x = blk_ref(h, s, *link, &xc);
+        if (!*link || n >= CHAIN_MAX || !x || x->state != B_LIVE) return corrupt(h, "a live entry is missing from its bucket");
+        link = &x->next;
     }
-    pdesc_t *pd = pdescs(h, s);
-    for (uint32_t cr = b->aux; cr;) {
-        blk_t *ch = blk(h, s, cr);
-        cr = ch->next;
+    *link = b->next;
+    uint32_t need = chunks_needed(b), k = 0;
+    for (uint32_t cr = b->aux; cr; k++) {
+        int cc;
+        blk_t *ch = blk_ref(h, s, cr, &cc);
+        if (k >= need || !ch || cc != NCLASS - 1 || ch->state != B_CHUNK || ch->aux != r || ch->key_len != b->gen)
+            return corrupt(h, "an entry's chunk chain is broken");
+        uint32_t next = ch->next;
         s->cls[NCLASS - 1].live--;
         s->used -= PAGE;
-        free_push_locked(h, s, NCLASS - 1, ch);
+        int st = free_push_locked(h, s, NCLASS - 1, ch, cr);
+        if (st) return st;
+        cr = next;
     }
-    int c = pd[page_of(h, s, b)].cls;
+    if (k != need) return corrupt(h, "an entry's chunk chain is short");
     s->cls[c].live--;
     s->used -= CLASS_SIZE[c];
     s->entries--;
-    free_push_locked(h, s, c, b);
+    return free_push_locked(h, s, c, b, r);
 }
 
 static inline int expired(blk_t *b, uint64_t now) { return now >= b->expiry; }
 
-static void clock_evict_locked(Handle *h, shard_t *s, int c, uint64_t now) {
+static int clock_evict_locked(Handle *h, shard_t *s, int c, uint64_t now) {
     class_t *k = &s->cls[c];
     pdesc_t *pd = pdescs(h, s);
-    uint32_t evicted = 0, limit = 2 * k->pages * bpp(c) + 1;
+    uint32_t np = h->g.pages, pages = k->pages < np ? k->pages : np;
+    uint32_t evicted = 0, limit = 2 * pages * bpp(c) + 1;
     for (uint32_t scanned = 0; scanned < limit && evicted < EVICT_BATCH; scanned++) {
-        if (!k->hand_page || pd[k->hand_page - 1].cls != c || k->hand_blk >= bpp(c)) {
-            if (k->hand_page && pd[k->hand_page - 1].cls == c) k->hand_page = pd[k->hand_page - 1].next;
-            else k->hand_page = 0;
+        uint32_t hp = k->hand_page;
+        if (!hp || hp > np || pd[hp - 1].cls != c || k->hand_blk >= bpp(c)) {
+            k->hand_page = (hp && hp <= np && pd[hp - 1].cls == c) ? pd[hp - 1].next : 0;
             if (!k->hand_page) k->hand_page = k->page_head;
             k->hand_blk = 0;
-            if (!k->hand_page) return;
+            if (!k->hand_page) return FS_OK;
+            if (k->hand_page > np || pd[k->hand_page - 1].cls != c) return corrupt(h, "a class page list is broken");
         }
         blk_t *b = blk_at(h, s, k->hand_page - 1, k->hand_blk++, c);
         if (b->state != B_LIVE) continue;
         if (b->ref && !expired(b, now)) { b->ref = 0; continue; }
-        entry_free_locked(h, s, b);
+        int st = entry_free_locked(h, s, b, ref_of(h, s, b), c);
+        if (st) return st;
         count(h, C_EVICTIONS, 1);
         if (++evicted == 1) debug_point(DBG_EVICT);
         if (scanned >= 64) break; /* bounded batch: enough once one is free */
     }
+    return FS_OK;
 }
 
 /* Take a page from another class (page CLOCK, hot pages get a second
  * chance), evicting everything in it, and give it to class c. */
-static int steal_page_locked(Handle *h, shard_t *s, int c) {
-    uint32_t np = h->hdr->pages;
+static int steal_page_locked(Handle *h, shard_t *s, int c, int *stolen) {
+    uint32_t np = h->g.pages;
     pdesc_t *pd = pdescs(h, s);
+    *stolen = 0;
     for (uint32_t step = 0; step < 2 * np; step++) {
-        uint32_t p = s->page_hand;
+        uint32_t p = s->page_hand < np ? s->page_hand : 0;
         s->page_hand = (p + 1) % np;
-        int v = pd[p].cls;
+        int v = pd[p].cls, st;
         if (v == PFREE || v == c) continue;
+        if (v >= NCLASS) return corrupt(h, "a page has no valid class");
         if (pd[p].ref) { pd[p].ref = 0; continue; }
         int busy = 0;
         for (uint32_t i = 0; i < bpp(v) && !busy; i++) busy = blk_at(h, s, p, i, v)->state == B_WRITING;
         if (busy) continue;
         for (uint32_t i = 0; i < bpp(v); i++) {
             blk_t *b = blk_at(h, s, p, i, v);
-            if (b->state == B_CHUNK) b = blk(h, s, b->aux);
-            if (b->state == B_LIVE) { entry_free_locked(h, s, b); count(h, C_EVICTIONS, 1); }
+            int bc = v;
+            if (b->state == B_CHUNK) {
+                blk_t *head = blk_ref(h, s, b->aux, &bc);
+                if (!head || head->state != B_LIVE || bc != NCLASS - 1) return corrupt(h, "a chunk's head is no live entry");
+                b = head;
+            }
+            if (b->state == B_LIVE) {
+                if ((st = entry_free_locked(h, s, b, ref_of(h, s, b), bc))) return st;
+                count(h, C_EVICTIONS, 1);
+            } else if (b->state != B_FREE) {
+                return corrupt(h, "a block is in no valid state");
+            }
         }
-        for (uint32_t i = 0; i < bpp(v); i++) free_remove_locked(h, s, v, blk_at(h, s, p, i, v));
+        for (uint32_t i = 0; i < bpp(v); i++) {
+            blk_t *b = blk_at(h, s, p, i, v);
+            if (b->state != B_FREE) return corrupt(h, "a stolen page kept a used block");
+            if ((st = free_remove_locked(h, s, v, b, ref_of(h, s, b)))) return st;
+        }
         uint32_t *link = &s->cls[v].page_head;
-        while (*link && *link != p + 1) link = &pd[*link - 1].next;
-        if (*link) *link = pd[p].next;
+        for (uint32_t n = 0; *link != p + 1; n++) {
+            if (!*link || *link > np || n > np) return corrupt(h, "a page is missing from its class list");
+            link = &pd[*link - 1].next;
+        }
+        *link = pd[p].next;
         s->cls[v].pages--;
         if (s->cls[v].hand_page == p + 1) s->cls[v].hand_page = 0;
-        page_assign_locked(h, s, p, c);
-        return 1;
+        if ((st = page_assign_locked(h, s, p, c))) return st;
+        *stolen = 1;
+        return FS_OK;
     }
-    return 0;
+    return FS_OK;
 }
 
-static blk_t *block_alloc_locked(Handle *h, shard_t *s, int c, uint64_t now) {
+/* A block of class c in state WRITING, or *out = NULL when the shard is full. */
+static int block_alloc_locked(Handle *h, shard_t *s, int c, uint64_t now, blk_t **out) {
     class_t *k = &s->cls[c];
+    uint32_t np = h->g.pages;
+    pdesc_t *pd = pdescs(h, s);
+    int st, stolen;
+    *out = NULL;
     for (int tries = 0; tries < 4; tries++) {
         if (k->free_head) {
-            blk_t *b = blk(h, s, k->free_head);
-            free_remove_locked(h, s, c, b);
+            uint32_t r = k->free_head;
+            blk_t *b = free_blk(h, s, r, c);
+            if (!b) return corrupt(h, "a free list head is not a free block of its class");
+            if ((st = free_remove_locked(h, s, c, b, r))) return st;
             b->state = B_WRITING; b->ref = 0; b->next = 0; b->aux = 0;
+            b->gen++; /* a stale pointer to the old life of this block no longer verifies */
             k->live++;
             s->used += CLASS_SIZE[c];
-            return b;
+            *out = b;
+            return FS_OK;
         }
         if (s->free_page_head) {
-            uint32_t p = s->free_page_head - 1;
-            s->free_page_head = pdescs(h, s)[p].next;
+            uint32_t fp = s->free_page_head;
+            if (fp > np || pd[fp - 1].cls != PFREE || pd[fp - 1].next > np) return corrupt(h, "the free page list is broken");
+            s->free_page_head = pd[fp - 1].next;
             s->free_pages--;
-            page_assign_locked(h, s, p, c);
+            if ((st = page_assign_locked(h, s, fp - 1, c))) return st;
             continue;
         }
-        if ((k->pages == 0 || ++k->ticks % STEAL_EVERY == 0) && steal_page_locked(h, s, c)) continue;
-        clock_evict_locked(h, s, c, now);
-        if (!k->free_head) steal_page_locked(h, s, c); /* only chunks or writers here */
+        if (k->pages == 0 || ++k->ticks % STEAL_EVERY == 0) {
+            if ((st = steal_page_locked(h, s, c, &stolen))) return st;
+            if (stolen) continue;
+        }
+        if ((st = clock_evict_locked(h, s, c, now))) return st;
+        if (!k->free_head && (st = steal_page_locked(h, s, c, &stolen))) return st; /* only chunks or writers here */
     }
-    return NULL;
+    return FS_OK;
 }
 
 /*************************************************************************
@@ -567,13 +848,14 @@ static PyObject *fs_raise(int code, const char *fmt, ...) {
     return NULL;
 }
 
+/* Tell Python (which logs it) about a wipe, after the lock was released. */
 static void report_wipe(Handle *h) {
     int si = h->last_wiped;
     h->last_wiped = -1;
     if (si < 0 || !wipe_hook) return;
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    PyObject *r = PyObject_CallFunction(wipe_hook, "i", si);
+    PyObject *r = PyObject_CallFunction(wipe_hook, "is", si, h->wipe_reason ? h->wipe_reason : "");
     Py_XDECREF(r);
     PyErr_Clear(); /* logging must never fail a cache call */
     PyErr_Restore(et, ev, tb);
@@ -618,6 +900,7 @@ static int get_now(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t i, uint64
     return get_u64(args[i], "now", now);
 }
 
+/* Seconds to ns, clamped to 2^62 ns (146 years): sums with a "now" never overflow. */
 static int get_seconds(PyObject *o, const char *what, uint64_t *ns) {
     double d = PyFloat_AsDouble(o);
     if (d == -1.0 && PyErr_Occurred()) return -1;
@@ -625,7 +908,7 @@ static int get_seconds(PyObject *o, const char *what, uint64_t *ns) {
         PyErr_Format(PyExc_ValueError, "%s must be > 0 seconds, got %R", what, o);
         return -1;
     }
-    *ns = d >= 1e9 ? UINT64_MAX / 2 : (uint64_t)(d * 1e9);
+    *ns = d >= 4.6e9 ? (1ULL << 62) : (uint64_t)(d * 1e9);
     return 0;
 }
 
@@ -642,82 +925,90 @@ static int get_seconds(PyObject *o, const char *what, uint64_t *ns) {
 
 enum { MODE_GET = 0, MODE_ETAG = 1, MODE_STALE = 2 };
 
+/* Under the lock: the verified entry of key copied into *out, or nothing.
+ * FS_CORRUPT when anything on the way does not verify (the caller wipes). */
+static int get_locked(Handle *h, shard_t *s, uint64_t kh, const uint8_t *key, uint32_t klen, int mode,
+                      uint64_t now, uint64_t valid_from, PyObject **out, uint64_t *vhash) {
+    found_t f;
+    int st = chain_find_locked(h, s, bucket_index(h, kh), kh, key, klen, 0, &f);
+    if (st || !f.b) return st;
+    blk_t *b = f.b;
+    if (meta_check(b, f.ref) != b->check) return corrupt(h, "an entry's header check failed");
+    const uint64_t *tags = tags_of(h);
+    const uint32_t *deps = deps_of(b);
+    int valid = b->fill_seq >= valid_from;
+    for (uint32_t i = 0; valid && i < b->ndeps; i++) {
+        if (deps[i] >= h->g.tag_slots) return corrupt(h, "an entry's dep slot is out of range");
+        valid = tag_last(tags, deps[i]) <= b->fill_seq;
+    }
+    if (!valid) return entry_free_locked(h, s, b, f.ref, f.cls); /* INVARIANT: invalidation is forever */
+    if (mode != MODE_STALE && expired(b, now)) return FS_OK;
+    uint32_t first = head_first(b), need = chunks_needed(b), k = 0;
+    if (!b->ref) b->ref = 1; /* PERF: reads never move anything; avoid dirtying the line */
+    pdesc_t *pd = &pdescs(h, s)[(uint64_t)(f.ref - 1) * 16 / PAGE];
+    if (!pd->ref) pd->ref = 1;
+    PyObject *o = PyBytes_FromStringAndSize(NULL, b->value_len);
+    if (!o) return FS_NOMEM;
+    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(o);
+    memcpy(dst, key_of(b) + b->key_len, first);
+    uint32_t done = first;
+    for (uint32_t cr = b->aux; cr; k++) {
+        int cc;
+        blk_t *ch = blk_ref(h, s, cr, &cc);
+        if (k >= need || !ch || cc != NCLASS - 1 || ch->state != B_CHUNK || ch->aux != f.ref || ch->key_len != b->gen) {
+            Py_DECREF(o);
+            return corrupt(h, "an entry's chunk chain is broken");
+        }
+        uint32_t n = b->value_len - done;
+        if (n > PAGE - CHUNK_HDR) n = PAGE - CHUNK_HDR;
+        memcpy(dst + done, (uint8_t *)ch + CHUNK_HDR, n);
+        done += n;
+        cr = ch->next;
+    }
+    if (k != need) { Py_DECREF(o); return corrupt(h, "an entry's chunk chain is short"); }
+    *vhash = b->vhash;
+    *out = o;
+    return FS_OK;
+}
+
 static PyObject *do_get(Handle *h, PyObject *const *args, Py_ssize_t nargs, int mode) {
     const uint8_t *key; Py_ssize_t klen; uint64_t now;
     NARGS(1, 2, "get");
     if (get_key(args[0], &key, &klen) < 0 || get_now(args, nargs, 1, &now) < 0) return NULL;
-    uint64_t kh = fs_hash(key, (size_t)klen, 0);
+    uint64_t kh = fs_hash(key, (size_t)klen, h->g.seed);
     uint32_t si = shard_index(h, kh);
     shard_t *s = shard(h, si);
-    uint64_t vhash = 0, valid_from = LD(&h->hdr->valid_from);
-    const uint64_t *tags = tags_of(h);
+    uint64_t vhash = 0, valid_from = valid_from_now(h);
     PyObject *out = NULL;
-    int bad_check = 0;
+    int bad = 0;
     if (shard_lock(h, si) != FS_OK) return fs_raise(FS_LOCK_BROKEN, "shard %u lock is not recoverable", si);
     debug_point(DBG_LOCK_HELD);
-    blk_t *b = lookup_locked(h, s, kh, key, (uint32_t)klen);
-    if (b && meta_check(b) != b->check) {
-        bad_check = 1;
-        entry_free_locked(h, s, b);
-        b = NULL;
-    }
-    if (b) {
-        int valid = b->fill_seq >= valid_from;
-        for (uint32_t i = 0; valid && i < b->ndeps; i++) valid = LD(&tags[deps_of(b)[i]]) <= b->fill_seq;
-        if (!valid) {
-            entry_free_locked(h, s, b); /* INVARIANT: invalidation is forever */
-            b = NULL;
-        } else if (mode != MODE_STALE && expired(b, now)) {
-            b = NULL;
-        }
-    }
-    if (b) {
-        if (!b->ref) b->ref = 1; /* PERF: reads never move anything; avoid dirtying the line */
-        pdesc_t *pd = &pdescs(h, s)[page_of(h, s, b)];
-        if (!pd->ref) pd->ref = 1;
-        out = PyBytes_FromStringAndSize(NULL, b->value_len);
-        if (out) {
-            uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
-            uint32_t first = b->aux ? CLASS_SIZE[NCLASS - 1] - BLK_HDR - 4u * b->ndeps - b->key_len : b->value_len;
-            memcpy(dst, key_of(b) + b->key_len, first);
-            uint32_t done = first;
-            for (uint32_t cr = b->aux; cr && done < b->value_len;) {
-                blk_t *ch = blk(h, s, cr);
-                uint32_t n = b->value_len - done;
-                if (n > PAGE - CHUNK_HDR) n = PAGE - CHUNK_HDR;
-                memcpy(dst + done, (uint8_t *)ch + CHUNK_HDR, n);
-                done += n;
-                cr = ch->next;
-            }
-            vhash = b->vhash;
-        }
-    }
+    int st = settle_locked(h, si, get_locked(h, s, kh, key, (uint32_t)klen, mode, now, valid_from, &out, &vhash));
     shard_unlock(h, si);
     report_wipe(h);
+    if (st == FS_NOMEM) return NULL;
+    if (st == FS_CORRUPT) bad = 1;
     if (out && fs_hash(PyBytes_AS_STRING(out), (size_t)PyBytes_GET_SIZE(out), 0) != vhash) {
-        Py_CLEAR(out); /* torn or corrupt: never returned; drop it under the lock */
-        bad_check = 1;
+        Py_CLEAR(out); /* torn or corrupt: never returned; the shard is wiped under the lock */
+        bad = 1;
         if (shard_lock(h, si) == FS_OK) {
-            b = lookup_locked(h, s, kh, key, (uint32_t)klen);
-            if (b && b->vhash == vhash) entry_free_locked(h, s, b);
+            wipe_corrupt_locked(h, si, "an entry's value hash failed");
             shard_unlock(h, si);
             report_wipe(h);
         }
     }
-    if (bad_check) {
+    if (bad) {
         __atomic_add_fetch(&h->hdr->checksum_failures, 1, __ATOMIC_ACQ_REL);
         count(h, C_CHECKSUM_FAILURES, 1);
     }
     if (!out) {
-        if (PyErr_Occurred()) return NULL;
         if (mode != MODE_STALE) count(h, C_MISSES, 1);
         Py_RETURN_NONE;
     }
     count(h, mode == MODE_STALE ? C_STALE_HITS : C_HITS, 1);
     count(h, C_BYTES_READ, (uint64_t)PyBytes_GET_SIZE(out));
     if (mode != MODE_ETAG) return out;
-    PyObject *t = Py_BuildValue("(NK)", out, (unsigned long long)vhash);
-    return t;
+    return Py_BuildValue("(NK)", out, (unsigned long long)vhash);
 }
 
 static PyObject *H_get(Handle *h, PyObject *const *a, Py_ssize_t n) { return do_get(h, a, n, MODE_GET); }
@@ -747,7 +1038,7 @@ static uint32_t *tag_slots_of(Handle *h, PyObject *tags, uint32_t *stackbuf, siz
             Py_DECREF(seq);
             return NULL;
         }
-        out[i] = (uint32_t)(fs_hash(u, (size_t)len, SEED_TAG) & (h->hdr->tag_slots - 1));
+        out[i] = (uint32_t)(fs_hash(u, (size_t)len, h->g.seed ^ SEED_TAG) & (h->g.tag_slots - 1));
     }
     Py_DECREF(seq);
     qsort(out, (size_t)n, 4, cmp_u32);
@@ -757,36 +1048,44 @@ static uint32_t *tag_slots_of(Handle *h, PyObject *tags, uint32_t *stackbuf, siz
     return out;
 }
 
+static int repair_ahead(Handle *h, uint64_t *p);
+
+/* tmpl->check holds meta_base(); the final check is mixed in once the
+ * block's place, generation and first chunk are known. */
 static int put_locked(Handle *h, shard_t *s, blk_t *tmpl, const uint32_t *deps, const uint8_t *key,
                       const uint8_t *val, uint64_t now) {
     uint64_t fixed = BLK_HDR + 4ull * tmpl->ndeps + tmpl->key_len, total = fixed + tmpl->value_len;
-    int c = class_for(total);
+    int c = class_for(total), st;
     uint32_t first = c >= 0 ? tmpl->value_len : (uint32_t)(PAGE - fixed);
     uint32_t nchunks = c >= 0 ? 0 : (uint32_t)((tmpl->value_len - first + PAGE - CHUNK_HDR - 1) / (PAGE - CHUNK_HDR));
     if (c < 0) c = NCLASS - 1;
-    blk_t *b = block_alloc_locked(h, s, c, now);
+    blk_t *b, *prev = NULL;
+    if ((st = block_alloc_locked(h, s, c, now, &b))) return st;
     if (!b) return FS_FULL;
-    b->aux = 0;
-    blk_t *prev = NULL;
+    uint32_t r = ref_of(h, s, b);
     for (uint32_t i = 0; i < nchunks; i++) {
-        blk_t *ch = block_alloc_locked(h, s, NCLASS - 1, now);
+        blk_t *ch;
+        if ((st = block_alloc_locked(h, s, NCLASS - 1, now, &ch))) return st;
         if (!ch) { /* undo: give back what we took */
             for (uint32_t cr = b->aux; cr;) {
-                blk_t *x = blk(h, s, cr);
+                int cc;
+                blk_t *x = blk_ref(h, s, cr, &cc);
+                if (!x || cc != NCLASS - 1 || x->state != B_WRITING) return corrupt(h, "a chunk being written changed");
                 cr = x->next;
                 s->cls[NCLASS - 1].live--; s->used -= PAGE;
-                free_push_locked(h, s, NCLASS - 1, x);
+                if ((st = free_push_locked(h, s, NCLASS - 1, x, ref_of(h, s, x)))) return st;
             }
             s->cls[c].live--; s->used -= CLASS_SIZE[c];
-            free_push_locked(h, s, c, b);
+            if ((st = free_push_locked(h, s, c, b, r))) return st;
             return FS_FULL;
         }
-        ch->state = B_WRITING; ch->next = 0; ch->aux = ref_of(h, s, b);
+        ch->state = B_WRITING; ch->next = 0; ch->aux = r;
         if (prev) prev->next = ref_of(h, s, ch); else b->aux = ref_of(h, s, ch);
         prev = ch;
     }
     uint32_t first_chunk = b->aux;
-    memcpy((uint8_t *)b + 8, (uint8_t *)tmpl + 8, BLK_HDR - 8);
+    memcpy((uint8_t *)b + 12, (uint8_t *)tmpl + 12, 8);             /* key_len, value_len (gen kept) */
+    memcpy((uint8_t *)b + 24, (uint8_t *)tmpl + 24, BLK_HDR - 24);  /* hashes, seqs, times, check */
     memcpy(deps_of(b), deps, 4u * tmpl->ndeps);
     b->ndeps = tmpl->ndeps;
     memcpy(key_of(b), key, tmpl->key_len);
@@ -794,23 +1093,38 @@ static int put_locked(Handle *h, shard_t *s, blk_t *tmpl, const uint32_t *deps, 
     debug_point(DBG_PUT_WRITE);
     uint32_t done = first;
     for (uint32_t cr = first_chunk; cr;) {
-        blk_t *ch = blk(h, s, cr);
+        int cc;
+        blk_t *ch = blk_ref(h, s, cr, &cc);
+        if (!ch || cc != NCLASS - 1) return corrupt(h, "a chunk being written changed");
         uint32_t n = tmpl->value_len - done;
         if (n > PAGE - CHUNK_HDR) n = PAGE - CHUNK_HDR;
         memcpy((uint8_t *)ch + CHUNK_HDR, val + done, n);
         done += n;
+        ch->key_len = b->gen; /* the chunk's head generation */
         ch->state = B_CHUNK;
         cr = ch->next;
     }
     b->aux = first_chunk;
-    blk_t *old = lookup_locked(h, s, tmpl->key_hash, key, tmpl->key_len);
-    uint32_t *head = bucket_of(h, s, tmpl->key_hash);
-    b->next = *head;
+    b->check = meta_mix(tmpl->check, r, b->gen, first_chunk);
+    /* the old entry of this key goes first; then the chain is trimmed to CHAIN_MAX */
+    uint32_t bi = bucket_index(h, tmpl->key_hash);
+    found_t f;
+    if ((st = chain_find_locked(h, s, bi, tmpl->key_hash, key, tmpl->key_len, 1, &f))) return st;
+    if (f.b && (st = entry_free_locked(h, s, f.b, f.ref, f.cls))) return st;
+    for (int trims = 0; trims < 2; trims++) {
+        if ((st = chain_find_locked(h, s, bi, 0, NULL, 0, 1, &f))) return st;
+        if (f.len < CHAIN_MAX) break;
+        int lc = 0;
+        blk_t *last = blk_ref(h, s, f.last, &lc);
+        if (!last) return corrupt(h, "an index chain changed under the lock");
+        if ((st = entry_free_locked(h, s, last, f.last, lc))) return st; /* the oldest of the chain */
+        count(h, C_EVICTIONS, 1);
+    }
+    b->next = buckets(s)[bi];
     b->state = B_LIVE;
     /* INVARIANT: publish the block first, the index pointer last. */
-    __atomic_store_n(head, ref_of(h, s, b), __ATOMIC_RELEASE);
+    __atomic_store_n(&buckets(s)[bi], r, __ATOMIC_RELEASE);
     s->entries++;
-    if (old) entry_free_locked(h, s, old);
     return FS_OK;
 }
 
@@ -827,12 +1141,12 @@ static PyObject *H_put(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
         PyErr_SetString(PyExc_TypeError, "deps must be a sequence of str, not a single string");
         return NULL;
     }
-    if ((uint64_t)vlen > h->hdr->max_entry) {
+    if ((uint64_t)vlen > h->g.max_entry) {
         count(h, C_ENTRY_TOO_LARGE, 1);
         return fs_raise(FS_TOO_LARGE, "value of %zd B exceeds max_entry %llu B; serve it uncached "
-                        "or raise FRAISESHM_MAX_ENTRY_BYTES", vlen, (unsigned long long)h->hdr->max_entry);
+                        "or raise FRAISESHM_MAX_ENTRY_BYTES", vlen, (unsigned long long)h->g.max_entry);
     }
-    uint64_t seq = LD(&h->hdr->global_seq);
+    uint64_t seq = seq_now(h);
     if (fill_seq > seq)
         return PyErr_Format(PyExc_ValueError, "fill_seq %llu is ahead of the arena's sequence %llu; "
                             "pass current_seq() read before the database", (unsigned long long)fill_seq,
@@ -846,9 +1160,13 @@ static PyObject *H_put(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
         goto done;
     }
     const uint64_t *tags = tags_of(h);
-    int stale = fill_seq < LD(&h->hdr->valid_from);
-    for (Py_ssize_t i = 0; !stale && i < ndeps; i++) stale = LD(&tags[deps[i]]) > fill_seq;
-    if (stale) {
+    int stale = fill_seq < valid_from_now(h);
+    for (Py_ssize_t i = 0; !stale && i < ndeps; i++) stale = tag_last(tags, deps[i]) > fill_seq;
+    if (stale) { /* rare path: a copy ahead of the sequence is a bad byte, not an invalidation */
+        uint64_t *t = (uint64_t *)tags;
+        for (Py_ssize_t i = 0; i < ndeps; i++) { repair_ahead(h, &t[2 * deps[i]]); repair_ahead(h, &t[2 * deps[i] + 1]); }
+        repair_ahead(h, &h->hdr->valid_from);
+        repair_ahead(h, &h->hdr->valid_from_b);
         count(h, C_PUT_REJECTED_STALE, 1);
         res = Py_NewRef(Py_False);
         goto done;
@@ -856,14 +1174,11 @@ static PyObject *H_put(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
     blk_t t;
     memset(&t, 0, sizeof t);
     t.ndeps = (uint16_t)ndeps; t.key_len = (uint32_t)klen; t.value_len = (uint32_t)vlen;
-    t.key_hash = fs_hash(key, (size_t)klen, 0);
+    t.key_hash = fs_hash(key, (size_t)klen, h->g.seed);
     t.fill_seq = fill_seq;
     t.expiry = ttl_ns >= UINT64_MAX - now ? UINT64_MAX : now + ttl_ns;
     t.created = now;
     t.vhash = fs_hash(val, (size_t)vlen, 0);
-    uint64_t m[7] = {t.key_hash, t.fill_seq, t.expiry, t.created, t.vhash,
-                     ((uint64_t)t.key_len << 32) | t.value_len, t.ndeps};
-    uint64_t c = fs_hash(m, sizeof m, 0);
     /* deps and key are adjacent in the block; hash them as one run */
     uint8_t small[4 * 64 + MAX_KEY];
     size_t runlen = 4u * (size_t)ndeps + (size_t)klen;
@@ -871,35 +1186,59 @@ static PyObject *H_put(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
     if (!run) { PyErr_NoMemory(); goto done; }
     memcpy(run, deps, 4u * (size_t)ndeps);
     memcpy(run + 4u * (size_t)ndeps, key, (size_t)klen);
-    t.check = fs_hash(run, runlen, c);
+    t.check = meta_base(&t, run, runlen);
     if (run != small) PyMem_Free(run);
     uint32_t si = shard_index(h, t.key_hash);
-    if (shard_lock(h, si) != FS_OK) goto lock_broken; /* LOCK: not held on this path */
-    int st = put_locked(h, shard(h, si), &t, deps, key, val, now);
+    if (shard_lock(h, si) != FS_OK) { /* LOCK: not held on this path */
+        fs_raise(FS_LOCK_BROKEN, "shard %u lock is not recoverable", si);
+        goto done;
+    }
+    int st = settle_locked(h, si, put_locked(h, shard(h, si), &t, deps, key, val, now));
     shard_unlock(h, si);
     report_wipe(h);
     if (st == FS_FULL) {
         fs_raise(FS_FULL, "shard %u cannot hold %zd B even after eviction", si, vlen);
         goto done;
     }
+    if (st == FS_CORRUPT) { /* the shard was wiped; the value is simply not cached */
+        res = Py_NewRef(Py_False);
+        goto done;
+    }
     count(h, C_PUTS, 1);
     count(h, C_BYTES_WRITTEN, (uint64_t)vlen);
     res = Py_NewRef(Py_True);
-    goto done;
-lock_broken:
-    fs_raise(FS_LOCK_BROKEN, "shard %u lock is not recoverable", si);
 done:
     if (deps != stackbuf) PyMem_Free(deps);
     return res;
 }
 
 /*************************************************************************
- * Sequences and tags                                                    *
+ * Sequences and tags (two copies each, readers take the larger)         *
  *************************************************************************/
 
 static inline void atomic_max(uint64_t *p, uint64_t v) {
     uint64_t cur = LD(p);
     while (cur < v && !CAS(p, cur, v)) { /* cur reloaded by the failed CAS */ }
+}
+
+/* The next sequence: above both copies as read, raised in both. Every
+ * invalidation starting after current_seq() returned S gets a seq > S. */
+static uint64_t seq_next(Handle *h) {
+    uint64_t a = __atomic_add_fetch(&h->hdr->global_seq, 1, __ATOMIC_ACQ_REL), b = LD(&h->hdr->global_seq_b);
+    uint64_t s = a > b ? a : b + 1;
+    atomic_max(&h->hdr->global_seq, s);
+    atomic_max(&h->hdr->global_seq_b, s);
+    return s;
+}
+
+/* A tag or valid_from copy ahead of the global sequence can only be a bad
+ * byte (the sequence is raised first). Bring it down, then up to the
+ * sequence as read after the CAS: never below an invalidation that raced. */
+static int repair_ahead(Handle *h, uint64_t *p) {
+    uint64_t v = LD(p), s = seq_now(h);
+    if (v <= s || !CAS(p, v, s)) return 0;
+    atomic_max(p, seq_now(h));
+    return 1;
 }
 
 static PyObject *H_invalidate(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
@@ -914,10 +1253,11 @@ static PyObject *H_invalidate(Handle *h, PyObject *const *args, Py_ssize_t nargs
     if (!slots) return NULL;
     uint64_t *tags = tags_of(h);
     /* INVARIANT: the sequence is raised before any tag, so tag.last <= global_seq. */
-    uint64_t seq = __atomic_add_fetch(&h->hdr->global_seq, 1, __ATOMIC_ACQ_REL);
+    uint64_t seq = seq_next(h);
     for (Py_ssize_t i = 0; i < n; i++) {
         if (i == n / 2) debug_point(DBG_TAG_BUMP);
-        atomic_max(&tags[slots[i]], seq);
+        atomic_max(&tags[2 * slots[i]], seq);
+        atomic_max(&tags[2 * slots[i] + 1], seq);
     }
     if (slots != stackbuf) PyMem_Free(slots);
     count(h, C_INVALIDATIONS, 1);
@@ -926,14 +1266,15 @@ static PyObject *H_invalidate(Handle *h, PyObject *const *args, Py_ssize_t nargs
 }
 
 static PyObject *H_flush(Handle *h, PyObject *Py_UNUSED(ignored)) {
-    uint64_t seq = __atomic_add_fetch(&h->hdr->global_seq, 1, __ATOMIC_ACQ_REL);
+    uint64_t seq = seq_next(h);
     atomic_max(&h->hdr->valid_from, seq);
+    atomic_max(&h->hdr->valid_from_b, seq);
     count(h, C_FLUSHES, 1);
     return PyLong_FromUnsignedLongLong(seq);
 }
 
 static PyObject *H_current_seq(Handle *h, PyObject *Py_UNUSED(ignored)) {
-    return PyLong_FromUnsignedLongLong(LD(&h->hdr->global_seq));
+    return PyLong_FromUnsignedLongLong(seq_now(h));
 }
 
 /*************************************************************************
@@ -977,23 +1318,68 @@ static PyObject *H_forked(Handle *h, PyObject *Py_UNUSED(ignored)) {
 
 /*************************************************************************
  * Flights (cross-process request coalescing)                            *
+ *                                                                       *
+ * A flight is (slot, generation). ctl = gen << 32 | pid << 8 | state is *
+ * the one word every transition CASes, so each transition names the     *
+ * exact flight it acts on: a late end, a takeover or a reap of an older *
+ * flight fails its CAS. Claim and takeover bump the generation; the     *
+ * owner then writes owner word and deadline (tagged with the generation)*
+ * in state CLAIMING and publishes RUNNING by CAS. end goes RUNNING ->   *
+ * CLAIMING (writing the error) -> DONE by CAS, all with its generation. *
  *************************************************************************/
 
-static inline uint64_t deadline_word(uint64_t until_ns, uint64_t lease) {
-    return ((until_ns >> 20) << 24) | (lease & 0xFFFFFF);
+#define CTL(gen, pid, st) (((uint64_t)(gen) << 32) | ((uint64_t)(pid) & 0xFFFFFF) << 8 | (uint64_t)(st))
+#define CTL_GEN(c) ((uint32_t)((c) >> 32))
+#define CTL_PID(c) ((long)(((c) >> 8) & 0xFFFFFF))
+#define CTL_ST(c) ((uint32_t)((c) & 0xFF))
+
+/* (until ns >> 20) in 40 bits, clamped: a long lease never wraps to "expired". */
+static inline uint64_t deadline_word(uint64_t now, uint64_t lease_ns, uint32_t gen) {
+    uint64_t t = (now + lease_ns) >> 20; /* both < 2^63: no overflow */
+    if (t > 0xFFFFFFFFFFULL) t = 0xFFFFFFFFFFULL;
+    return (t << 24) | (gen & 0xFFFFFF);
 }
 
-static int abandoned(Handle *h, fslot_t *f, uint64_t lease, uint64_t now) {
-    if (!lease) return 1;
-    uint64_t dl = LD(&f->deadline);
-    /* the deadline only counts once written by this lease's owner */
-    if ((dl & 0xFFFFFF) == (lease & 0xFFFFFF) && (now >> 20) > (dl >> 24)) return 1;
-    return !lease_alive(h, lease);
+/* Is the RUNNING or CLAIMING flight ctl abandoned (owner dead or past its
+ * deadline)? Before the owner wrote its words for this generation, only
+ * its pid can be judged, conservatively. */
+static int abandoned(Handle *h, fslot_t *f, uint64_t ctl, uint64_t now) {
+    uint64_t dl = LD(&f->deadline), owner = LD(&f->owner);
+    if (LD(&f->ctl) != ctl) return 0; /* moved on: the caller's CAS fails anyway */
+    long pid = CTL_PID(ctl);
+    if ((dl & 0xFFFFFF) != (CTL_GEN(ctl) & 0xFFFFFF) || (long)(owner >> 32) != pid)
+        return pid == 0 || pid_dead(pid);
+    if ((now >> 20) > (dl >> 24)) return 1;
+    return !lease_alive(h, owner);
 }
 
 static int me_or_claim(Handle *h) {
     if (!h->my && !h->claim_failed && claim_slot(h) < 0) h->claim_failed = 1;
     return h->my != NULL;
+}
+
+/* Own the flight slot f, seen as ctl, for key kh: the new generation, or -1. */
+static int64_t flight_claim(Handle *h, fslot_t *f, uint64_t ctl, uint64_t kh, uint64_t now, uint64_t lease_ns) {
+    long pid = (long)(h->me >> 32);
+    uint32_t gen = CTL_GEN(ctl) + 1;
+    uint64_t claiming = CTL(gen, pid, F_CLAIMING);
+    if (!CAS(&f->ctl, ctl, claiming)) return -1; /* LOCK-FREE: the CAS is the claim */
+    ST(&f->key_hash, kh);
+    ST(&f->owner, h->me);
+    ST(&f->err_len, 0u);
+    ST(&f->deadline, deadline_word(now, lease_ns, gen)); /* last: tags owner + deadline as this flight's */
+    debug_point(DBG_FLIGHT_CLAIM);
+    if (!CAS(&f->ctl, claiming, CTL(gen, pid, F_RUNNING))) return -1; /* judged dead meanwhile: not ours */
+    return gen;
+}
+
+/* Wait (yielding) for a live claimer to publish; 1 if the slot changed. */
+static int settle(fslot_t *f, uint64_t ctl) {
+    for (int i = 0; i < CLAIM_SPINS; i++) {
+        if (LD(&f->ctl) != ctl) return 1;
+        sched_yield();
+    }
+    return LD(&f->ctl) != ctl;
 }
 
 static PyObject *H_flight_begin(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
@@ -1003,44 +1389,49 @@ static PyObject *H_flight_begin(Handle *h, PyObject *const *args, Py_ssize_t nar
         get_now(args, nargs, 2, &now) < 0)
         return NULL;
     if (!me_or_claim(h)) return Py_BuildValue("(iiI)", ROLE_NONE, -1, 0u);
-    uint64_t kh = fs_hash(key, (size_t)klen, SEED_FLIGHT), me = h->me;
-    uint32_t n = h->hdr->flight_slots;
-    for (int pass = 0; pass < 2; pass++) {
-        for (uint32_t p = 0; p < FLIGHT_PROBE && p < n; p++) {
+    uint64_t kh = fs_hash(key, (size_t)klen, h->g.seed ^ SEED_FLIGHT);
+    uint32_t n = h->g.flight_slots;
+    for (int attempt = 0; attempt < 16; attempt++) {
+        int64_t free_i = -1;
+        uint64_t free_ctl = 0;
+        int free_rank = 3; /* prefer EMPTY, then DONE (its followers may still poll), then abandoned */
+        int again = 0;
+        for (uint32_t p = 0; p < FLIGHT_PROBE && p < n && !again; p++) {
             uint32_t i = (uint32_t)((kh + p) % n);
             fslot_t *f = flight(h, i);
-            for (int tries = 0; tries < 4; tries++) {
-                uint64_t ctl = LD(&f->ctl), fk = LD(&f->key_hash), lease = LD(&f->lease);
-                if (LD(&f->ctl) != ctl) continue;
-                uint32_t st = (uint32_t)(ctl & 0xFF), gen = (uint32_t)(ctl >> 32);
-                if (st == F_RUNNING && fk == kh) {
-                    if (!abandoned(h, f, lease, now)) {
-                        count(h, C_COALESCE_FOLLOWED, 1);
-                        return Py_BuildValue("(iII)", ROLE_FOLLOW, i, gen);
-                    }
-                    if (!CAS(&f->lease, lease, me)) continue;
-                    ST(&f->deadline, deadline_word(now + lease_ns, me));
+            uint64_t ctl = LD(&f->ctl);
+            uint32_t st = CTL_ST(ctl);
+            if (st == F_CLAIMING && !abandoned(h, f, ctl, now)) {
+                /* its key may be ours, not yet written: wait for it, then look again */
+                if (settle(f, ctl)) again = 1;
+                continue;
+            }
+            if (st == F_RUNNING || st == F_CLAIMING) {
+                uint64_t fk = LD(&f->key_hash);
+                int gone = abandoned(h, f, ctl, now);
+                if (LD(&f->ctl) != ctl) { again = 1; continue; }
+                if (st == F_RUNNING && fk == kh && !gone) {
+                    count(h, C_COALESCE_FOLLOWED, 1);
+                    return Py_BuildValue("(iII)", ROLE_FOLLOW, i, CTL_GEN(ctl));
+                }
+                if (st == F_RUNNING && fk == kh) { /* our key, its leader gone: take it over */
+                    int64_t gen = flight_claim(h, f, ctl, kh, now, lease_ns);
+                    if (gen < 0) { again = 1; continue; }
                     count(h, C_COALESCE_TAKEOVERS, 1);
                     count(h, C_COALESCE_LED, 1);
-                    return Py_BuildValue("(iII)", ROLE_LEAD, i, gen);
+                    return Py_BuildValue("(iIL)", ROLE_LEAD, i, (long long)gen);
                 }
-                if (pass == 0) break;
-                int free_ = (st == F_RUNNING || st == F_CLAIMING) ? abandoned(h, f, lease, now)
-                                                                 : (!lease || !lease_alive(h, lease));
-                if (!free_) break;
-                if (!CAS(&f->lease, lease, me)) continue;
-                gen++;
-                ST(&f->ctl, ((uint64_t)gen << 32) | F_CLAIMING);
-                ST(&f->key_hash, kh);
-                ST(&f->deadline, deadline_word(now + lease_ns, me));
-                ST(&f->waiters, 0u);
-                ST(&f->err_len, 0u);
-                debug_point(DBG_FLIGHT_CLAIM);
-                ST(&f->ctl, ((uint64_t)gen << 32) | F_RUNNING);
-                count(h, C_COALESCE_LED, 1);
-                return Py_BuildValue("(iII)", ROLE_LEAD, i, gen);
+                if (!gone) continue;
             }
+            int rank = (st == F_DONE_OK || st == F_DONE_ERROR) ? 1 : (st == F_RUNNING || st == F_CLAIMING) ? 2 : 0;
+            if (rank < free_rank) { free_i = i; free_ctl = ctl; free_rank = rank; } /* EMPTY, DONE_*, abandoned, or a bad state */
         }
+        if (again) continue;
+        if (free_i < 0) break;
+        int64_t gen = flight_claim(h, flight(h, (uint32_t)free_i), free_ctl, kh, now, lease_ns);
+        if (gen < 0) continue;
+        count(h, C_COALESCE_LED, 1);
+        return Py_BuildValue("(iLL)", ROLE_LEAD, (long long)free_i, (long long)gen);
     }
     return Py_BuildValue("(iiI)", ROLE_NONE, -1, 0u);
 }
@@ -1048,7 +1439,7 @@ static PyObject *H_flight_begin(Handle *h, PyObject *const *args, Py_ssize_t nar
 static int flight_args(Handle *h, PyObject *const *args, uint32_t *slot, uint32_t *gen) {
     uint64_t s, g;
     if (get_u64(args[0], "slot", &s) < 0 || get_u64(args[1], "generation", &g) < 0) return -1;
-    if (s >= h->hdr->flight_slots || g > UINT32_MAX) {
+    if (s >= h->g.flight_slots || g > UINT32_MAX) {
         PyErr_Format(PyExc_ValueError, "no flight slot %llu generation %llu", (unsigned long long)s,
                      (unsigned long long)g);
         return -1;
@@ -1064,13 +1455,13 @@ static PyObject *H_flight_poll(Handle *h, PyObject *const *args, Py_ssize_t narg
     PyObject *sg[2] = {args[0], args[2]};
     if (flight_args(h, sg, &i, &gen) < 0 || get_now(args, nargs, 3, &now) < 0) return NULL;
     fslot_t *f = flight(h, i);
-    uint64_t kh = fs_hash(key, (size_t)klen, SEED_FLIGHT);
+    uint64_t kh = fs_hash(key, (size_t)klen, h->g.seed ^ SEED_FLIGHT);
     uint64_t ctl = LD(&f->ctl), fk = LD(&f->key_hash);
-    uint32_t st = (uint32_t)(ctl & 0xFF);
-    if ((uint32_t)(ctl >> 32) != gen || fk != kh || st == F_EMPTY || LD(&f->ctl) != ctl)
+    uint32_t st = CTL_ST(ctl);
+    if (CTL_GEN(ctl) != gen || fk != kh || st == F_EMPTY || st > F_CLAIMING || LD(&f->ctl) != ctl)
         return Py_BuildValue("(is)", F_GONE, "");
     if (st == F_RUNNING || st == F_CLAIMING)
-        return Py_BuildValue("(is)", abandoned(h, f, LD(&f->lease), now) ? F_ABANDONED : F_RUNNING, "");
+        return Py_BuildValue("(is)", abandoned(h, f, ctl, now) ? F_ABANDONED : F_RUNNING, "");
     if (st == F_DONE_OK) return Py_BuildValue("(is)", F_DONE_OK, "");
     char err[ERR_MAX];
     uint32_t n = LD(&f->err_len);
@@ -1081,6 +1472,7 @@ static PyObject *H_flight_poll(Handle *h, PyObject *const *args, Py_ssize_t narg
     return msg ? Py_BuildValue("(iN)", F_DONE_ERROR, msg) : NULL;
 }
 
+/* A follower becomes the leader of an ABANDONED flight: its new generation, or None. */
 static PyObject *H_flight_takeover(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
     const uint8_t *key; Py_ssize_t klen; uint32_t i, gen; uint64_t lease_ns, now;
     NARGS(4, 5, "flight_takeover");
@@ -1089,18 +1481,19 @@ static PyObject *H_flight_takeover(Handle *h, PyObject *const *args, Py_ssize_t 
     if (flight_args(h, sg, &i, &gen) < 0 || get_seconds(args[3], "lease_seconds", &lease_ns) < 0 ||
         get_now(args, nargs, 4, &now) < 0)
         return NULL;
-    if (!me_or_claim(h)) Py_RETURN_FALSE;
+    if (!me_or_claim(h)) Py_RETURN_NONE;
     fslot_t *f = flight(h, i);
-    uint64_t ctl = LD(&f->ctl), lease = LD(&f->lease);
-    if ((uint32_t)(ctl >> 32) != gen || (ctl & 0xFF) != F_RUNNING ||
-        LD(&f->key_hash) != fs_hash(key, (size_t)klen, SEED_FLIGHT) || !abandoned(h, f, lease, now) ||
-        !CAS(&f->lease, lease, h->me))
-        Py_RETURN_FALSE;
-    ST(&f->deadline, deadline_word(now + lease_ns, h->me));
+    uint64_t ctl = LD(&f->ctl), kh = fs_hash(key, (size_t)klen, h->g.seed ^ SEED_FLIGHT);
+    if (CTL_GEN(ctl) != gen || CTL_ST(ctl) != F_RUNNING || LD(&f->key_hash) != kh || !abandoned(h, f, ctl, now))
+        Py_RETURN_NONE;
+    int64_t g = flight_claim(h, f, ctl, kh, now, lease_ns);
+    if (g < 0) Py_RETURN_NONE;
     count(h, C_COALESCE_TAKEOVERS, 1);
-    Py_RETURN_TRUE;
+    return PyLong_FromLongLong(g);
 }
 
+/* The leader of (slot, generation) publishes DONE_OK or DONE_ERROR(error).
+ * False if that flight is no longer ours (taken over, released, reused). */
 static PyObject *H_flight_end(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
     uint32_t i, gen;
     Py_ssize_t elen = 0;
@@ -1114,16 +1507,17 @@ static PyObject *H_flight_end(Handle *h, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     fslot_t *f = flight(h, i);
-    if (!h->me || LD(&f->lease) != h->me) Py_RETURN_FALSE;
+    long pid = (long)(h->me >> 32);
+    uint64_t running = CTL(gen, pid, F_RUNNING), writing = CTL(gen, pid, F_CLAIMING);
+    if (!h->me || LD(&f->owner) != h->me || !CAS(&f->ctl, running, writing)) Py_RETURN_FALSE;
+    debug_point(DBG_FLIGHT_END);
+    uint32_t n = 0;
     if (!ok) {
-        uint32_t n = elen > ERR_MAX ? ERR_MAX : (uint32_t)elen;
+        n = elen > ERR_MAX ? ERR_MAX : (uint32_t)elen;
         memcpy(f->err, err, n);
-        ST(&f->err_len, n);
     }
-    uint64_t expect = ((uint64_t)gen << 32) | F_RUNNING;
-    int done = CAS(&f->ctl, expect, ((uint64_t)gen << 32) | (ok ? F_DONE_OK : F_DONE_ERROR));
-    uint64_t me = h->me;
-    CAS(&f->lease, me, 0);
+    ST(&f->err_len, n);
+    int done = CAS(&f->ctl, writing, CTL(gen, pid, ok ? F_DONE_OK : F_DONE_ERROR));
     return PyBool_FromLong(done);
 }
 
@@ -1132,7 +1526,7 @@ static PyObject *waiters_edit(Handle *h, PyObject *const *args, Py_ssize_t nargs
     NARGS(2, 2, delta > 0 ? "flight_join" : "flight_leave");
     if (flight_args(h, args, &i, &gen) < 0) return NULL;
     fslot_t *f = flight(h, i);
-    if ((uint32_t)(LD(&f->ctl) >> 32) != gen) Py_RETURN_FALSE;
+    if (CTL_GEN(LD(&f->ctl)) != gen) Py_RETURN_FALSE;
     uint32_t w = LD(&f->waiters);
     while ((delta > 0 || w > 0) && !CAS(&f->waiters, w, w + (uint32_t)delta)) { }
     Py_RETURN_TRUE;
@@ -1140,16 +1534,19 @@ static PyObject *waiters_edit(Handle *h, PyObject *const *args, Py_ssize_t nargs
 static PyObject *H_flight_join(Handle *h, PyObject *const *a, Py_ssize_t n) { return waiters_edit(h, a, n, 1); }
 static PyObject *H_flight_leave(Handle *h, PyObject *const *a, Py_ssize_t n) { return waiters_edit(h, a, n, -1); }
 
-static long release_flights(Handle *h, long pid) {
+/* Release the flights of a dead pid: a CAS on the exact ctl seen, so a
+ * flight a live process took over meanwhile (new generation) is untouched. */
+static long release_flights(Handle *h, long pid, uint64_t now) {
     long released = 0;
-    for (uint32_t i = 0; i < h->hdr->flight_slots; i++) {
+    for (uint32_t i = 0; i < h->g.flight_slots; i++) {
         fslot_t *f = flight(h, i);
-        uint64_t lease = LD(&f->lease);
-        if (!lease || (long)(lease >> 32) != pid || lease_alive(h, lease)) continue;
         uint64_t ctl = LD(&f->ctl);
+        uint32_t st = CTL_ST(ctl);
+        if ((st != F_RUNNING && st != F_CLAIMING) || CTL_PID(ctl) != (pid & 0xFFFFFF)) continue;
+        if (!abandoned(h, f, ctl, now) || !pid_dead(pid)) continue;
+        debug_point(DBG_REAP);
         /* followers see a new generation (GONE) and retry at once */
-        if (CAS(&f->ctl, ctl, ((ctl >> 32) + 1) << 32 | F_EMPTY)) released++;
-        CAS(&f->lease, lease, 0);
+        if (CAS(&f->ctl, ctl, CTL(CTL_GEN(ctl) + 1, 0, F_EMPTY))) released++;
     }
     return released;
 }
@@ -1157,20 +1554,21 @@ static long release_flights(Handle *h, long pid) {
 static PyObject *H_release_flights_of(Handle *h, PyObject *arg) {
     long pid = PyLong_AsLong(arg);
     if (pid == -1 && PyErr_Occurred()) return NULL;
-    return PyLong_FromLong(release_flights(h, pid));
+    return PyLong_FromLong(release_flights(h, pid, now_ns()));
 }
 
 static PyObject *H_reap(Handle *h, PyObject *arg) {
     long pid = PyLong_AsLong(arg);
     if (pid == -1 && PyErr_Occurred()) return NULL;
     if (pid <= 0) return PyErr_Format(PyExc_ValueError, "reap() needs a pid > 0, got %ld", pid);
+    long released = release_flights(h, pid, now_ns()); /* first: they name the owner word */
     int reaped = 0;
-    for (uint32_t i = 0; i < h->hdr->stats_slots; i++) {
+    for (uint32_t i = 0; i < h->g.stats_slots; i++) {
         sslot_t *s = sslot(h, i);
         uint64_t w = LD(&s->owner);
         if (w && (long)(w >> 32) == pid && owner_dead(s, w) && CAS(&s->owner, w, 0)) reaped = 1;
     }
-    return PyBool_FromLong(reaped | (release_flights(h, pid) > 0));
+    return PyBool_FromLong(reaped | (released > 0));
 }
 
 /*************************************************************************
@@ -1179,7 +1577,7 @@ static PyObject *H_reap(Handle *h, PyObject *arg) {
 
 static PyObject *H_stats_slots(Handle *h, PyObject *Py_UNUSED(ignored)) {
     PyObject *out = PyList_New(0);
-    for (uint32_t i = 0; out && i < h->hdr->stats_slots; i++) {
+    for (uint32_t i = 0; out && i < h->g.stats_slots; i++) {
         sslot_t *s = sslot(h, i);
         uint64_t w = LD(&s->owner);
         PyObject *v = PyTuple_New(N_VALUES), *b = PyTuple_New(N_VALUES);
@@ -1197,17 +1595,19 @@ static PyObject *H_stats_slots(Handle *h, PyObject *Py_UNUSED(ignored)) {
     return out;
 }
 
+/* Geometry comes from the handle (validated at attach), counters from the segment. */
 static PyObject *H_info(Handle *h, PyObject *Py_UNUSED(ignored)) {
     hdr_t *x = h->hdr;
-    return Py_BuildValue("{sKsIsKsKsIsIsIsIsIsIsKsKsKsKsKsIsK}", "magic", (unsigned long long)x->magic,
-                         "version", x->version, "size", (unsigned long long)x->size,
-                         "max_entry", (unsigned long long)x->max_entry, "shards", x->shards,
-                         "tag_slots", x->tag_slots, "flight_slots", x->flight_slots,
-                         "stats_slots", x->stats_slots, "pages", x->pages, "buckets", x->buckets,
-                         "global_seq", (unsigned long long)LD(&x->global_seq),
-                         "valid_from", (unsigned long long)LD(&x->valid_from),
+    return Py_BuildValue("{sKsIsKsKsIsIsIsIsIsIsKsKsKsKsKsKsIsK}", "magic", (unsigned long long)LD(&x->magic),
+                         "version", FS_VERSION, "size", (unsigned long long)h->g.size,
+                         "max_entry", (unsigned long long)h->g.max_entry, "shards", h->g.shards,
+                         "tag_slots", h->g.tag_slots, "flight_slots", h->g.flight_slots,
+                         "stats_slots", h->g.stats_slots, "pages", h->g.pages, "buckets", h->g.buckets,
+                         "global_seq", (unsigned long long)seq_now(h),
+                         "valid_from", (unsigned long long)valid_from_now(h),
                          "lock_wipes", (unsigned long long)LD(&x->lock_wipes),
                          "checksum_failures", (unsigned long long)LD(&x->checksum_failures),
+                         "corruption_wipes", (unsigned long long)LD(&x->corrupt_wipes),
                          "created_ns", (unsigned long long)x->created_ns, "my_slot",
                          h->my ? (unsigned)(h->my - sslot(h, 0)) : 0xFFFFFFFFu,
                          "me", (unsigned long long)h->me);
@@ -1217,15 +1617,15 @@ static PyObject *H_info(Handle *h, PyObject *Py_UNUSED(ignored)) {
  * free pages, pages per class, live blocks per class, oldest created ns. */
 static PyObject *H_shard_info(Handle *h, PyObject *Py_UNUSED(ignored)) {
     PyObject *out = PyList_New(0);
-    for (uint32_t si = 0; out && si < h->hdr->shards; si++) {
+    for (uint32_t si = 0; out && si < h->g.shards; si++) {
         shard_t *s = shard(h, si);
         uint64_t pages[NCLASS], live[NCLASS], oldest = UINT64_MAX;
         if (shard_lock(h, si) != FS_OK) { Py_DECREF(out); return fs_raise(FS_LOCK_BROKEN, "shard %u", si); }
         for (int c = 0; c < NCLASS; c++) { pages[c] = s->cls[c].pages; live[c] = s->cls[c].live; }
         pdesc_t *pd = pdescs(h, s);
-        for (uint32_t p = 0; p < h->hdr->pages; p++) {
+        for (uint32_t p = 0; p < h->g.pages; p++) {
             int c = pd[p].cls;
-            if (c == PFREE) continue;
+            if (c >= NCLASS) continue;
             for (uint32_t i = 0; i < bpp(c); i++) {
                 blk_t *b = blk_at(h, s, p, i, c);
                 if (b->state == B_LIVE && b->created < oldest) oldest = b->created;
@@ -1256,14 +1656,18 @@ static PyObject *H_shard_info(Handle *h, PyObject *Py_UNUSED(ignored)) {
         else Py_DECREF(m_);                                            \
     } while (0)
 
-static int check_shard_locked(Handle *h, uint32_t si, PyObject *out) {
+/* Checks a private SNAPSHOT of shard si (copied under its lock), so no lock
+ * is held while it runs. Every ref is validated like on the hot path. */
+static int check_shard(Handle *h, shard_t *s, uint32_t si, PyObject *out) {
     int err = 0;
-    shard_t *s = shard(h, si);
-    uint32_t np = h->hdr->pages, nb = h->hdr->buckets;
+    uint32_t np = h->g.pages, nb = h->g.buckets;
     pdesc_t *pd = pdescs(h, s);
     uint64_t counted = 0, free_blocks[NCLASS] = {0}, live_blocks[NCLASS] = {0}, used = 0, heads = 0, chunks = 0;
+    uint8_t *seen = PyMem_Calloc(np ? np : 1, 1);
+    if (!seen) { PyErr_NoMemory(); return 1; }
     for (uint32_t r = s->free_page_head, n = 0; r; r = pd[r - 1].next, n++) { /* I3 */
-        if (r > np || n > np) { PROBLEM("I3 shard %u: free page list broken", si); return err; }
+        if (r > np || n >= np || seen[r - 1]) { PROBLEM("I3 shard %u: free page list broken", si); goto done; }
+        seen[r - 1] = 1;
         if (pd[r - 1].cls != PFREE) PROBLEM("I3 shard %u: page %u on free list has class %u", si, r - 1, pd[r - 1].cls);
         counted++;
     }
@@ -1271,7 +1675,8 @@ static int check_shard_locked(Handle *h, uint32_t si, PyObject *out) {
     for (int c = 0; c < NCLASS; c++) {
         uint32_t n = 0;
         for (uint32_t r = s->cls[c].page_head; r; r = pd[r - 1].next, n++) {
-            if (r > np || n > np) { PROBLEM("I3 shard %u: class %d page list broken", si, c); return err; }
+            if (r > np || n >= np || seen[r - 1]) { PROBLEM("I3 shard %u: class %d page list broken", si, c); goto done; }
+            seen[r - 1] = 1;
             if (pd[r - 1].cls != c) PROBLEM("I3 shard %u: page %u in class %d list has class %u", si, r - 1, c, pd[r - 1].cls);
         }
         if (n != s->cls[c].pages) PROBLEM("I3 shard %u: class %d lists %u pages, header says %u", si, c, n, s->cls[c].pages);
@@ -1290,47 +1695,43 @@ static int check_shard_locked(Handle *h, uint32_t si, PyObject *out) {
             else PROBLEM("I4 shard %u: block %u/%u in state %u", si, p, i, b->state);
         }
     }
-    uint32_t maxb = np * (PAGE / 64) + 1;
+    uint64_t maxb = (uint64_t)np * (PAGE / 64) + 1;
     for (int c = 0; c < NCLASS; c++) {
         uint64_t n = 0;
         uint32_t prev = 0;
-        for (uint32_t r = s->cls[c].free_head; r; prev = r, r = blk(h, s, r)->next, n++) {
-            blk_t *b = blk(h, s, r);
-            if (n > maxb || page_of(h, s, b) >= np) { PROBLEM("I4 shard %u: class %d free list broken", si, c); return err; }
-            if (b->state != B_FREE || pd[page_of(h, s, b)].cls != c || b->aux != prev)
-                PROBLEM("I4 shard %u: class %d free list holds a bad block (state %u)", si, c, b->state);
+        for (uint32_t r = s->cls[c].free_head; r; n++) {
+            blk_t *b = free_blk(h, s, r, c);
+            if (n > maxb || !b) { PROBLEM("I4 shard %u: class %d free list broken", si, c); goto done; }
+            if (b->aux != prev) PROBLEM("I4 shard %u: class %d free list back link broken", si, c);
+            prev = r;
+            r = b->next;
         }
         if (n != free_blocks[c]) PROBLEM("I4 shard %u: class %d has %llu free blocks, %llu listed", si, c, free_blocks[c], n);
         if (live_blocks[c] != s->cls[c].live) PROBLEM("I7 shard %u: class %d live %u, found %llu", si, c, s->cls[c].live, live_blocks[c]);
     }
     uint64_t reached = 0, chained = 0;
-    const uint64_t *tags = tags_of(h);
     for (uint32_t bi = 0; bi < nb; bi++) { /* I5, I6 */
         uint32_t n = 0;
-        for (uint32_t r = buckets(s)[bi]; r; r = blk(h, s, r)->next, n++) {
-            blk_t *b = blk(h, s, r);
-            if (n > maxb || page_of(h, s, b) >= np) { PROBLEM("I5 shard %u: bucket %u chain broken", si, bi); return err; }
+        for (uint32_t r = buckets(s)[bi]; r; n++) {
+            int c;
+            blk_t *b = blk_ref(h, s, r, &c);
+            if (n >= CHAIN_MAX || !b) { PROBLEM("I5 shard %u: bucket %u chain broken or longer than %d", si, bi, CHAIN_MAX); goto done; }
             reached++;
-            if (b->state != B_LIVE) { PROBLEM("I5 shard %u: bucket %u holds a block in state %u", si, bi, b->state); continue; }
-            if (shard_index(h, b->key_hash) != si || (b->key_hash & (nb - 1)) != bi)
+            if (b->state != B_LIVE) { PROBLEM("I5 shard %u: bucket %u holds a block in state %u", si, bi, b->state); goto done; }
+            if (shard_index(h, b->key_hash) != si || bucket_index(h, b->key_hash) != bi)
                 PROBLEM("I5 shard %u: entry in bucket %u hashes elsewhere", si, bi);
-            if (meta_check(b) != b->check) PROBLEM("I6 shard %u: entry header checksum mismatch", si);
+            if (!head_fits(h, b, c)) { PROBLEM("I6 shard %u: entry lengths do not fit its block", si); goto done; }
+            if (meta_check(b, r) != b->check) PROBLEM("I6 shard %u: entry header checksum mismatch", si);
             for (uint32_t d = 0; d < b->ndeps; d++)
-                if (deps_of(b)[d] >= h->hdr->tag_slots) PROBLEM("I6 shard %u: dep slot out of range", si);
-            (void)tags;
-            uint64_t want = 0;
-            uint64_t fixed = BLK_HDR + 4ull * b->ndeps + b->key_len;
-            if (class_for(fixed + b->value_len) < 0) want = (b->value_len - (PAGE - fixed) + PAGE - CHUNK_HDR - 1) / (PAGE - CHUNK_HDR);
-            uint64_t got = 0;
-            uint8_t *val = PyMem_Malloc(b->value_len + 1);
-            if (!val) { err = 1; PyErr_NoMemory(); return err; }
-            uint32_t first = b->aux ? (uint32_t)(PAGE - fixed) : b->value_len;
-            if (first > b->value_len) first = b->value_len;
+                if (deps_of(b)[d] >= h->g.tag_slots) PROBLEM("I6 shard %u: dep slot out of range", si);
+            uint32_t need = chunks_needed(b), got = 0, first = head_first(b), done = first;
+            uint8_t *val = PyMem_Malloc((size_t)b->value_len + 1);
+            if (!val) { err = 1; PyErr_NoMemory(); goto done; }
             memcpy(val, key_of(b) + b->key_len, first);
-            uint32_t done = first;
-            for (uint32_t cr = b->aux; cr; cr = blk(h, s, cr)->next, got++) {
-                blk_t *ch = blk(h, s, cr);
-                if (got > maxb || page_of(h, s, ch) >= np || ch->state != B_CHUNK || ch->aux != r) {
+            for (uint32_t cr = b->aux; cr; got++) {
+                int cc;
+                blk_t *ch = blk_ref(h, s, cr, &cc);
+                if (got >= need || !ch || cc != NCLASS - 1 || ch->state != B_CHUNK || ch->aux != r || ch->key_len != b->gen) {
                     PROBLEM("I6 shard %u: chunk chain broken", si);
                     break;
                 }
@@ -1338,89 +1739,162 @@ static int check_shard_locked(Handle *h, uint32_t si, PyObject *out) {
                 if (k > PAGE - CHUNK_HDR) k = PAGE - CHUNK_HDR;
                 memcpy(val + done, (uint8_t *)ch + CHUNK_HDR, k);
                 done += k;
+                cr = ch->next;
             }
             chained += got;
-            if (got != want) PROBLEM("I6 shard %u: entry has %llu chunks, needs %llu", si, got, want);
+            if (got != need) PROBLEM("I6 shard %u: entry has %u chunks, needs %u", si, got, need);
             else if (fs_hash(val, b->value_len, 0) != b->vhash) PROBLEM("I6 shard %u: value checksum mismatch", si);
             PyMem_Free(val);
+            r = b->next;
         }
     }
     if (reached != heads) PROBLEM("I5 shard %u: %llu live entries, %llu reachable from the index", si, heads, reached);
     if (chained != chunks) PROBLEM("I6 shard %u: %llu chunks, %llu owned by entries", si, chunks, chained);
     if (heads != s->entries) PROBLEM("I7 shard %u: entries says %llu, found %llu", si, (unsigned long long)s->entries, heads);
     if (used != s->used) PROBLEM("I7 shard %u: used says %llu B, found %llu B", si, (unsigned long long)s->used, used);
+done:
+    PyMem_Free(seen);
     return err;
 }
 
+/* fsck. Shards are checked on a snapshot copied under the lock (the lock is
+ * held for one memcpy of the shard, never for the check); a shard found
+ * inconsistent is wiped, counted and reported. */
 static PyObject *H_check(Handle *h, PyObject *Py_UNUSED(ignored)) {
     PyObject *out = PyList_New(0);
     int err = 0;
     if (!out) return NULL;
     hdr_t *x = h->hdr;
-    if (x->magic != FS_MAGIC || x->version != FS_VERSION) PROBLEM("I1 header magic/version changed");
-    const uint64_t *tags = tags_of(h);
-    uint64_t top = 0;
-    for (uint32_t i = 0; i < x->tag_slots; i++) if (LD(&tags[i]) > top) top = LD(&tags[i]);
-    uint64_t seq = LD(&x->global_seq);
-    if (top > seq) PROBLEM("I2 a tag was invalidated at %llu, after the global sequence %llu", top, seq);
-    if (LD(&x->valid_from) > seq) PROBLEM("I2 valid_from %llu is ahead of the global sequence %llu",
-                                          (unsigned long long)LD(&x->valid_from), seq);
-    for (uint32_t si = 0; !err && si < x->shards; si++) {
+    if (LD(&x->magic) != FS_MAGIC || x->version != FS_VERSION) PROBLEM("I1 header magic/version changed");
+    if (x->shards != h->g.shards || x->pages != h->g.pages || x->buckets != h->g.buckets ||
+        x->tag_slots != h->g.tag_slots || x->off_shards != h->g.off_shards || x->shard_stride != h->g.stride)
+        PROBLEM("I11 header geometry differs from the geometry validated at attach");
+    uint64_t *tags = tags_of(h), top = 0;
+    uint32_t ahead = 0;
+    for (uint32_t i = 0; i < h->g.tag_slots; i++) top = max2(top, tag_last(tags, i));
+    uint64_t seq = seq_now(h);
+    if (top > seq) {
+        for (uint32_t i = 0; i < 2 * h->g.tag_slots; i++) ahead += repair_ahead(h, &tags[i]);
+        PROBLEM("I2 a tag was invalidated at %llu, after the global sequence %llu (%u copies lowered to it)",
+                top, seq, ahead);
+    }
+    if (valid_from_now(h) > seq) {
+        PROBLEM("I2 valid_from %llu is ahead of the global sequence %llu (lowered to it)",
+                (unsigned long long)valid_from_now(h), seq);
+        repair_ahead(h, &x->valid_from);
+        repair_ahead(h, &x->valid_from_b);
+    }
+    shard_t *snap = PyMem_Malloc((size_t)h->g.stride);
+    if (!snap) { Py_DECREF(out); return PyErr_NoMemory(); }
+    for (uint32_t si = 0; !err && si < h->g.shards; si++) {
         if (shard_lock(h, si) != FS_OK) { PROBLEM("I10 shard %u lock is not recoverable", si); continue; }
-        err = check_shard_locked(h, si, out);
+        memcpy(snap, shard(h, si), (size_t)h->g.stride);
         shard_unlock(h, si);
         report_wipe(h);
+        Py_ssize_t before = PyList_GET_SIZE(out);
+        err = check_shard(h, snap, si, out);
+        if (!err && PyList_GET_SIZE(out) > before && shard_lock(h, si) == FS_OK) {
+            wipe_corrupt_locked(h, si, "check() found it inconsistent");
+            shard_unlock(h, si);
+            report_wipe(h);
+            PROBLEM("I0 shard %u was wiped (an empty shard is always correct)", si);
+        }
     }
-    for (uint32_t i = 0; !err && i < x->flight_slots; i++) { /* I8 */
+    PyMem_Free(snap);
+    for (uint32_t i = 0; !err && i < h->g.flight_slots; i++) { /* I8 */
         fslot_t *f = flight(h, i);
-        uint64_t ctl = LD(&f->ctl), lease = LD(&f->lease);
-        uint32_t st = (uint32_t)(ctl & 0xFF);
-        if (st > F_CLAIMING) PROBLEM("I8 flight %u in state %u", i, st);
-        if ((st == F_RUNNING || st == F_CLAIMING) && !lease && LD(&f->ctl) == ctl)
-            PROBLEM("I8 flight %u runs without a lease", i);
+        uint64_t ctl = LD(&f->ctl), owner = LD(&f->owner), dl = LD(&f->deadline);
+        uint32_t st = CTL_ST(ctl);
+        if (st > F_CLAIMING) { /* no such state: free the slot (its followers see GONE) */
+            PROBLEM("I8 flight %u in state %u (freed)", i, st);
+            CAS(&f->ctl, ctl, CTL(CTL_GEN(ctl) + 1, 0, F_EMPTY));
+        }
+        if (st == F_RUNNING && LD(&f->ctl) == ctl &&
+            ((long)(owner >> 32) != CTL_PID(ctl) || (dl & 0xFFFFFF) != (CTL_GEN(ctl) & 0xFFFFFF)))
+            PROBLEM("I8 flight %u runs without its owner's words", i);
         if (LD(&f->err_len) > ERR_MAX) PROBLEM("I8 flight %u error length %u", i, LD(&f->err_len));
     }
-    for (uint32_t i = 0; !err && i < x->stats_slots; i++) { /* I9 */
+    for (uint32_t i = 0; !err && i < h->g.stats_slots; i++) { /* I9 */
         sslot_t *s = sslot(h, i);
         uint64_t w = LD(&s->owner);
-        if (w && !(w >> 32)) PROBLEM("I9 stats slot %u owned by pid 0", i);
-        for (int j = 0; j < N_VALUES; j++)
-            if (LD(&s->base[j]) > LD(&s->v[j])) { PROBLEM("I9 stats slot %u value %d below its base", i, j); break; }
+        if (w && !(w >> 32)) {
+            PROBLEM("I9 stats slot %u owned by pid 0 (freed)", i);
+            CAS(&s->owner, w, 0);
+        }
+        for (int j = 0; j < N_VALUES; j++) {
+            uint64_t b = LD(&s->base[j]), v = LD(&s->v[j]);
+            if (b > v) { /* the owner's share of it restarts at 0; totals stay monotonic */
+                PROBLEM("I9 stats slot %u value %d below its base (base reset)", i, j);
+                CAS(&s->base[j], b, v);
+            }
+        }
     }
     if (err) { Py_DECREF(out); return NULL; }
     return out;
 }
 
 /*************************************************************************
- * Segment: create, attach, close                                        *
+ * Segment: plan, create, attach (validates the geometry once), close    *
  *************************************************************************/
 
 typedef struct { uint64_t off_tags, off_flights, off_stats, off_shards, stride; uint32_t pages, buckets; } plan_t;
 
 static uint64_t align(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
-static uint64_t shard_bytes(uint32_t pages, uint32_t nb) {
-    return 4096 + align((uint64_t)nb * 4 + (uint64_t)pages * sizeof(pdesc_t), 4096) + (uint64_t)pages * PAGE;
+static uint64_t pages_off(uint32_t pages, uint32_t nb) {
+    return 4096 + align((uint64_t)nb * 4 + (uint64_t)pages * sizeof(pdesc_t), 4096);
 }
+static uint64_t shard_bytes(uint32_t pages, uint32_t nb) { return pages_off(pages, nb) + (uint64_t)pages * PAGE; }
 
 static int plan_layout(uint64_t size, uint32_t shards, uint32_t tag_slots, uint32_t flight_slots,
                        uint32_t stats_slots, plan_t *pl) {
+    if (!shards || !tag_slots || (tag_slots & (tag_slots - 1)) || !flight_slots || !stats_slots) return FS_BAD_GEOMETRY;
     pl->off_tags = HDR_SIZE;
-    pl->off_flights = align(pl->off_tags + (uint64_t)tag_slots * 8, 4096);
+    pl->off_flights = align(pl->off_tags + (uint64_t)tag_slots * 16, 4096); /* two copies per tag */
     pl->off_stats = align(pl->off_flights + (uint64_t)flight_slots * sizeof(fslot_t), 4096);
     pl->off_shards = align(pl->off_stats + (uint64_t)stats_slots * sizeof(sslot_t), 4096);
     if (size <= pl->off_shards) return FS_TOO_SMALL;
     uint64_t per = (size - pl->off_shards) / shards;
     uint64_t pages = per / PAGE;
+    if (pages >= MAX_PAGES) pages = MAX_PAGES - 1;
     for (; pages > 0; pages--) {
         uint64_t nb = 64;
         while (nb < pages * (PAGE / 512)) nb <<= 1;
         if (shard_bytes((uint32_t)pages, (uint32_t)nb) <= per) { pl->buckets = (uint32_t)nb; break; }
     }
-    if (pages == 0 || pages > UINT32_MAX / 2) return FS_TOO_SMALL;
+    if (pages == 0) return FS_TOO_SMALL;
     pl->pages = (uint32_t)pages;
     pl->stride = shard_bytes(pl->pages, pl->buckets);
     return FS_OK;
+}
+
+static void geo_fill(geo_t *g, uint64_t size, uint64_t max_entry, uint64_t seed, uint32_t shards, uint32_t tags,
+                     uint32_t flights, uint32_t stats, const plan_t *pl) {
+    g->size = size; g->max_entry = max_entry; g->seed = seed;
+    g->shards = shards; g->tag_slots = tags; g->flight_slots = flights; g->stats_slots = stats;
+    g->off_tags = pl->off_tags; g->off_flights = pl->off_flights; g->off_stats = pl->off_stats;
+    g->off_shards = pl->off_shards; g->stride = pl->stride; g->pages = pl->pages; g->buckets = pl->buckets;
+    g->pages_off = pages_off(pl->pages, pl->buckets);
+    g->nrefs = pl->pages * (PAGE / 16);
+}
+
+/* The header's geometry must be exactly what plan_layout gives for its
+ * size and table counts: then every offset derived from it is in bounds. */
+static const char *geo_validate(hdr_t *x, uint64_t size, geo_t *g) {
+    plan_t pl;
+    if (x->header_size != HDR_SIZE) return "header size";
+    if (!x->shards || x->shards > 65536) return "shards (0 or above 65536)";
+    if (!x->tag_slots || (x->tag_slots & (x->tag_slots - 1)) || x->tag_slots > (1u << 28)) return "tag_slots (not a power of two)";
+    if (!x->flight_slots || x->flight_slots > (1u << 24)) return "flight_slots";
+    if (!x->stats_slots || x->stats_slots > 65536) return "stats_slots";
+    if (!x->max_entry || x->max_entry > size || x->max_entry > UINT32_MAX) return "max_entry";
+    if (plan_layout(size, x->shards, x->tag_slots, x->flight_slots, x->stats_slots, &pl) != FS_OK) return "size";
+    if (pl.pages != x->pages || pl.buckets != x->buckets || pl.off_tags != x->off_tags ||
+        pl.off_flights != x->off_flights || pl.off_stats != x->off_stats || pl.off_shards != x->off_shards ||
+        pl.stride != x->shard_stride || pl.off_shards + (uint64_t)x->shards * pl.stride > size)
+        return "offsets, pages or buckets";
+    geo_fill(g, size, x->max_entry, x->seed, x->shards, x->tag_slots, x->flight_slots, x->stats_slots, &pl);
+    return NULL;
 }
 
 static PyTypeObject HandleType;
@@ -1430,7 +1904,10 @@ static Handle *map_handle(int fd, uint64_t size) {
     if (p == MAP_FAILED) { PyErr_SetFromErrno(PyExc_OSError); return NULL; }
     Handle *h = PyObject_New(Handle, &HandleType);
     if (!h) { munmap(p, (size_t)size); return NULL; }
-    h->base = p; h->size = size; h->hdr = p; h->my = NULL; h->me = 0; h->claim_failed = 0; h->last_wiped = -1;
+    h->base = p; h->hdr = p; h->my = NULL; h->me = 0; h->claim_failed = 0; h->last_wiped = -1;
+    h->wipe_reason = NULL; h->why = NULL;
+    memset(&h->g, 0, sizeof h->g);
+    h->g.size = size;
     memset(h->dummy, 0, sizeof h->dummy);
     return h;
 }
@@ -1445,15 +1922,24 @@ static PyObject *M_plan(PyObject *Py_UNUSED(m), PyObject *args) {
                          (unsigned long long)pl.stride, "off_shards", (unsigned long long)pl.off_shards);
 }
 
+/* create(fd, size, max_entry, shards, tags, flights, stats, seed=None): a
+ * random hash seed unless a test passes one. */
 static PyObject *M_create(PyObject *Py_UNUSED(m), PyObject *args) {
     int fd; unsigned long long size, max_entry; unsigned shards, tags, flights, stats;
-    if (!PyArg_ParseTuple(args, "iKKIIII", &fd, &size, &max_entry, &shards, &tags, &flights, &stats)) return NULL;
+    PyObject *seed_o = Py_None;
+    if (!PyArg_ParseTuple(args, "iKKIIII|O", &fd, &size, &max_entry, &shards, &tags, &flights, &stats, &seed_o)) return NULL;
     plan_t pl;
-    if (!shards || !tags || (tags & (tags - 1)) || !flights || !stats)
+    if (!shards || !tags || (tags & (tags - 1)) || !flights || !stats || !max_entry || max_entry > UINT32_MAX)
         return PyErr_Format(PyExc_ValueError, "bad geometry: shards %u, tag_slots %u (power of two), "
-                            "flight_slots %u, stats_slots %u", shards, tags, flights, stats);
-    if (plan_layout(size, shards, tags, flights, stats, &pl) != FS_OK)
-        return fs_raise(FS_TOO_SMALL, "arena of %llu B cannot hold its tables", size);
+                            "flight_slots %u, stats_slots %u, max_entry %llu", shards, tags, flights, stats, max_entry);
+    int st = plan_layout(size, shards, tags, flights, stats, &pl);
+    if (st != FS_OK) return fs_raise(FS_TOO_SMALL, "arena of %llu B cannot hold its tables", size);
+    uint64_t seed;
+    if (seed_o != Py_None) {
+        if (get_u64(seed_o, "seed", &seed) < 0) return NULL;
+    } else if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
+        seed = now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&seed;
+    }
     Handle *h = map_handle(fd, size);
     if (!h) return NULL;
     hdr_t *x = h->hdr;
@@ -1463,17 +1949,14 @@ static PyObject *M_create(PyObject *Py_UNUSED(m), PyObject *args) {
     x->pages = pl.pages; x->buckets = pl.buckets; x->off_tags = pl.off_tags; x->off_flights = pl.off_flights;
     x->off_stats = pl.off_stats; x->off_shards = pl.off_shards; x->shard_stride = pl.stride;
     x->created_ns = now_ns();
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    x->seed = seed;
+    geo_fill(&h->g, size, max_entry, seed, shards, tags, flights, stats, &pl);
     for (uint32_t si = 0; si < shards; si++) {
         shard_t *s = shard(h, si);
         memset(s, 0, sizeof *s);
-        pthread_mutex_init(&s->mu, &a);
+        mutex_init_robust(&s->mu);
         shard_wipe_locked(h, s);
     }
-    pthread_mutexattr_destroy(&a);
     /* fallocate gave zeroed pages: tags, flights and stats start empty */
     __atomic_store_n(&x->magic, FS_MAGIC, __ATOMIC_SEQ_CST); /* last: attachers never see half a header */
     return (PyObject *)h;
@@ -1499,17 +1982,25 @@ static PyObject *M_attach(PyObject *Py_UNUSED(m), PyObject *args) {
                         "(file size %llu B); restart the service so the master recreates it", v, sz,
                         FS_VERSION, size);
     }
+    const char *bad = geo_validate(x, size, &h->g);
+    if (bad) {
+        unsigned sh = x->shards, tg = x->tag_slots, pg = x->pages;
+        Py_DECREF(h);
+        return fs_raise(FS_BAD_GEOMETRY, "arena header geometry is inconsistent (%s: shards %u, tag_slots %u, "
+                        "pages %u); the segment is corrupt: restart the service so the master recreates it",
+                        bad, sh, tg, pg);
+    }
     return (PyObject *)h;
 }
 
 static PyObject *H_close(Handle *h, PyObject *Py_UNUSED(ignored)) {
-    if (h->base) munmap(h->base, (size_t)h->size);
+    if (h->base) munmap(h->base, (size_t)h->g.size);
     h->base = NULL; h->hdr = NULL; h->my = NULL;
     Py_RETURN_NONE;
 }
 
 static void H_dealloc(Handle *h) {
-    if (h->base) munmap(h->base, (size_t)h->size);
+    if (h->base) munmap(h->base, (size_t)h->g.size);
     PyObject_Free(h);
 }
 
@@ -1533,14 +2024,17 @@ static PyObject *M_set_hooks(PyObject *Py_UNUSED(m), PyObject *args) {
 }
 
 static PyObject *M_debug_pause_in(PyObject *Py_UNUSED(m), PyObject *args) {
-    if (!PyArg_ParseTuple(args, "ii", &dbg_point, &dbg_fd)) return NULL;
+    dbg_resume = -1;
+    if (!PyArg_ParseTuple(args, "ii|i", &dbg_point, &dbg_fd, &dbg_resume)) return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *M_proc_start(PyObject *Py_UNUSED(m), PyObject *arg) {
     long pid = PyLong_AsLong(arg);
     if (pid == -1 && PyErr_Occurred()) return NULL;
-    return PyLong_FromUnsignedLongLong(proc_start(pid, NULL));
+    uint64_t st;
+    proc_stat(pid, &st);
+    return PyLong_FromUnsignedLongLong(st);
 }
 
 /* Bound methods are only valid while mapped: every method checks once. */
@@ -1593,7 +2087,13 @@ static PyMethodDef M_methods[] = {
 static struct PyModuleDef M_def = {PyModuleDef_HEAD_INIT, "fraiseshm._native", NULL, -1, M_methods,
                                    NULL, NULL, NULL, NULL};
 
+#define ADD_INT(name, v) (PyModule_AddIntConstant(m, name, v) < 0)
+
 PyMODINIT_FUNC PyInit__native(void) {
+    pthread_mutex_t probe;
+    mutex_init_robust(&probe); /* the type word every shard mutex must carry */
+    mu_kind = probe.__data.__kind;
+    pthread_mutex_destroy(&probe);
     if (PyType_Ready(&HandleType) < 0) return NULL;
     PyObject *m = PyModule_Create(&M_def);
     if (!m) return NULL;
@@ -1602,17 +2102,14 @@ PyMODINIT_FUNC PyInit__native(void) {
     for (int c = 0; sizes && c < NCLASS; c++) PyTuple_SET_ITEM(sizes, c, PyLong_FromUnsignedLong(CLASS_SIZE[c]));
     for (int b = 0; bounds && b < N_BUCKETS - 1; b++) PyTuple_SET_ITEM(bounds, b, PyLong_FromUnsignedLongLong(HIST_BOUND_NS[b]));
     if (PyModule_AddObject(m, "CLASS_SIZES", sizes) < 0 || PyModule_AddObject(m, "HIST_BOUNDS_NS", bounds) < 0 ||
-        PyModule_AddIntConstant(m, "VERSION", FS_VERSION) < 0 || PyModule_AddIntConstant(m, "PAGE", PAGE) < 0 ||
-        PyModule_AddIntConstant(m, "BLK_HDR", BLK_HDR) < 0 || PyModule_AddIntConstant(m, "CHUNK_HDR", CHUNK_HDR) < 0 ||
-        PyModule_AddIntConstant(m, "HDR_SIZE", HDR_SIZE) < 0 || PyModule_AddIntConstant(m, "N_COUNTERS", N_COUNTERS) < 0 ||
-        PyModule_AddIntConstant(m, "N_VALUES", N_VALUES) < 0 || PyModule_AddIntConstant(m, "V_HIST", V_HIST) < 0 ||
-        PyModule_AddIntConstant(m, "V_HIST_SUM", V_HIST_SUM) < 0 || PyModule_AddIntConstant(m, "N_BUCKETS", N_BUCKETS) < 0 ||
-        PyModule_AddIntConstant(m, "ERR_MAX", ERR_MAX) < 0 || PyModule_AddIntConstant(m, "MAX_KEY", MAX_KEY) < 0 ||
-        PyModule_AddIntConstant(m, "FS_TOO_LARGE", FS_TOO_LARGE) < 0 || PyModule_AddIntConstant(m, "FS_FULL", FS_FULL) < 0 ||
-        PyModule_AddIntConstant(m, "FS_LOCK_BROKEN", FS_LOCK_BROKEN) < 0 ||
-        PyModule_AddIntConstant(m, "FS_BAD_MAGIC", FS_BAD_MAGIC) < 0 ||
-        PyModule_AddIntConstant(m, "FS_BAD_VERSION", FS_BAD_VERSION) < 0 ||
-        PyModule_AddIntConstant(m, "FS_TOO_SMALL", FS_TOO_SMALL) < 0) {
+        ADD_INT("VERSION", FS_VERSION) || ADD_INT("PAGE", PAGE) || ADD_INT("BLK_HDR", BLK_HDR) ||
+        ADD_INT("CHUNK_HDR", CHUNK_HDR) || ADD_INT("HDR_SIZE", HDR_SIZE) || ADD_INT("N_COUNTERS", N_COUNTERS) ||
+        ADD_INT("N_VALUES", N_VALUES) || ADD_INT("V_HIST", V_HIST) || ADD_INT("V_HIST_SUM", V_HIST_SUM) ||
+        ADD_INT("N_BUCKETS", N_BUCKETS) || ADD_INT("ERR_MAX", ERR_MAX) || ADD_INT("MAX_KEY", MAX_KEY) ||
+        ADD_INT("CHAIN_MAX", CHAIN_MAX) || ADD_INT("FS_TOO_LARGE", FS_TOO_LARGE) || ADD_INT("FS_FULL", FS_FULL) ||
+        ADD_INT("FS_LOCK_BROKEN", FS_LOCK_BROKEN) || ADD_INT("FS_BAD_MAGIC", FS_BAD_MAGIC) ||
+        ADD_INT("FS_BAD_VERSION", FS_BAD_VERSION) || ADD_INT("FS_TOO_SMALL", FS_TOO_SMALL) ||
+        ADD_INT("FS_BAD_GEOMETRY", FS_BAD_GEOMETRY)) {
         Py_DECREF(m);
         return NULL;
     }

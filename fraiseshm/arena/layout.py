@@ -5,13 +5,19 @@ gunicorn master and every worker. The C extension (``native/_native.c``) is
 the only code that reads or writes it; this docstring is its specification
 and ``Arena.check()`` tests each numbered invariant on a live arena.
 
-Byte diagram (all integers little-endian, offsets in bytes)
------------------------------------------------------------
+Trust: no byte of the segment is trusted (another process's bug, a stray
+write, a co-tenant of /dev/shm). The geometry is validated once at attach and
+kept in process memory; every ref, length, class and link is bounds-checked
+before use; every walk is bounded; an inconsistency found under a shard lock
+wipes that shard (counted, logged) instead of being acted on (I12, I13).
+
+Byte diagram (all integers little-endian, offsets in bytes), layout version 2
+-----------------------------------------------------------------------------
 ::
 
     +0        header, 4096 B
               +0   u64 magic "FISESHM1"        written LAST by create
-              +8   u32 layout version (1)      attach refuses another one
+              +8   u32 layout version (2)      attach refuses another one
               +12  u32 header size (4096)
               +16  u64 segment size            attach refuses a mismatch
               +24  u64 max_entry               largest value accepted, bytes
@@ -20,24 +26,34 @@ Byte diagram (all integers little-endian, offsets in bytes)
               +52  u32 index buckets per shard (power of two)
               +56  u64 off_tags  +64 off_flights  +72 off_stats
               +80  u64 off_shards  +88 u64 shard_stride  +96 u64 created_ns
-              +128 u64 global_seq       atomic ++ per invalidate / flush
-              +136 u64 valid_from       atomic max, set by flush
+              +104 u64 hash seed        random at create; every key, tag and
+                                        flight hash is xxh64(bytes, seed ^ purpose)
+              +128 u64 global_seq  (copy A)  atomic ++ per invalidate / flush
+              +136 u64 valid_from  (copy A)  atomic max, set by flush
               +144 u64 lock_wipes       shards wiped after EOWNERDEAD
               +152 u32 nonce counter    registration nonces
               +160 u64 checksum_failures
-    off_tags  tag table: u64[tag_slots] "last invalidated at seq",
-              slot = xxh64(tag utf-8, seed "tags") & (tag_slots - 1)
+              +168 u64 corruption_wipes shards wiped after an inconsistency
+              +176 u64 global_seq  (copy B)  readers take max(A, B)
+              +184 u64 valid_from  (copy B)
+    off_tags  tag table: tag_slots x 16 B = two u64 copies of "last invalidated
+              at seq"; readers take the larger, writers raise both (atomic max)
+              slot = xxh64(tag utf-8, seed ^ "tags") & (tag_slots - 1)
     off_flights  flight table: flight_slots x 256 B
-              +0  u64 ctl       generation << 32 | state
-                                (0 EMPTY, 1 RUNNING, 2 DONE_OK, 3 DONE_ERROR, 4 CLAIMING)
-              +8  u64 key hash  (xxh64, seed "flight")
-              +16 u64 lease     owner pid << 32 | owner registration nonce; 0 = none
-              +24 u64 deadline  (CLOCK_MONOTONIC ns >> 20) << 24 | low 24 bits of lease
+              +0  u64 ctl       generation << 32 | owner pid (24 bits) << 8 | state
+                                (0 EMPTY, 1 RUNNING, 2 DONE_OK, 3 DONE_ERROR,
+                                 4 CLAIMING = the owner is writing the slot)
+              +8  u64 key hash  (xxh64, seed ^ "flight")
+              +16 u64 owner     pid << 32 | registration nonce of the leader
+              +24 u64 deadline  (CLOCK_MONOTONIC ns >> 20, clamped to 40 bits) << 24
+                                | low 24 bits of the generation it belongs to
               +32 u32 waiters   +36 u32 error length   +40 216 B error (UTF-8)
     off_stats stats slots: stats_slots x 1088 B
               +0  u64 owner     pid << 32 | nonce; 0 = free
               +8  u64 start     owner's start time (/proc/pid/stat field 22)
-              +16 u64 claimed_ns, 40 B pad
+              +16 u64 claimed_ns
+              +24 u64 start_owner  the owner word "start" was written for (after it)
+              +32 32 B pad
               +64 u64 v[64]     counters 0..31 (Counter), histogram 32..48, sum ns 49
               +576 u64 base[64] v at claim time: the current owner's share is v - base
     off_shards  shards x shard_stride, each:
@@ -54,6 +70,7 @@ Blocks (class sizes 64 B .. 64 KiB, see CLASS_SIZES) start with a 72 B header::
 
     +0 u8 state (0 FREE, 1 LIVE head, 2 CHUNK, 3 WRITING)  +1 u8 ref (CLOCK bit)
     +2 u16 ndeps  +4 u32 next  +8 u32 aux  +12 u32 key_len  +16 u32 value_len
+    +20 u32 gen (++ at every allocation of the block)
     +24 u64 key hash  +32 u64 fill_seq  +40 u64 expiry ns  +48 u64 created ns
     +56 u64 value hash (the ETag)  +64 u64 header check
     +72 u32 dep tag slots[ndeps], key bytes, value bytes
@@ -62,7 +79,12 @@ Blocks (class sizes 64 B .. 64 KiB, see CLASS_SIZES) start with a 72 B header::
 (doubly linked through ``aux``), and the CHUNKs of one entry. A block ref is
 (offset in the shard's pages / 16) + 1. An entry larger than 64 KiB is a head
 in the 64 KiB class whose ``aux`` starts a chain of 64 KiB CHUNK blocks
-(16 B header: state, next, head ref).
+(16 B header: state, next, aux = head ref, key_len = the head's gen).
+
+The header check is xxh64 of (key hash, fill_seq, expiry, created, value
+hash, lengths, ndeps, deps, key), mixed with the block's own ref, its gen and
+its first chunk ref: an entry copied, re-pointed, re-linked or freed and
+pointed to again does not verify.
 
 Validity: an entry is served by ``get`` only if its header check and value
 hash verify, every dep slot's ``last <= fill_seq``, ``fill_seq >=
@@ -71,56 +93,87 @@ valid_from`` and ``now < expiry``. ``get_stale`` drops only the last test.
 Invariants (``check()`` reports each broken one as "I<n> ...")
 --------------------------------------------------------------
 I1. The header's magic and version never change after create.
-I2. ``tag.last <= global_seq`` for every tag, and ``valid_from <=
-    global_seq`` (invalidate raises the sequence *before* any tag).
+I2. ``tag.last <= global_seq`` for every tag copy, and ``valid_from <=
+    global_seq`` (invalidate raises the sequence *before* any tag). A copy
+    found ahead is a bad byte: put (on its stale path) and check() lower it
+    to the sequence, then raise it to the sequence read after (never below
+    an invalidation that raced).
 I3. In every shard each page is on exactly one list: the free page list
     (class 255) or the page list of its class; list lengths equal the counts.
 I4. Every block of a class page is FREE, LIVE or CHUNK (never WRITING while
     the shard lock is free); a class's free list is exactly its FREE blocks,
     with consistent back links.
 I5. Every LIVE head is reachable from exactly the bucket of its key hash in
-    the shard of its key hash, and every index chain holds LIVE heads only.
-I6. Every LIVE entry's header check and value hash verify, its dep slots are
-    in range, and its CHUNK chain has the right length with back refs.
+    the shard of its key hash; every index chain holds LIVE heads only and
+    at most CHAIN_MAX (32) of them: put evicts the oldest of a full chain,
+    so a longer chain (or a cycle) is corruption.
+I6. Every LIVE entry's lengths fit its block and the arena's limits, its
+    header check and value hash verify, its dep slots are in range, and its
+    CHUNK chain has exactly the chunks its length needs, each naming its head
+    (ref and gen).
 I7. The shard's entries, used bytes and per-class live counts equal a recount.
-I8. Flight states are valid; a RUNNING or CLAIMING flight has a lease.
+I8. Flight states are valid; a RUNNING flight's owner word and deadline were
+    written for its pid and generation.
 I9. A stats slot's owner has a pid; ``base <= v`` for every value.
 I10. Every shard lock can be taken (not ENOTRECOVERABLE).
+I11. The header's geometry equals what ``plan`` gives for its size and table
+    counts; attach refuses the segment otherwise (``ArenaCorrupt``), and the
+    process never re-reads it: sizes, counts and offsets come from the copy
+    validated at attach.
+I12. Anything read from a shard (a ref, a class, a length, a link, a lock
+    word) is checked before it is used; a failed check under the lock wipes
+    the shard: ``corruption_wipes`` +1 (header and per process), the reason
+    goes to the Python log, and the call answers a miss.
+I13. A flight is (slot, generation): claim and takeover bump the generation;
+    end, takeover and release are each ONE compare-and-swap of ``ctl`` from
+    the exact value they judged, so none of them can act on a newer flight.
 
 Lock order
 ----------
 One kind of lock: the shard mutex. A thread holds at most ONE at a time, so
 there is no order to get wrong. check() and stats() take them one after the
-other. Tags, sequences, flights and stats slots are lock-free (atomic loads,
-stores, compare-and-swap, atomic max). A C function whose name ends in
-``_locked`` expects its caller to hold the shard lock (nginx's convention).
-The GIL is held throughout a C call, so only one thread per process can be
-inside the arena and no Python code (signal handlers included) runs while a
-shard lock is held.
+other; check() holds each only for one memcpy of the shard (a snapshot) and
+checks the snapshot unlocked. Tags, sequences, flights and stats slots are
+lock-free (atomic loads, stores, compare-and-swap, atomic max). A C function
+whose name ends in ``_locked`` expects its caller to hold the shard lock
+(nginx's convention). The GIL is held throughout a C call, so only one thread
+per process can be inside the arena and no Python code (signal handlers
+included) runs while a shard lock is held. A contended lock is waited for in
+1 s slices; between them its owner is judged: a lock word naming no live
+thread (or ourselves), or a live thread of no registered process for 3 s, or
+a mutex type word that changed, is a corrupt lock: the mutex is re-created
+and the shard wiped.
 
 Crash recovery (a process SIGKILLed at any instruction)
 -------------------------------------------------------
-- Shard lock held (get, put, eviction, page steal, check): the mutex is
-  robust; the next locker gets EOWNERDEAD, *wipes* the shard (all pages free,
-  index empty: an empty cache is always correct), marks the mutex consistent,
-  counts ``lock_wipes`` and logs an error. No repair is attempted.
+- Shard lock held (get, put, eviction, page steal, check's memcpy): the mutex
+  is robust; the next locker gets EOWNERDEAD, *wipes* the shard (all pages
+  free, index empty: an empty cache is always correct), marks the mutex
+  consistent, counts ``lock_wipes`` and logs an error. No repair is attempted.
 - Half-written entry: its blocks are WRITING and not yet in the index
   (published last, after the block is complete), and the shard is wiped
   anyway. Readers copy out under the lock and verify the value hash on the
   copy, so a torn entry is never returned even if memory were corrupted.
-- Tag bump: the sequence is raised first, then each tag by an atomic max.
-  A death midway leaves some tags bumped: those entries miss, the others
-  stay valid exactly as if the invalidation had not happened. The dying
-  request never answered, and PostgreSQL's change notifications invalidate
-  the same tags again.
-- Flight: ownership is the lease word. A dead leader's lease fails the
-  liveness test (pid + registration nonce looked up in the stats slots,
-  then /proc/pid start time: pid reuse cannot fool it, a zombie counts as
-  dead), so followers see ABANDONED and one takes over by CAS on the lease;
-  the master's ``reap(pid)`` also releases them (generation bump: GONE).
-- Stats slot: only the owner writes its values and they never decrease; a
-  dead owner's slot is handed over with ``base = v`` and never zeroed, so
-  summed totals are monotonic without any fold to get wrong.
+- Tag bump: the sequence is raised first, then each tag (both copies) by an
+  atomic max. A death midway leaves some tags bumped: those entries miss,
+  the others stay valid exactly as if the invalidation had not happened. The
+  dying request never answered, and PostgreSQL's change notifications
+  invalidate the same tags again.
+- Flight: ownership is the ``ctl`` word. A leader that dies in CLAIMING is
+  judged by the pid in ``ctl`` (its words are not written yet); otherwise by
+  its owner word: pid + registration nonce looked up in the stats slots,
+  then /proc/pid start time (pid reuse cannot fool it; a zombie is dead).
+  Liveness is conservative: only "no such process" is dead; EMFILE or any
+  other failure to read /proc counts as alive (a live leader is never taken
+  over; a dead one at worst waits for its deadline). Followers see
+  ABANDONED and one takes over by CAS (new generation: GONE for the rest,
+  who re-join it); the master's ``reap(pid)`` also releases them, by a CAS
+  on the exact ``ctl`` it judged, so a flight taken over meanwhile survives.
+- Stats slot: claimed by CAS on the owner word; the claimer then writes its
+  start time and ``start_owner``: until then nobody judges the slot by the
+  previous owner's start time. Only the owner writes its values and they
+  never decrease; a dead owner's slot is handed over with ``base = v`` and
+  never zeroed, so summed totals are monotonic without any fold to get wrong.
 """
 
 from __future__ import annotations
@@ -164,6 +217,7 @@ class Counter(enum.IntEnum):
     FLUSHES = 21  # counted by flush() in C
     BYTES_READ = 22  # counted by get() in C
     BYTES_WRITTEN = 23  # counted by put() in C
+    CORRUPTION_WIPES = 24  # shards wiped after an inconsistency was found, counted in C
 
 
 assert len(Counter) == _native.N_COUNTERS

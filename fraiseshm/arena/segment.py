@@ -42,11 +42,11 @@ SHM_DIR = "/dev/shm"
 _MIN_PAGES = 8  # per shard, so size classes have room to share pages
 
 
-def _on_wipe(shard: int) -> None:
+def _on_wipe(shard: int, reason: str) -> None:
     log.error(
-        "arena shard %d WIPED: a process died while holding its lock (EOWNERDEAD); "
-        "its entries are gone (an empty shard is always correct), lock recovered",
+        "arena shard %d WIPED: %s; its entries are gone (an empty shard is always correct)",
         shard,
+        reason,
     )
 
 
@@ -58,6 +58,7 @@ _native.set_hooks(
         _native.FS_BAD_MAGIC: ArenaLayoutMismatch,
         _native.FS_BAD_VERSION: ArenaLayoutMismatch,
         _native.FS_TOO_SMALL: ConfigError,
+        _native.FS_BAD_GEOMETRY: ArenaCorrupt,
     },
     _on_wipe,
 )
@@ -148,8 +149,12 @@ class Arena:
         flight_slots: int = 1024,
         stats_slots: int = 256,
         clock: Callable[[], int] | None = None,
+        hash_seed: int | None = None,
     ) -> Arena:
-        """Create (or replace a stale) arena of exactly ``size`` bytes; the master calls this."""
+        """Create (or replace a stale) arena of exactly ``size`` bytes; the master calls this.
+
+        ``hash_seed`` is for tests only: by default the arena draws a random seed,
+        so clients cannot precompute keys that collide in one bucket."""
         path = _path(name)
         for what, v, lo in (("size", size, 1 << 20), ("max_entry", max_entry, 1), ("shards", shards, 1),
                             ("tag_slots", tag_slots, 1), ("flight_slots", flight_slots, 1),
@@ -174,7 +179,7 @@ class Arena:
                     f"of {st.f_blocks * st.f_frsize} B; lower FRAISESHM_ARENA_SIZE or enlarge {SHM_DIR} "
                     f"(mount -o remount,size=...)",
                 ) from e
-            handle = _native.create(fd, size, max_entry, shards, tag_slots, flight_slots, stats_slots)
+            handle = _native.create(fd, size, max_entry, shards, tag_slots, flight_slots, stats_slots, hash_seed)
         except BaseException:
             os.close(fd)
             Arena.unlink(name)
@@ -340,6 +345,7 @@ class Arena:
             "oldest_entry_age_seconds": max(0, now - oldest) / 1e9 if entries else 0.0,
             "lock_wipes": info["lock_wipes"],
             "checksum_failures": info["checksum_failures"],
+            "corruption_wipes": info["corruption_wipes"],
             "processes": procs,
             "archived": dict(zip(names, archived[:nc], strict=True)),
             "totals": dict(zip(names, totals[:nc], strict=True)),
@@ -347,7 +353,9 @@ class Arena:
         }
 
     def check(self) -> list[str]:
-        """fsck of every invariant in layout.py; [] means clean. Safe on a live arena."""
+        """fsck of every invariant in layout.py; [] means clean. Safe on a live arena: each
+        shard is checked on a snapshot copied under its lock (one memcpy), and a shard
+        found inconsistent is wiped (reported as "I0 shard N was wiped")."""
         problems: list[str] = []
         if not self.linked:
             problems.append(f"I0 segment {self.name} is unlinked from {SHM_DIR} (st_nlink == 0)")
@@ -367,12 +375,15 @@ class Arena:
         state, msg = self._h.flight_poll(slot, key, generation, self._now())
         return FlightState(state), msg
 
-    def flight_takeover(self, slot: int, key: bytes, generation: int, lease_seconds: float) -> bool:
-        """Become the leader of an ABANDONED flight (CAS on its lease word)."""
+    def flight_takeover(self, slot: int, key: bytes, generation: int, lease_seconds: float) -> int | None:
+        """Become the leader of an ABANDONED flight: the flight's NEW generation (a CAS
+        that bumps it, so the old leader's late flight_end fails), or None if another
+        process took it over first or its leader turned out alive."""
         return self._h.flight_takeover(slot, key, generation, lease_seconds, self._now())
 
     def flight_end(self, slot: int, generation: int, ok: bool, error: str = "") -> bool:
-        """Leader only: publish DONE_OK / DONE_ERROR(error) and release the lease."""
+        """Leader only: publish DONE_OK / DONE_ERROR(error). False if (slot, generation)
+        is no longer this process's flight (taken over, released or reused)."""
         return self._h.flight_end(slot, generation, ok, error)
 
     def flight_join(self, slot: int, generation: int) -> bool:

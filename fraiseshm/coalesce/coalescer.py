@@ -10,8 +10,10 @@ Two levels:
    result in the arena, publishes DONE_OK or DONE_ERROR and rings the doorbell.
    Followers wait on the doorbell in a thread, with a deadline, in short
    slices, and re-read the flight table each time: a lost ring costs one slice.
-   A follower that finds the leader dead (its pid gone or reused: the lease
-   carries a registration nonce) or its lease expired takes over with a CAS.
+   A follower that finds the leader dead (its pid gone or reused: the owner
+   word carries a registration nonce) or its lease expired takes over with a
+   CAS that bumps the flight's generation: every flight is (slot, generation),
+   so the old leader's late flight_end fails instead of ending the new one.
 
 Freshness (DESIGN.md requirement 1): a cross-process follower never takes the
 leader's bytes directly: it reads the arena, which checks the entry's
@@ -179,10 +181,12 @@ class Coalescer(Generic[R]):
                 if state == FlightState.GONE:
                     return "again"
                 if state == FlightState.ABANDONED:
-                    if arena.flight_takeover(slot, key, generation, self.lease):
+                    taken = arena.flight_takeover(slot, key, generation, self.lease)
+                    if taken is not None:
                         log.warning("took over an abandoned flight (slot %d): its leader died or overran its lease", slot)
-                        return await self._lead(slot, generation, execute)
-                    continue  # another follower took it over: keep following
+                        # the takeover is a new generation: the old leader's late end cannot touch it
+                        return await self._lead(slot, taken, execute)
+                    return "again"  # another process took it over (a new generation): follow that one
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     arena.incr(Counter.COALESCE_TIMEOUTS)

@@ -58,6 +58,7 @@ _HELP = {
     Counter.FLUSHES: "arena flushes",
     Counter.BYTES_READ: "bytes served from the arena",
     Counter.BYTES_WRITTEN: "bytes stored in the arena",
+    Counter.CORRUPTION_WIPES: "arena shards wiped after an inconsistency was found in shared memory",
 }
 assert set(_HELP) == set(Counter)
 

@@ -350,17 +350,33 @@ def test_size_classes_share_pages_as_the_mix_changes(name: str) -> None:
         assert len(CLASS_SIZES) == 20
 
 
-def test_corruption_is_detected_and_never_served(arena: Arena) -> None:
-    marker = os.urandom(64)
-    put(arena, b"k", marker * 20)
+def _flip_in_value(arena: Arena, marker: bytes) -> None:
     with open("/dev/shm" + arena.name, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
         at = m.find(marker)
         m[at + 3] ^= 0xFF
-    assert arena.check() != []
+
+
+def test_corruption_is_detected_and_never_served(arena: Arena, caplog: pytest.LogCaptureFixture) -> None:
+    marker = os.urandom(64)
+    put(arena, b"k", marker * 20)
+    _flip_in_value(arena, marker)
     assert arena.get(b"k") is None  # the value hash on the copy catches it
     st = arena.stats()
     assert st["checksum_failures"] == 1 and st["totals"]["checksum_failures"] == 1
-    assert arena.check() == []  # the bad entry was dropped
+    assert st["corruption_wipes"] == 1 and st["totals"]["corruption_wipes"] == 1
+    assert "WIPED: an entry's value hash failed" in caplog.text
+    assert arena.check() == []  # the shard was wiped, not repaired
+
+
+def test_check_reports_and_wipes_a_corrupt_shard(arena: Arena) -> None:
+    marker = os.urandom(64)
+    put(arena, b"k", marker * 20)
+    _flip_in_value(arena, marker)
+    problems = arena.check()
+    assert any("I6" in p and "value checksum" in p for p in problems)
+    assert any("I0" in p and "wiped" in p for p in problems)
+    assert arena.check() == [] and arena.get(b"k") is None
+    assert arena.stats()["corruption_wipes"] == 1
 
 
 # --- stats ---------------------------------------------------------------------------
@@ -466,10 +482,10 @@ def test_flight_lead_follow_done(arena: Arena) -> None:
     assert arena.flight_poll(slot, b"q", gen) == (FlightState.RUNNING, "")
     assert arena.flight_end(slot, gen, True)
     assert arena.flight_poll(slot, b"q", gen) == (FlightState.DONE_OK, "")
-    role2, slot2, gen2 = arena.flight_begin(b"q", 10.0)  # a later miss leads a new flight
-    assert role2 is FlightRole.LEAD and (slot2, gen2) == (slot, gen + 1)
-    assert arena.flight_poll(slot, b"q", gen) == (FlightState.GONE, "")
-    assert arena.flight_poll(slot, b"other", gen2) == (FlightState.GONE, "")
+    role2, slot2, gen2 = arena.flight_begin(b"q", 10.0)  # a later miss leads a new flight,
+    assert role2 is FlightRole.LEAD and slot2 != slot  # in an EMPTY slot: late followers still see DONE_OK
+    assert arena.flight_poll(slot, b"q", gen) == (FlightState.DONE_OK, "")
+    assert arena.flight_poll(slot2, b"other", gen2) == (FlightState.GONE, "")
     t = arena.stats()["totals"]
     assert (t["coalesce_led"], t["coalesce_followed"]) == (2, 1)
 
@@ -485,12 +501,16 @@ def test_flight_error_message_reaches_followers(arena: Arena) -> None:
 
 def test_expired_lease_is_abandoned_then_taken_over(arena: Arena, clock: Clock) -> None:
     _, slot, gen = arena.flight_begin(b"q", 2.0)
-    assert arena.flight_takeover(slot, b"q", gen, 2.0) is False  # alive and in time
+    assert arena.flight_takeover(slot, b"q", gen, 2.0) is None  # alive and in time
     clock.now += 3 * S
     assert arena.flight_poll(slot, b"q", gen)[0] is FlightState.ABANDONED
-    assert arena.flight_takeover(slot, b"q", gen, 2.0) is True
-    assert arena.flight_poll(slot, b"q", gen)[0] is FlightState.RUNNING
-    assert arena.flight_end(slot, gen, True)
+    new = arena.flight_takeover(slot, b"q", gen, 2.0)
+    assert new == gen + 1  # a takeover is a new flight of the same slot
+    assert arena.flight_poll(slot, b"q", gen)[0] is FlightState.GONE
+    assert arena.flight_poll(slot, b"q", new)[0] is FlightState.RUNNING
+    assert arena.flight_end(slot, gen, True) is False  # the late leader cannot end the new flight
+    assert arena.flight_poll(slot, b"q", new)[0] is FlightState.RUNNING
+    assert arena.flight_end(slot, new, True)
     assert arena.stats()["totals"]["coalesce_takeovers"] == 1
 
 
@@ -509,8 +529,8 @@ def test_dead_leader_is_detected_without_waiting_for_the_lease(arena: Arena, nam
     assert role == FlightRole.LEAD
     assert arena.flight_poll(slot, b"q", gen)[0] is FlightState.ABANDONED
     role2, slot2, gen2 = arena.flight_begin(b"q", 10.0)  # begin takes over directly
-    assert (role2, slot2, gen2) == (FlightRole.LEAD, slot, gen)
-    assert arena.flight_end(slot, gen, True)
+    assert (role2, slot2, gen2) == (FlightRole.LEAD, slot, gen + 1)
+    assert arena.flight_end(slot, gen2, True)
 
 
 def test_release_flights_of_a_reaped_worker(arena: Arena, name: str) -> None:
