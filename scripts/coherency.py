@@ -32,8 +32,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--readers", type=int, default=6, help="concurrent reading clients")
     parser.add_argument("--writers", type=int, default=4, help="concurrent writers (each owns part of the data)")
-    parser.add_argument("--reads-per-write", type=int, default=10)
-    parser.add_argument("--grace", type=float, default=1.0,
+    parser.add_argument("--reads-per-write", type=int, default=20)
+    parser.add_argument("--grace", type=float, default=0.1,
                         help="seconds a plain-SQL COMMIT may take to reach the cache (notification latency)")
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--expect-stale", action="store_true", help="succeed only if stale reads were found")

@@ -300,39 +300,51 @@ class Checker:
         return ("", key)
 
     def _window_counts(self, shape: str, fact: Window, start: float, end: float) -> list[Failure]:
-        """Keys between the served ones must be absent-able; counts before the page must fit the offset."""
+        """Keys between the served ones must be absent-able; counts before the page must fit the offset.
+
+        A page that fails is checked again with every version older than the
+        read too: if that explains it, the page was stale, otherwise wrong.
+        """
+        problems = self._window_problems(fact, start, end, wide=False)
+        if not problems:
+            return []
+        verdict = "wrong" if self._window_problems(fact, start, end, wide=True) else "stale"
+        return [Failure(shape, problems[0], verdict, fact.kind)]
+
+    def _window_problems(self, fact: Window, start: float, end: float, *, wide: bool) -> list[str]:
+        def images(k: str) -> list[Image]:
+            if wide:
+                return [v.image for v in (self.h.versions.get((fact.kind, k)) or []) if v.sent <= end] or [None]
+            return self._images(fact.kind, k, start, end, False)
+
+        name = self._list_name(fact)
         served = [k for k, _ in fact.served]
         universe = sorted(self.h.keys[fact.kind], key=lambda k: self._order_key(fact.kind, k))
         position = {k: i for i, k in enumerate(universe)}
         if any(k not in position for k in served):
-            return [Failure(shape, f"window served unknown keys {served}", "wrong", fact.kind)]
+            return [f"window {name} served unknown keys {served}"]
         first = position[served[0]] if served else len(universe)
         last = position[served[-1]] if served else len(universe) - 1
         sure_before = possible_before = 0
         for k in universe[:first]:
-            images = self._images(fact.kind, k, start, end, False)
-            present = [im is not None for im in images]
-            if all(present):
-                sure_before += 1
-            if any(present):
-                possible_before += 1
-        failures = []
-        if not sure_before <= fact.offset <= possible_before and served:
-            failures.append(Failure(shape, f"window {self._list_name(fact)}: {sure_before}..{possible_before} rows before "
-                                           f"the first served one, offset {fact.offset}", "wrong", fact.kind))
+            present = [im is not None for im in images(k)]
+            sure_before += all(present)
+            possible_before += any(present)
+        problems = []
+        if served and not sure_before <= fact.offset <= possible_before:
+            problems.append(f"window {name}: {sure_before}..{possible_before} rows before the first served one")
         if not served and sure_before > fact.offset:
-            failures.append(Failure(shape, f"window {self._list_name(fact)} empty but {sure_before} rows exist",
-                                    "wrong", fact.kind))
+            problems.append(f"window {name} empty but {sure_before} rows exist")
         served_set = set(served)
         for k in universe[first : last + 1]:
-            if k not in served_set and not any(im is None for im in self._images(fact.kind, k, start, end, False)):
-                failures.append(Failure(shape, f"window {self._list_name(fact)} skipped {k}", "stale", fact.kind))
+            if k not in served_set and all(im is not None for im in images(k)):
+                problems.append(f"window {name} skipped {fact.kind} {k}")
         if len(served) < fact.limit:
             for k in universe[last + 1 :]:
-                if not any(im is None for im in self._images(fact.kind, k, start, end, False)):
-                    failures.append(Failure(shape, f"window {self._list_name(fact)} short: {k} missing", "stale", fact.kind))
+                if all(im is not None for im in images(k)):
+                    problems.append(f"window {name} short: {fact.kind} {k} missing")
                     break
-        return failures
+        return problems
 
     def _total(self, shape: str, fact: Total, start: float, end: float) -> Failure | None:
         choices = []
@@ -469,7 +481,15 @@ async def run(
         while len(recorded) < reads:
             shape, query, params = workload.next_read(rng)
             t0 = now()
-            data, cache = await graphql(client, query, params)
+            try:
+                data, cache = await graphql(client, query, params)
+            except (RuntimeError, httpx.HTTPError) as exc:
+                report.errors += 1
+                if len(report.examples) < 12:
+                    report.examples.append(f"{shape} {params}: {exc}")
+                if report.errors > 20:
+                    raise
+                continue
             t1 = now()
             recorded.append(Read(shape, params, t0, t1, data, cache))
             if len(recorded) % reads_per_write == 0:

@@ -83,8 +83,8 @@ def run_variant(
     workers: int = 2,
     readers: int = 6,
     writers: int = 4,
-    reads_per_write: int = 10,
-    grace: float = 1.0,
+    reads_per_write: int = 20,
+    grace: float = 0.1,
     seed: int = 12,
 ) -> Report:
     env = {"FRAISESHM_SCHEMA_SDL": str(example.sdl), "FRAISESHM_LISTEN_CHANGES": "true" if variant.listen else "false"}

@@ -1,0 +1,47 @@
+"""Coherency on each example: concurrent writers (mutations and plain SQL) and readers, every read checked.
+
+Real PostgreSQL (a private cluster per example: the run rewrites its data),
+real gunicorn with two workers. tests/coherency/harness.py explains the
+check. ``make test`` runs FRAISESHM_COHERENCY_READS checked reads per
+variant (default 3,000); scripts/coherency.py runs the full 20,000.
+
+test_harness_bites runs a set-up that is broken on purpose (listener off
+while plain-SQL writers write): the harness must find stale reads there, or
+the zeros above would prove nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from fraiseshm.db.embedded import EmbeddedCluster
+from tests.coherency.stack import EXAMPLES, VARIANTS, cluster_for, run_variant
+
+READS = int(os.environ.get("FRAISESHM_COHERENCY_READS", "3000"))
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def blog_cluster() -> Iterator[EmbeddedCluster]:
+    with cluster_for(EXAMPLES["blog"]) as cluster:
+        yield cluster
+
+
+@pytest.mark.parametrize("variant", ["listener", "mutations"])
+def test_blog_coherent(blog_cluster: EmbeddedCluster, variant: str) -> None:
+    report = run_variant(EXAMPLES["blog"], blog_cluster.dsn, VARIANTS[variant], reads=READS)
+    print(report.line())
+    assert report.reads >= READS
+    assert report.writes["mutation"] > 0 and (report.writes["sql"] > 0) == VARIANTS[variant].sql
+    assert (report.stale, report.wrong, report.errors) == (0, 0, 0), "\n".join([report.line(), *report.examples])
+
+
+def test_blog_harness_bites(blog_cluster: EmbeddedCluster) -> None:
+    report = run_variant(EXAMPLES["blog"], blog_cluster.dsn, VARIANTS["no-listener-sql"], reads=min(READS, 3000))
+    print(report.line())
+    assert report.stale > 0, report.line()
+    assert report.wrong == 0, "\n".join([report.line(), *report.examples])
