@@ -3,12 +3,20 @@
     fraiseshm [--arena NAME] stats [--json]     per-process and arena figures
     fraiseshm [--arena NAME] top [--interval S] live per-process view (rich)
     fraiseshm [--arena NAME] check              fsck of every layout invariant; exit 1 on problems
-    fraiseshm [--arena NAME] invalidate TAG...  e.g. User:42  User:*  query:users
+    fraiseshm [--arena NAME] invalidate TAG...  e.g. r:public.tb_user:42  t:public.tb_post  query:users
     fraiseshm [--arena NAME] flush              invalidate everything
     fraiseshm audit [--dsn DSN] [--limit N]     recent cascade failures from PostgreSQL
+    fraiseshm schema check [--dsn] [--sdl]      the start-up check of the SDL against the database;
+                                                per type, the tables followed precisely / coarsely
+    fraiseshm db install [--server-role ROLE]   install/upgrade the SQL kit (schema fraiseshm)
+    fraiseshm db uninstall                      remove it (the user's tables and rows stay)
+    fraiseshm db track TABLE [--key COLUMN]     attach the change triggers to a table
+    fraiseshm db untrack TABLE                  remove them
+    fraiseshm db status [--json] [--show-key]   kit version, tracked tables and their keys
 
 Exit codes: 0 fine, 1 check found problems, 2 no arena / another layout
 version / bad configuration / audit trail unavailable.
+`schema check` exits 1 when the SDL does not match the database.
 """
 
 from __future__ import annotations
@@ -173,7 +181,7 @@ def cmd_flush(arena: Arena, _args: argparse.Namespace, console: Console) -> int:
 
 # --- audit ------------------------------------------------------------------------------------
 
-AUDIT_TABLE = "fraiseshm_audit"
+AUDIT_TABLE = "fraiseshm.audit"
 _TIME_COLUMNS = ("at", "recorded_at", "created_at", "ts", "time")
 _TABLE_COLUMNS = ("id", "at", "mutation", "transaction_id", "verdict", "tags", "details")
 
@@ -186,8 +194,8 @@ async def _audit_rows(dsn: str, limit: int) -> tuple[list[str], list[dict[str, A
         if await conn.fetchval("SELECT to_regclass($1)", AUDIT_TABLE) is None:
             return None
         cols = [r["column_name"] for r in await conn.fetch(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = $1 "
-            "AND table_schema = ANY (current_schemas(false)) ORDER BY ordinal_position", AUDIT_TABLE)]
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY attnum", AUDIT_TABLE)]
         # The audit trail's columns belong to its owner (issue 7): read what is there.
         where = ""
         if "failure" in cols:  # fraiseshm/db/sql/audit.sql: failure boolean, indexed
@@ -216,7 +224,7 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
         raise CliError(f"PostgreSQL at {dsn}: {type(exc).__name__}: {exc}") from None
     if found is None:
         raise CliError(f"no audit trail: table {AUDIT_TABLE} does not exist in {dsn} "
-                       "(the cascade audit (issue 7) creates it; cascade failures are still counted: "
+                       "(`fraiseshm db install` creates it; cascade failures are still counted: "
                        "see fraiseshm_cascade_failures_total)")
     cols, rows = found
     if args.json:
@@ -235,6 +243,105 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+# --- schema check -------------------------------------------------------------------------------
+
+
+def cmd_schema_check(args: argparse.Namespace, console: Console) -> int:
+    """The master's start-up check as a command: exit 1 on a problem, with the same message."""
+    from fraiseshm.errors import SchemaError
+    from fraiseshm.graphql.check import load_and_check
+
+    settings = load_settings()
+    dsn = args.dsn or settings.database_dsn
+    sdl = args.sdl or settings.schema_sdl
+    if dsn == "embedded":
+        raise CliError("the database is the embedded cluster: pass --dsn postgresql://... "
+                       "(the server logs 'embedded PostgreSQL ready at ...')")
+    try:
+        _served, result = asyncio.run(load_and_check(sdl, dsn, connect_timeout=settings.db_connect_timeout))
+    except SchemaError as exc:
+        Console(stderr=True).print(f"fraiseshm: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_PROBLEMS
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"{sdl}: ok against {dsn}; dependencies per type:", highlight=False, markup=False)
+    for line in result.report:
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+    return 0
+# --- db: the SQL kit ---------------------------------------------------------------------------
+
+
+async def _db(args: argparse.Namespace, dsn: str, console: Console) -> int:
+    import asyncpg
+
+    from fraiseshm.db import kit
+
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        if args.db_command == "install":
+            version = await kit.install(conn, server_role=args.server_role)
+            granted = f"; granted its part to role {args.server_role}" if args.server_role else ""
+            console.print(f"fraiseshm kit version {version} installed in schema fraiseshm{granted}", highlight=False)
+        elif args.db_command == "uninstall":
+            await kit.uninstall(conn)
+            console.print("fraiseshm kit removed (triggers, schema fraiseshm); your tables are untouched",
+                          highlight=False)
+        elif args.db_command == "track":
+            for table in args.tables:
+                summary, notices = await kit.track(conn, table, args.key)
+                for notice in notices:
+                    console.print(f"NOTICE: {notice}", highlight=False)
+                console.print(f"tracking {summary}", highlight=False)
+        elif args.db_command == "untrack":
+            for table in args.tables:
+                found = await kit.untrack(conn, table)
+                console.print(f"{table}: {'triggers removed' if found else 'was not tracked'}", highlight=False)
+        else:
+            st = await kit.status(conn)
+            key = await kit.notify_key(conn) if args.show_key and st.version is not None else None
+            if args.json:
+                out: dict[str, Any] = {"version": st.version, "tracked": [vars_of(t) for t in st.tracked]}
+                if key is not None:
+                    out["notify_key"] = key
+                sys.stdout.write(json.dumps(out, indent=2) + "\n")
+                return 0 if st.version is not None else EXIT_UNAVAILABLE
+            if st.version is None:
+                raise CliError("the fraiseshm kit is not installed in this database: run `fraiseshm db install`")
+            table = Table(title=f"fraiseshm kit version {st.version}: {len(st.tracked)} tracked tables",
+                          title_justify="left")
+            for col in ("table", "key column", "key type", "triggers"):
+                table.add_column(col)
+            for t in st.tracked:
+                table.add_row(t.table, t.key_column or "(none: table-level tags)", t.key_type or "-",
+                              "ok" if t.complete else "INCOMPLETE or disabled")
+            console.print(table)
+            if key is not None:
+                console.print(f"notify key: {key}", highlight=False)
+        return 0
+    finally:
+        await conn.close()
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    return {f: getattr(obj, f) for f in obj.__slots__}
+
+
+def cmd_db(args: argparse.Namespace, console: Console) -> int:
+    dsn = args.dsn or load_settings().database_dsn
+    if dsn == "embedded":
+        raise CliError("the database is the embedded cluster (the kit is installed there at start): "
+                       "pass --dsn postgresql://... for another database")
+    try:
+        return asyncio.run(_db(args, dsn, console))
+    except (OSError, TimeoutError) as exc:
+        raise CliError(f"cannot reach PostgreSQL at {dsn}: {exc}") from None
+    except CliError:
+        raise
+    except Exception as exc:  # asyncpg's errors share no base with OSError
+        hint = getattr(exc, "hint", None)
+        raise CliError(f"{type(exc).__name__}: {exc}" + (f" (hint: {hint})" if hint else "")) from None
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 
@@ -248,13 +355,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
     sub.add_parser("check", help="fsck of the arena's invariants; exit 1 on problems")
-    p = sub.add_parser("invalidate", help="invalidate tags (User:42, User:*, query:users)")
+    p = sub.add_parser("invalidate", help="invalidate tags (r:public.tb_user:42, t:public.tb_post, query:users)")
     p.add_argument("tags", nargs="+", metavar="TAG")
     sub.add_parser("flush", help="invalidate every entry")
     p = sub.add_parser("audit", help="recent cascade failures from PostgreSQL")
     p.add_argument("--dsn", help="PostgreSQL DSN (default: Settings.database_dsn)")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("schema", help="the SDL against the database")
+    schema_sub = p.add_subparsers(dest="schema_command", required=True, metavar="SUBCOMMAND")
+    p = schema_sub.add_parser("check", help="the start-up check; per type, tables followed precisely/coarsely; "
+                                            "exit 1 on problems")
+    p.add_argument("--dsn", help="PostgreSQL DSN (default: Settings.database_dsn)")
+    p.add_argument("--sdl", help="SDL file (default: Settings.schema_sdl)")
+    p = sub.add_parser("db", help="the SQL kit in your database (schema fraiseshm)")
+    p.add_argument("--dsn", help="PostgreSQL DSN (default: Settings.database_dsn)")
+    db = p.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    q = db.add_parser("install", help="install or upgrade the kit (idempotent)")
+    q.add_argument("--server-role", help="grant this role what the server needs from the kit")
+    db.add_parser("uninstall", help="remove the kit; your tables and rows stay")
+    q = db.add_parser("track", help="attach the change triggers to tables")
+    q.add_argument("tables", nargs="+", metavar="TABLE")
+    q.add_argument("--key", help="the column naming a row (default: unique id, else the primary key)")
+    q = db.add_parser("untrack", help="remove the change triggers from tables")
+    q.add_argument("tables", nargs="+", metavar="TABLE")
+    q = db.add_parser("status", help="kit version and tracked tables")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--show-key", action="store_true", help="print the notification key (FRAISESHM_NOTIFY_SECRET)")
     return parser
 
 
@@ -268,6 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "audit":
             return cmd_audit(args, console)
+        if args.command == "schema":
+            return cmd_schema_check(args, console)
+        if args.command == "db":
+            return cmd_db(args, console)
         name = args.arena or load_settings().arena_name
         arena = _attach(name)
         try:

@@ -86,6 +86,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     listen_changes: bool = True  # one worker per host LISTENs fraiseshm_changes and invalidates
     listener_retry_interval: Annotated[float, Meta(gt=0, le=60)] = 0.5  # seconds between reconnects
     listener_keepalive: Annotated[float, Meta(gt=0, le=300)] = 5.0  # seconds between liveness queries
+    notify_secret: str = ""  # 64 hex digits: the kit's notification key; "" = read it from fraiseshm.notify_key
+    notify_max_age: Annotated[float, Meta(ge=1, le=86_400)] = 600.0  # seconds a signed change notification stays acceptable
 
     def effective_workers(self) -> int:
         return self.workers or (os.cpu_count() or 1)
@@ -112,6 +114,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 f"coalesce_lease ({self.coalesce_lease}s) must be shorter than worker_timeout "
                 f"({self.worker_timeout}s), or gunicorn kills a leader that still owns its flight"
             )
+        if self.notify_secret and not re.fullmatch(r"[0-9a-f]{64}", self.notify_secret):
+            raise ConfigError("notify_secret: expected the 64 hex digits of fraiseshm.notify_key "
+                              "(`fraiseshm db status --show-key`), or empty to read it from the database")
         if not self.arena_name.startswith("/") or "/" in self.arena_name[1:]:
             raise ConfigError(f"arena_name: expected '/name', got {self.arena_name!r}")
 

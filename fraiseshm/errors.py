@@ -23,6 +23,14 @@ class SchemaError(FraiseshmError, ValueError):
     """The SDL or its directives do not describe a servable schema."""
 
 
+class SchemaCheckFailed(SchemaError):
+    """The SDL does not match the database (start-up check); one message lists every problem."""
+
+
+class StartupFailed(FraiseshmError, RuntimeError):
+    """The master cannot start (gunicorn prints RuntimeError messages without a traceback)."""
+
+
 # --- shared-memory arena -----------------------------------------------------
 
 

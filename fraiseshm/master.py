@@ -6,6 +6,7 @@ each and the logic is importable by tests and the CLI.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from fraiseshm.arena import Arena
 from fraiseshm.coalesce.doorbell import Doorbells
 from fraiseshm.config import ENV_PREFIX, Settings
 from fraiseshm.db.embedded import EmbeddedCluster
+from fraiseshm.errors import SchemaError, StartupFailed
+from fraiseshm.graphql.check import load_and_check, log_result
 
 log = logging.getLogger("fraiseshm.master")
 
@@ -52,6 +55,20 @@ class Master:
             self.cluster = None
 
 
+def _check_schema(settings: Settings) -> None:
+    """The SDL against the database, once, before the arena and the workers exist.
+
+    Workers inherit the checked catalog (fork). A failure is one message; gunicorn
+    prints a RuntimeError's message and exits 1 without a traceback.
+    """
+    try:
+        _served, result = asyncio.run(
+            load_and_check(settings.schema_sdl, settings.database_dsn, connect_timeout=settings.db_connect_timeout))
+    except SchemaError as exc:
+        raise StartupFailed(str(exc)) from None  # gunicorn prints it once: "Error: ..."
+    log_result(result)
+
+
 def start_master(settings: Settings, _log: object = None) -> Master:
     started = None
     if settings.database_dsn == "embedded":
@@ -62,6 +79,12 @@ def start_master(settings: Settings, _log: object = None) -> Master:
         os.environ[ENV_PREFIX + "DATABASE_DSN"] = dsn
         settings = msgspec.structs.replace(settings, database_dsn=dsn)
         log.info("embedded PostgreSQL ready at %s", dsn)
+    try:
+        _check_schema(settings)
+    except BaseException:
+        if started is not None:
+            started.stop()
+        raise
     arena, bells = None, None
     if settings.cache_enabled:
         arena = Arena.create(

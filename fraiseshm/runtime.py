@@ -17,7 +17,8 @@ from fraiseshm.db.audit import AuditWriter
 from fraiseshm.db.listener import Listener
 from fraiseshm.db.pool import Database
 from fraiseshm.graphql.execute import Executor
-from fraiseshm.graphql.schema import ServedSchema, load_schema
+from fraiseshm.graphql.check import bound_schema, load_and_check, log_result
+from fraiseshm.graphql.schema import ServedSchema
 from fraiseshm.service import GraphQLService
 
 log = logging.getLogger("fraiseshm.runtime")
@@ -46,7 +47,12 @@ class Runtime:
 
     async def start(self) -> None:
         s = self.settings
-        self.served = load_schema(s.schema_sdl)
+        # Bound with the catalog the master checked before forking; a process that
+        # did not come from that master (tests, tools) checks by itself.
+        self.served = bound_schema(s.schema_sdl, s.database_dsn)
+        if self.served is None:
+            self.served, result = await load_and_check(s.schema_sdl, s.database_dsn, connect_timeout=s.db_connect_timeout)
+            log_result(result)
         self.db = Database(
             s.database_dsn,
             min_size=s.pool_min_size,
@@ -86,6 +92,8 @@ class Runtime:
                 retry_interval=s.listener_retry_interval,
                 keepalive=s.listener_keepalive,
                 connect_timeout=s.db_connect_timeout,
+                secret=s.notify_secret,
+                max_age=s.notify_max_age,
             )
             self.listener.start()
             if self.listener.elected:

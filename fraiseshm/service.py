@@ -25,8 +25,8 @@ import msgspec
 from graphql import ExecutionResult
 
 from fraiseshm.arena import Arena, Counter
-from fraiseshm.cascade.changes import Changes, parse_recorded, verify
-from fraiseshm.cascade.tags import CascadePlan, plan_invalidation
+from fraiseshm.cascade.changes import Changes, parse_setting, verify
+from fraiseshm.cascade.tags import CascadePlan, plan_invalidation, wide_tags
 from fraiseshm.coalesce.coalescer import Coalescer, Filled
 from fraiseshm.config import Settings
 from fraiseshm.errors import CascadeError, DatabaseUnavailable, EntryTooLarge, MutationFailed
@@ -114,8 +114,9 @@ class GraphQLService:
         self._counted = arena if settings.stats_enabled else None  # per-request counters; failures always count
         self._posted: dict[bytes, tuple[Prepared, dict[str, Any] | None, bytes]] = {}
         self._refreshing: set[asyncio.Task[Any]] = set()  # stale-while-revalidate refreshes
-        self._entity_names = tuple(served.entities)
         self._query_names = served.query_names
+        self._tables = {name: b.table for name, b in served.bindings.items()}  # type -> root table
+        self._wide = {name: b.wide for name, b in served.bindings.items()}  # type -> safe wider invalidation
 
     # --- entry points ---------------------------------------------------------
 
@@ -254,7 +255,7 @@ class GraphQLService:
         """Run the query against PostgreSQL; store the result when it may be cached."""
         arena = self.arena
         fill_seq = arena.current_seq() if arena is not None else 0  # read BEFORE the database
-        deps = Dependencies(self.settings.default_ttl)
+        deps = Dependencies(self.settings.default_ttl, self.served)
         started = time.perf_counter()
         result = await self.executor.run(prepared, variables, ExecutionContext(deps=deps))
         if self._counted is not None:
@@ -282,8 +283,8 @@ class GraphQLService:
     # --- mutations --------------------------------------------------------------
 
     async def _mutate(self, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
-        deps = Dependencies(self.settings.default_ttl)
-        context = ExecutionContext(deps=deps, on_mutation=self._apply_cascade, record_changes=self.settings.audit_enabled)
+        deps = Dependencies(self.settings.default_ttl, self.served)
+        context = ExecutionContext(deps=deps, on_mutation=self._apply_cascade)
         result = await self.executor.run(prepared, variables, context)
         reply = self._result_reply(result, meta)
         reply.headers["X-Cache"] = "BYPASS"
@@ -293,25 +294,26 @@ class GraphQLService:
     async def _apply_cascade(self, mutation: RootMutation, response: Any, call: MutationCall) -> None:
         """Runs after the function committed and before the response is encoded.
 
-        With audit_enabled the cascade is checked against what the change triggers
-        recorded in the same transaction (fraiseshm/cascade/changes.py); a failure
-        is repaired here, before the response, by the wider invalidation.
+        The cascade is checked against what the change triggers recorded in the
+        same transaction (fraiseshm/cascade/changes.py), and every recorded item
+        (derived parents included) is invalidated too; a failure is repaired
+        here, before the response, by the wider invalidation.
         """
         plan = plan_invalidation(
             response,
             touches=mutation.touches,
             query_names=self._query_names,
-            known_types=self._entity_names,
+            tables=self._tables,
+            wide=self._wide,
         )
         changes = None
-        if self.settings.audit_enabled:
-            try:
-                changes = parse_recorded(call.changes, call.transaction_id)
-            except CascadeError as exc:
-                log.error("%s: %s; invalidating its types", mutation.field, exc)
-                plan.tags.update(tag for t in mutation.touches for tag in ("type:" + t, t + ":*"))
-            else:
-                verify(plan, changes, touches=mutation.touches)
+        try:
+            changes = parse_setting(call.changes, call.transaction_id)
+        except CascadeError as exc:
+            log.error("%s: %s; invalidating its types", mutation.field, exc)
+            plan.tags |= wide_tags(mutation.touches, self._wide)
+        else:
+            verify(plan, changes, touches=mutation.touches, tables=self._tables, wide=self._wide)
         seq = None
         arena = self.arena
         if arena is not None:

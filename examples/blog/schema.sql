@@ -9,12 +9,17 @@
 --                 one SQL query and never N+1.
 --   fn_<verb>_<entity>(input jsonb) RETURNS jsonb
 --                 mutations; each builds its graphql-cascade v0.1 response in
---                 SQL, in the mutation's own transaction.
---   triggers      statement-level, with transition tables: pg_notify the
---                 changed Type:id with the transaction id (writes from anywhere).
+--                 SQL with the kit's fraiseshm.cascade_* helpers, in the
+--                 mutation's own transaction. SECURITY DEFINER (search_path
+--                 pinned): the server's role needs EXECUTE on them, no table
+--                 privileges.
+--   triggers      the kit's (fraiseshm.track): statement-level, signed
+--                 NOTIFY fraiseshm_changes + the transaction-local record.
 --
--- Loading this file resets the blog objects (it drops and recreates them), so
--- it is idempotent: load it with psql -v ON_ERROR_STOP=1 -1 -f schema.sql.
+-- Needs the fraiseshm kit installed first (`fraiseshm db install`; the
+-- embedded cluster installs it itself). Loading this file resets the blog
+-- objects (it drops and recreates them), so it is idempotent: load it with
+-- psql -v ON_ERROR_STOP=1 -1 -f schema.sql.
 
 SET client_min_messages = warning;
 
@@ -167,128 +172,6 @@ FROM tb_comment c
 JOIN tb_post p ON p.pk_post = c.fk_post
 JOIN tb_user a ON a.pk_user = c.fk_author;
 
--- ===========================================================================
--- graphql-cascade v0.1 responses
--- ===========================================================================
-
--- The entity of one cascade entry, in its view's data shape (NULL if gone).
-CREATE OR REPLACE FUNCTION fn_cascade_entity(typename text, entity_id uuid) RETURNS jsonb
-LANGUAGE sql STABLE
-RETURN CASE typename
-    WHEN 'User' THEN (SELECT v.data FROM v_user v WHERE v.id = entity_id)
-    WHEN 'Post' THEN (SELECT v.data FROM v_post v WHERE v.id = entity_id)
-    WHEN 'Comment' THEN (SELECT v.data FROM v_comment v WHERE v.id = entity_id)
-END;
-
--- The successful response. updated: [{"__typename", "id", "operation"}, ...] and
--- deleted: [{"__typename", "id"}, ...] in the order to report them; this adds
--- each updated entity (read now, after the writes, in the same transaction)
--- and each deleted_at, and applies the specification's limits: at most 500
--- updated and 100 deleted entries, the rest cut with metadata.truncated,
--- original_count (all entries before the cut) and truncated_types.
--- Entities are built only for the entries kept.
-CREATE OR REPLACE FUNCTION fn_cascade_response(
-    data jsonb,
-    updated jsonb,
-    deleted jsonb,
-    invalidations jsonb,
-    depth int
-) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    max_updated CONSTANT int := 500;
-    max_deleted CONSTANT int := 100;
-    n_updated int := jsonb_array_length(updated);
-    n_deleted int := jsonb_array_length(deleted);
-    ts text := fn_iso8601(now());
-    kept_updated jsonb;
-    kept_deleted jsonb;
-    cut_types jsonb;
-BEGIN
-    SELECT coalesce(jsonb_agg(
-               jsonb_build_object(
-                   '__typename', e->>'__typename',
-                   'id', e->>'id',
-                   'operation', e->>'operation',
-                   'entity', fn_cascade_entity(e->>'__typename', (e->>'id')::uuid))
-               ORDER BY ord), '[]'::jsonb)
-    INTO kept_updated
-    FROM jsonb_array_elements(updated) WITH ORDINALITY AS t(e, ord)
-    WHERE ord <= max_updated;
-
-    SELECT coalesce(jsonb_agg(
-               jsonb_build_object(
-                   '__typename', e->>'__typename',
-                   'id', e->>'id',
-                   'deleted_at', ts)
-               ORDER BY ord), '[]'::jsonb)
-    INTO kept_deleted
-    FROM jsonb_array_elements(deleted) WITH ORDINALITY AS t(e, ord)
-    WHERE ord <= max_deleted;
-
-    SELECT coalesce(jsonb_agg(DISTINCT typename ORDER BY typename), '[]'::jsonb)
-    INTO cut_types
-    FROM (
-        SELECT e->>'__typename' AS typename
-        FROM jsonb_array_elements(updated) WITH ORDINALITY AS t(e, ord)
-        WHERE ord > max_updated
-        UNION ALL
-        SELECT e->>'__typename'
-        FROM jsonb_array_elements(deleted) WITH ORDINALITY AS t(e, ord)
-        WHERE ord > max_deleted
-    ) cut;
-
-    RETURN jsonb_build_object(
-        'success', true,
-        'errors', '[]'::jsonb,
-        'data', data,
-        'cascade', jsonb_build_object(
-            'updated', kept_updated,
-            'deleted', kept_deleted,
-            'invalidations', invalidations,
-            'metadata', jsonb_build_object(
-                'timestamp', ts,
-                'transaction_id', txid_current()::text,
-                'depth', depth,
-                'affected_count', n_updated + n_deleted,
-                'truncated', n_updated > max_updated OR n_deleted > max_deleted,
-                'original_count', n_updated + n_deleted,
-                'truncated_types', cut_types)));
-END
-$$;
-
--- A failed mutation: success false, data null, an empty cascade. Callers return
--- it before writing anything (or after a caught error rolled their
--- subtransaction back), so a failure changes nothing. transaction_id is NULL
--- when nothing was written (no xid is burnt for a validation error).
-CREATE OR REPLACE FUNCTION fn_cascade_failure(code text, message text, field text DEFAULT NULL)
-RETURNS jsonb
-LANGUAGE sql STABLE
-RETURN jsonb_build_object(
-    'success', false,
-    'errors', jsonb_build_array(jsonb_build_object('message', message, 'code', code, 'field', field)),
-    'data', NULL,
-    'cascade', jsonb_build_object(
-        'updated', '[]'::jsonb,
-        'deleted', '[]'::jsonb,
-        'invalidations', '[]'::jsonb,
-        'metadata', jsonb_build_object(
-            'timestamp', fn_iso8601(now()),
-            'transaction_id', txid_current_if_assigned()::text,
-            'depth', 0,
-            'affected_count', 0,
-            'truncated', false,
-            'original_count', 0,
-            'truncated_types', '[]'::jsonb)));
-
-CREATE OR REPLACE FUNCTION fn_invalidate(VARIADIC query_names text[]) RETURNS jsonb
-LANGUAGE sql IMMUTABLE
-RETURN (
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-               'query_name', q, 'strategy', 'INVALIDATE', 'scope', 'PREFIX') ORDER BY ord), '[]'::jsonb)
-    FROM unnest(query_names) WITH ORDINALITY AS t(q, ord)
-);
-
 -- Error fields name the GraphQL input field (camelCase), as the client wrote it.
 -- A missing id is a VALIDATION_ERROR; an id that is not a UUID makes the
 -- ::uuid cast raise (invalid_text_representation), which the server reports
@@ -299,69 +182,69 @@ RETURN (
 -- ===========================================================================
 
 CREATE OR REPLACE FUNCTION fn_create_user(input jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_name text := btrim(input->>'name');
     v_email text := btrim(input->>'email');
     v_id uuid;
 BEGIN
     IF coalesce(v_name, '') = '' THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'name must not be empty', 'name');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'name must not be empty', 'name');
     END IF;
     IF coalesce(v_email, '') = '' THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'email must not be empty', 'email');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'email must not be empty', 'email');
     END IF;
     IF v_email !~ '^[^@\s]+@[^@\s]+$' THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', format('email %s is not an e-mail address', v_email), 'email');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', format('email %s is not an e-mail address', v_email), 'email');
     END IF;
     BEGIN
         INSERT INTO tb_user (name, email) VALUES (v_name, v_email) RETURNING id INTO v_id;
     EXCEPTION WHEN unique_violation THEN
-        RETURN fn_cascade_failure('CONFLICT', format('email %s is already in use', v_email), 'email');
+        RETURN fraiseshm.cascade_failure('CONFLICT', format('email %s is already in use', v_email), 'email');
     END;
-    RETURN fn_cascade_response(
+    RETURN fraiseshm.cascade_response(
         (SELECT data FROM v_user WHERE id = v_id),
-        jsonb_build_array(jsonb_build_object('__typename', 'User', 'id', v_id, 'operation', 'CREATED')),
+        jsonb_build_array(fraiseshm.cascade_updated('User', v_id, 'v_user', 'CREATED')),
         '[]'::jsonb,
-        fn_invalidate('users'),
+        fraiseshm.cascade_invalidations('users'),
         1);
 END
 $$;
 
 CREATE OR REPLACE FUNCTION fn_update_user(input jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_id uuid := (input->>'id')::uuid;
     v_name text := btrim(input->>'name');    -- absent or null: unchanged
     v_email text := btrim(input->>'email');
 BEGIN
     IF v_id IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
     END IF;
     IF v_name = '' THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'name must not be empty', 'name');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'name must not be empty', 'name');
     END IF;
     IF v_email = '' THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'email must not be empty', 'email');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'email must not be empty', 'email');
     END IF;
     IF v_email !~ '^[^@\s]+@[^@\s]+$' THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', format('email %s is not an e-mail address', v_email), 'email');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', format('email %s is not an e-mail address', v_email), 'email');
     END IF;
     BEGIN
         UPDATE tb_user
         SET name = coalesce(v_name, name), email = coalesce(v_email, email)
         WHERE id = v_id;
     EXCEPTION WHEN unique_violation THEN
-        RETURN fn_cascade_failure('CONFLICT', format('email %s is already in use', v_email), 'email');
+        RETURN fraiseshm.cascade_failure('CONFLICT', format('email %s is already in use', v_email), 'email');
     END;
     IF NOT FOUND THEN
-        RETURN fn_cascade_failure('NOT_FOUND', format('user %s not found', v_id), 'id');
+        RETURN fraiseshm.cascade_failure('NOT_FOUND', format('user %s not found', v_id), 'id');
     END IF;
     -- Posts and comments embed the user, but the server derives those
     -- dependents from User:id, so the cascade lists the user alone.
-    RETURN fn_cascade_response(
+    RETURN fraiseshm.cascade_response(
         (SELECT data FROM v_user WHERE id = v_id),
-        jsonb_build_array(jsonb_build_object('__typename', 'User', 'id', v_id, 'operation', 'UPDATED')),
+        jsonb_build_array(fraiseshm.cascade_updated('User', v_id, 'v_user', 'UPDATED')),
         '[]'::jsonb,
         '[]'::jsonb,
         1);
@@ -371,7 +254,7 @@ $$;
 -- Deletes the user, the user's posts, every comment on those posts and every
 -- comment the user wrote. Posts of other users that lost comments are UPDATED.
 CREATE OR REPLACE FUNCTION fn_delete_user(input jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_id uuid := (input->>'id')::uuid;
     v_pk bigint;
@@ -381,7 +264,7 @@ DECLARE
     v_deleted_posts jsonb;
 BEGIN
     IF v_id IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
     END IF;
     -- LOCK: the user row, then its posts. A concurrent createPost/createComment
     -- takes KEY SHARE on them for its FK check, so it waits for us and then
@@ -389,7 +272,7 @@ BEGIN
     -- ON DELETE CASCADE would then delete silently).
     SELECT pk_user INTO v_pk FROM tb_user WHERE id = v_id FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN fn_cascade_failure('NOT_FOUND', format('user %s not found', v_id), 'id');
+        RETURN fraiseshm.cascade_failure('NOT_FOUND', format('user %s not found', v_id), 'id');
     END IF;
     PERFORM 1 FROM tb_post WHERE fk_author = v_pk ORDER BY pk_post FOR UPDATE;
     v_data := (SELECT data FROM v_user WHERE id = v_id);
@@ -401,10 +284,10 @@ BEGIN
         RETURNING c.id, c.fk_post, c.created_at
     )
     SELECT
-        coalesce(jsonb_agg(jsonb_build_object('__typename', 'Comment', 'id', g.id)
+        coalesce(jsonb_agg(fraiseshm.cascade_deleted('Comment', g.id)
                            ORDER BY g.created_at, g.id), '[]'::jsonb),
         -- parents of other users (tb_post still has them: posts go next)
-        (SELECT coalesce(jsonb_agg(jsonb_build_object('__typename', 'Post', 'id', p.id, 'operation', 'UPDATED')
+        (SELECT coalesce(jsonb_agg(fraiseshm.cascade_updated('Post', p.id, 'v_post', 'UPDATED')
                                    ORDER BY p.created_at, p.id), '[]'::jsonb)
          FROM tb_post p
          WHERE p.pk_post IN (SELECT fk_post FROM gone) AND p.fk_author <> v_pk)
@@ -414,19 +297,19 @@ BEGIN
     WITH gone AS (
         DELETE FROM tb_post WHERE fk_author = v_pk RETURNING id, created_at
     )
-    SELECT coalesce(jsonb_agg(jsonb_build_object('__typename', 'Post', 'id', id)
+    SELECT coalesce(jsonb_agg(fraiseshm.cascade_deleted('Post', id)
                               ORDER BY created_at, id), '[]'::jsonb)
     INTO v_deleted_posts
     FROM gone;
 
     DELETE FROM tb_user WHERE pk_user = v_pk;
 
-    RETURN fn_cascade_response(
+    RETURN fraiseshm.cascade_response(
         v_data,
         v_updated_posts,
-        jsonb_build_array(jsonb_build_object('__typename', 'User', 'id', v_id))
+        jsonb_build_array(fraiseshm.cascade_deleted('User', v_id))
             || v_deleted_posts || v_deleted_comments,
-        fn_invalidate('users', 'posts', 'comments'),
+        fraiseshm.cascade_invalidations('users', 'posts', 'comments'),
         CASE WHEN v_deleted_posts = '[]' AND v_deleted_comments = '[]' THEN 1 ELSE 2 END);
 END
 $$;
@@ -436,7 +319,7 @@ $$;
 -- ===========================================================================
 
 CREATE OR REPLACE FUNCTION fn_create_post(input jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_author uuid := (input->>'author_id')::uuid;
     v_title text := btrim(input->>'title');
@@ -445,59 +328,59 @@ DECLARE
     v_id uuid;
 BEGIN
     IF v_author IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'authorId is required', 'authorId');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'authorId is required', 'authorId');
     END IF;
     IF coalesce(v_title, '') = '' THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'title must not be empty', 'title');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'title must not be empty', 'title');
     END IF;
     IF coalesce(v_body, '') = '' THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'body must not be empty', 'body');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'body must not be empty', 'body');
     END IF;
     SELECT pk_user INTO v_pk_author FROM tb_user WHERE id = v_author;
     IF NOT FOUND THEN
-        RETURN fn_cascade_failure('NOT_FOUND', format('user %s not found', v_author), 'authorId');
+        RETURN fraiseshm.cascade_failure('NOT_FOUND', format('user %s not found', v_author), 'authorId');
     END IF;
     BEGIN
         INSERT INTO tb_post (fk_author, title, body) VALUES (v_pk_author, v_title, v_body)
         RETURNING id INTO v_id;
     EXCEPTION WHEN foreign_key_violation THEN  -- the author was deleted meanwhile
-        RETURN fn_cascade_failure('NOT_FOUND', format('user %s not found', v_author), 'authorId');
+        RETURN fraiseshm.cascade_failure('NOT_FOUND', format('user %s not found', v_author), 'authorId');
     END;
-    RETURN fn_cascade_response(
+    RETURN fraiseshm.cascade_response(
         (SELECT data FROM v_post WHERE id = v_id),
         jsonb_build_array(
-            jsonb_build_object('__typename', 'Post', 'id', v_id, 'operation', 'CREATED'),
-            jsonb_build_object('__typename', 'User', 'id', v_author, 'operation', 'UPDATED')),
+            fraiseshm.cascade_updated('Post', v_id, 'v_post', 'CREATED'),
+            fraiseshm.cascade_updated('User', v_author, 'v_user', 'UPDATED')),
         '[]'::jsonb,
-        fn_invalidate('posts'),
+        fraiseshm.cascade_invalidations('posts'),
         2);
 END
 $$;
 
 CREATE OR REPLACE FUNCTION fn_update_post(input jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_id uuid := (input->>'id')::uuid;
     v_title text := btrim(input->>'title');
     v_body text := btrim(input->>'body');
 BEGIN
     IF v_id IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
     END IF;
     IF v_title = '' THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'title must not be empty', 'title');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'title must not be empty', 'title');
     END IF;
     IF v_body = '' THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'body must not be empty', 'body');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'body must not be empty', 'body');
     END IF;
     UPDATE tb_post SET title = coalesce(v_title, title), body = coalesce(v_body, body)
     WHERE id = v_id;
     IF NOT FOUND THEN
-        RETURN fn_cascade_failure('NOT_FOUND', format('post %s not found', v_id), 'id');
+        RETURN fraiseshm.cascade_failure('NOT_FOUND', format('post %s not found', v_id), 'id');
     END IF;
-    RETURN fn_cascade_response(
+    RETURN fraiseshm.cascade_response(
         (SELECT data FROM v_post WHERE id = v_id),
-        jsonb_build_array(jsonb_build_object('__typename', 'Post', 'id', v_id, 'operation', 'UPDATED')),
+        jsonb_build_array(fraiseshm.cascade_updated('Post', v_id, 'v_post', 'UPDATED')),
         '[]'::jsonb,
         '[]'::jsonb,
         1);
@@ -506,7 +389,7 @@ $$;
 
 -- Deletes the post and its comments; its author's posts list changed (UPDATED).
 CREATE OR REPLACE FUNCTION fn_delete_post(input jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_id uuid := (input->>'id')::uuid;
     v_pk bigint;
@@ -515,7 +398,7 @@ DECLARE
     v_deleted_comments jsonb;
 BEGIN
     IF v_id IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
     END IF;
     -- LOCK: a concurrent createComment waits on this row, then fails its FK check.
     SELECT p.pk_post, u.id INTO v_pk, v_author
@@ -523,25 +406,25 @@ BEGIN
     WHERE p.id = v_id
     FOR UPDATE OF p;
     IF NOT FOUND THEN
-        RETURN fn_cascade_failure('NOT_FOUND', format('post %s not found', v_id), 'id');
+        RETURN fraiseshm.cascade_failure('NOT_FOUND', format('post %s not found', v_id), 'id');
     END IF;
     v_data := (SELECT data FROM v_post WHERE id = v_id);
 
     WITH gone AS (
         DELETE FROM tb_comment WHERE fk_post = v_pk RETURNING id, created_at
     )
-    SELECT coalesce(jsonb_agg(jsonb_build_object('__typename', 'Comment', 'id', id)
+    SELECT coalesce(jsonb_agg(fraiseshm.cascade_deleted('Comment', id)
                               ORDER BY created_at, id), '[]'::jsonb)
     INTO v_deleted_comments
     FROM gone;
 
     DELETE FROM tb_post WHERE pk_post = v_pk;
 
-    RETURN fn_cascade_response(
+    RETURN fraiseshm.cascade_response(
         v_data,
-        jsonb_build_array(jsonb_build_object('__typename', 'User', 'id', v_author, 'operation', 'UPDATED')),
-        jsonb_build_array(jsonb_build_object('__typename', 'Post', 'id', v_id)) || v_deleted_comments,
-        fn_invalidate('posts', 'comments'),
+        jsonb_build_array(fraiseshm.cascade_updated('User', v_author, 'v_user', 'UPDATED')),
+        jsonb_build_array(fraiseshm.cascade_deleted('Post', v_id)) || v_deleted_comments,
+        fraiseshm.cascade_invalidations('posts', 'comments'),
         2);
 END
 $$;
@@ -551,7 +434,7 @@ $$;
 -- ===========================================================================
 
 CREATE OR REPLACE FUNCTION fn_create_comment(input jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_post uuid := (input->>'post_id')::uuid;
     v_author uuid := (input->>'author_id')::uuid;
@@ -561,59 +444,59 @@ DECLARE
     v_id uuid;
 BEGIN
     IF v_post IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'postId is required', 'postId');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'postId is required', 'postId');
     END IF;
     IF v_author IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'authorId is required', 'authorId');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'authorId is required', 'authorId');
     END IF;
     IF coalesce(v_body, '') = '' THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'body must not be empty', 'body');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'body must not be empty', 'body');
     END IF;
     SELECT pk_post INTO v_pk_post FROM tb_post WHERE id = v_post;
     IF NOT FOUND THEN
-        RETURN fn_cascade_failure('NOT_FOUND', format('post %s not found', v_post), 'postId');
+        RETURN fraiseshm.cascade_failure('NOT_FOUND', format('post %s not found', v_post), 'postId');
     END IF;
     SELECT pk_user INTO v_pk_author FROM tb_user WHERE id = v_author;
     IF NOT FOUND THEN
-        RETURN fn_cascade_failure('NOT_FOUND', format('user %s not found', v_author), 'authorId');
+        RETURN fraiseshm.cascade_failure('NOT_FOUND', format('user %s not found', v_author), 'authorId');
     END IF;
     BEGIN
         INSERT INTO tb_comment (fk_post, fk_author, body) VALUES (v_pk_post, v_pk_author, v_body)
         RETURNING id INTO v_id;
     EXCEPTION WHEN foreign_key_violation THEN  -- post or author deleted meanwhile
-        RETURN fn_cascade_failure('NOT_FOUND', 'post or author was deleted concurrently', NULL);
+        RETURN fraiseshm.cascade_failure('NOT_FOUND', 'post or author was deleted concurrently', NULL);
     END;
-    RETURN fn_cascade_response(
+    RETURN fraiseshm.cascade_response(
         (SELECT data FROM v_comment WHERE id = v_id),
         jsonb_build_array(
-            jsonb_build_object('__typename', 'Comment', 'id', v_id, 'operation', 'CREATED'),
-            jsonb_build_object('__typename', 'Post', 'id', v_post, 'operation', 'UPDATED')),
+            fraiseshm.cascade_updated('Comment', v_id, 'v_comment', 'CREATED'),
+            fraiseshm.cascade_updated('Post', v_post, 'v_post', 'UPDATED')),
         '[]'::jsonb,
-        fn_invalidate('comments'),
+        fraiseshm.cascade_invalidations('comments'),
         2);
 END
 $$;
 
 CREATE OR REPLACE FUNCTION fn_delete_comment(input jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_id uuid := (input->>'id')::uuid;
     v_data jsonb;
     v_post uuid;
 BEGIN
     IF v_id IS NULL THEN
-        RETURN fn_cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
+        RETURN fraiseshm.cascade_failure('VALIDATION_ERROR', 'id is required', 'id');
     END IF;
     SELECT data, post_id INTO v_data, v_post FROM v_comment WHERE id = v_id;
     DELETE FROM tb_comment WHERE id = v_id;
     IF NOT FOUND THEN
-        RETURN fn_cascade_failure('NOT_FOUND', format('comment %s not found', v_id), 'id');
+        RETURN fraiseshm.cascade_failure('NOT_FOUND', format('comment %s not found', v_id), 'id');
     END IF;
-    RETURN fn_cascade_response(
+    RETURN fraiseshm.cascade_response(
         v_data,
-        jsonb_build_array(jsonb_build_object('__typename', 'Post', 'id', v_post, 'operation', 'UPDATED')),
-        jsonb_build_array(jsonb_build_object('__typename', 'Comment', 'id', v_id)),
-        fn_invalidate('comments'),
+        jsonb_build_array(fraiseshm.cascade_updated('Post', v_post, 'v_post', 'UPDATED')),
+        jsonb_build_array(fraiseshm.cascade_deleted('Comment', v_id)),
+        fraiseshm.cascade_invalidations('comments'),
         2);
 END
 $$;
@@ -622,89 +505,14 @@ $$;
 -- Change notifications (writes from anywhere)
 -- ===========================================================================
 
--- Statement-level AFTER triggers read the statement's transition tables and
--- send one NOTIFY per statement on channel fraiseshm_changes:
---   {"tx": "<txid_current()>", "changes": [["User", "<uuid>"], ...]}
--- NOTIFY payloads must stay under 8000 bytes, so a statement touching more
--- rows than fit in ~7900 bytes sends the type-level fallback instead:
---   {"tx": "<txid_current()>", "types": ["Post"]}
--- Only the table's own rows are reported: the server derives the dependents
--- (a User:id tag covers every cached post that embeds that user). Rows deleted
--- by ON DELETE CASCADE fire their own table's trigger.
--- NOTIFY is delivered at commit, and not at all if the transaction aborts.
---
--- The same changes are also appended to the transaction-local setting
--- fraiseshm.changes ("Type:id" tokens separated by spaces; "Type:*" for a
--- statement whose rows are too many to list), which the server reads in the
--- mutation's own transaction, right after the function returned, to check the
--- function's cascade against what PostgreSQL actually changed. A rolled-back
--- subtransaction (an EXCEPTION block) rolls its part of the setting back too.
-CREATE OR REPLACE FUNCTION fn_notify_changes() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    typename text := TG_ARGV[0];
-    max_payload CONSTANT int := 7900;
-    -- ["Comment","<36-char uuid>"], ~ 50 bytes an entry: past this many rows a
-    -- list cannot fit, so skip building it.
-    max_rows CONSTANT int := max_payload / 40;
-    tx text := txid_current()::text;
-    -- fraiseshm.changes stops listing ids past this length (type-level tokens then)
-    max_recorded CONSTANT int := 65536;
-    ids uuid[];
-    payload text;
-    recorded text := coalesce(current_setting('fraiseshm.changes', true), '');
-BEGIN
-    -- PERF: LIMIT max_rows + 1 so that a million-row statement costs no more
-    -- than a small one here.
-    IF TG_OP = 'INSERT' THEN
-        ids := ARRAY(SELECT id FROM new_rows LIMIT max_rows + 1);
-    ELSIF TG_OP = 'UPDATE' THEN
-        ids := ARRAY(SELECT id FROM new_rows UNION SELECT id FROM old_rows LIMIT max_rows + 1);
-    ELSE
-        ids := ARRAY(SELECT id FROM old_rows LIMIT max_rows + 1);
-    END IF;
-    IF cardinality(ids) = 0 THEN
-        RETURN NULL;
-    END IF;
-    IF cardinality(ids) <= max_rows THEN
-        payload := jsonb_build_object(
-            'tx', tx,
-            'changes', (SELECT jsonb_agg(jsonb_build_array(typename, i)) FROM unnest(ids) AS i))::text;
-    END IF;
-    IF payload IS NULL OR octet_length(payload) > max_payload THEN
-        payload := jsonb_build_object('tx', tx, 'types', jsonb_build_array(typename))::text;
-    END IF;
-    PERFORM pg_notify('fraiseshm_changes', payload);
-    IF cardinality(ids) <= max_rows AND octet_length(recorded) < max_recorded THEN
-        recorded := recorded || ' ' || (SELECT string_agg(typename || ':' || i, ' ') FROM unnest(ids) AS i);
-    ELSE
-        recorded := recorded || ' ' || typename || ':*';
-    END IF;
-    PERFORM set_config('fraiseshm.changes', recorded, true);
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER tb_user_notify_insert AFTER INSERT ON tb_user
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION fn_notify_changes('User');
-CREATE TRIGGER tb_user_notify_update AFTER UPDATE ON tb_user
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION fn_notify_changes('User');
-CREATE TRIGGER tb_user_notify_delete AFTER DELETE ON tb_user
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION fn_notify_changes('User');
-
-CREATE TRIGGER tb_post_notify_insert AFTER INSERT ON tb_post
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION fn_notify_changes('Post');
-CREATE TRIGGER tb_post_notify_update AFTER UPDATE ON tb_post
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION fn_notify_changes('Post');
-CREATE TRIGGER tb_post_notify_delete AFTER DELETE ON tb_post
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION fn_notify_changes('Post');
-
-CREATE TRIGGER tb_comment_notify_insert AFTER INSERT ON tb_comment
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION fn_notify_changes('Comment');
-CREATE TRIGGER tb_comment_notify_update AFTER UPDATE ON tb_comment
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION fn_notify_changes('Comment');
-CREATE TRIGGER tb_comment_notify_delete AFTER DELETE ON tb_comment
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION fn_notify_changes('Comment');
+-- The kit's statement-level triggers (fraiseshm/db/sql/kit.sql): each
+-- statement tags its rows by id (r:public.tb_post:<uuid>) and, through the
+-- foreign keys, the parent rows (+r:public.tb_user:<uuid>: fk_author
+-- references pk_user, the kit looks the parent's id up), signed NOTIFY plus
+-- the transaction-local record. id is the row key (unique, named id).
+SELECT fraiseshm.track('tb_user');
+SELECT fraiseshm.track('tb_post');
+SELECT fraiseshm.track('tb_comment');
 
 -- ===========================================================================
 -- Seed
@@ -735,8 +543,8 @@ BEGIN
 
     -- PERF: the per-row FK checks are most of the cost of a big seed (~9 us a
     -- row and FK); the rows below satisfy every FK by construction, so a
-    -- superuser skips them (replica mode also mutes the change triggers: one
-    -- type-level notification at the end replaces them).
+    -- superuser skips them (replica mode also mutes the change triggers:
+    -- fraiseshm.touch at the end sends the table-level tags instead).
     v_fast := (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);
     IF v_fast THEN
         PERFORM set_config('session_replication_role', 'replica', true);
@@ -776,8 +584,7 @@ BEGIN
 
     IF v_fast THEN
         PERFORM set_config('session_replication_role', 'origin', true);
-        PERFORM pg_notify('fraiseshm_changes', jsonb_build_object(
-            'tx', txid_current()::text, 'types', jsonb_build_array('User', 'Post', 'Comment'))::text);
+        PERFORM fraiseshm.touch('tb_user', 'tb_post', 'tb_comment');
     END IF;
     ANALYZE tb_user;
     ANALYZE tb_post;

@@ -1,131 +1,151 @@
 """What PostgreSQL says changed -> cache tags; and a cascade checked against it.
 
-Two sources, one shape (``Changes``):
+Two sources, one shape (``Changes``), both written by the SQL kit's change
+triggers (docs/ARCHITECTURE.md, "Dependencies"):
 
-- NOTIFY payloads on channel ``fraiseshm_changes`` (examples/blog/schema.sql,
-  fn_notify_changes), heard by the host's listener (writes from anywhere):
-      {"tx": "<txid>", "changes": [["User", "<uuid>"], ...]}
-      {"tx": "<txid>", "types": ["Post", ...]}      (too many rows to list)
-- the transaction-local setting ``fraiseshm.changes`` the same triggers append
-  to, read by the server in the mutation's own transaction right after its
-  function returned: "User:<uuid> Post:* ..." (``Type:*`` = too many to list).
+- a NOTIFY payload on channel ``fraiseshm_changes``, whose MAC the listener
+  checked and removed: ``{"v":1,"tx":"<txid>","tags":["t:public.orders",
+  "r:public.orders:8","+r:public.customers:3", ...]}`` -> ``parse_payload``;
+- the transaction-local setting ``fraiseshm.changes``, the same items
+  separated by spaces, read by the server in a mutation's own transaction
+  right after its function returned -> ``parse_setting``.
 
-Tags: an entity bumps ``Type:id`` and ``Type:*``; a type-level change bumps
-``type:T`` (every cached result holding a T) and ``T:*``.
+Items: ``t:<table>``, ``w:<table>``, ``r:<table>:<key>``; a leading ``+``
+marks a *derived* item (a parent row reached through a foreign key): it is
+bumped like the others, but cascade verification does not demand it.
 
 ``verify`` compares a mutation's planned cascade with what its transaction
-changed: an entity changed but absent from the cascade (and not covered by a
-truncation that names its type) is a cascade failure ("unlisted"); the repair
-is the safe wider invalidation of the mutation's types plus the changed
-entities and their types. Pure code: no asyncpg, no arena.
+changed: a row changed *directly* in a table that is the root table of a
+served type, absent from the cascade (and not covered by a truncation of a
+type over that table), is a cascade failure ("unlisted"); so is a wide change
+(``w:``) of such a table the cascade names no entity of. Whatever the
+verdict, every item the transaction recorded is invalidated before the
+response. Pure code: no asyncpg, no arena.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from fraiseshm.cascade.tags import CascadePlan
+from fraiseshm.cascade.tags import CascadePlan, wide_tags
 from fraiseshm.errors import CascadeError
+
+PAYLOAD_VERSION = 1
+_KINDS = ("t:", "w:", "r:")
 
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """Entities (and types, when a statement's rows were too many) one transaction changed."""
+    """The items one transaction (or one statement's notification) recorded."""
 
     tx: str | None = None
-    entities: frozenset[str] = field(default_factory=frozenset)  # "Type:id"
-    types: frozenset[str] = field(default_factory=frozenset)  # "Type": rows not listed one by one
+    direct: frozenset[str] = field(default_factory=frozenset)  # rows/tables the statements changed
+    derived: frozenset[str] = field(default_factory=frozenset)  # parents reached through FKs, "+" stripped
 
     def __bool__(self) -> bool:
-        return bool(self.entities or self.types)
+        return bool(self.direct or self.derived)
 
     def tags(self) -> set[str]:
-        tags: set[str] = set()
-        for ref in self.entities:
-            tags.add(ref)
-            tags.add(ref.partition(":")[0] + ":*")
-        for t in self.types:
-            tags.add("type:" + t)
-            tags.add(t + ":*")
-        return tags
+        return set(self.direct) | set(self.derived)
 
-    def entity_types(self) -> set[str]:
-        return {ref.partition(":")[0] for ref in self.entities} | set(self.types)
+    def direct_rows(self) -> set[str]:
+        return {item for item in self.direct if item.startswith("r:")}
+
+    def wide_tables(self) -> set[str]:
+        return {item[2:] for item in self.direct if item.startswith("w:")}
+
+
+def table_of(item: str) -> str:
+    """``r:public.orders:8`` / ``t:public.orders`` -> ``public.orders``."""
+    body = item[2:]
+    if item.startswith("r:"):
+        # Tables are "schema.name"; the key is everything after the first ':' that follows the dot.
+        dot = body.find(".")
+        colon = body.find(":", dot + 1 if dot >= 0 else 0)
+        return body[:colon]
+    return body
+
+
+def _item(raw: object, what: str) -> tuple[str, bool]:
+    if not isinstance(raw, str) or not raw:
+        raise CascadeError(f"{what}: bad item {raw!r}")
+    derived = raw.startswith("+")
+    item = raw[1:] if derived else raw
+    kind = item[:2]
+    if kind not in _KINDS or len(item) <= 2:
+        raise CascadeError(f"{what}: bad item {raw!r} (expected t:, w: or r: followed by a table)")
+    if kind == "r:":
+        table = table_of(item)
+        if not table or len(item) <= len(table) + 3:
+            raise CascadeError(f"{what}: bad row item {raw!r} (expected r:<schema.table>:<key>)")
+    return item, derived
+
+
+def _changes(tx: str | None, items: Iterable[object], what: str) -> Changes:
+    direct: set[str] = set()
+    derived: set[str] = set()
+    for raw in items:
+        item, is_derived = _item(raw, what)
+        (derived if is_derived else direct).add(item)
+    return Changes(tx, frozenset(direct), frozenset(derived))
 
 
 class _Payload(msgspec.Struct, forbid_unknown_fields=False):
+    v: int
+    tags: list[str]
     tx: str | int | None = None
-    changes: list[tuple[str, str]] | None = None
-    types: list[str] | None = None
 
 
 _decode_payload = msgspec.json.Decoder(_Payload).decode
 
 
-def _check_name(name: str, what: str) -> str:
-    if not name or ":" in name or " " in name:
-        raise CascadeError(f"{what}: bad type name {name!r}")
-    return name
-
-
-def parse_notification(payload: str | bytes) -> Changes:
-    """One NOTIFY payload -> Changes; CascadeError if it is not one of the two shapes."""
+def parse_payload(text: str | bytes) -> Changes:
+    """One notification's JSON (MAC already checked and removed) -> Changes; CascadeError if malformed."""
     try:
-        p = _decode_payload(payload)
+        p = _decode_payload(text)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise CascadeError(f"change notification is not a fraiseshm payload: {exc}: {str(payload)[:200]!r}") from None
-    if p.changes is None and p.types is None:
-        raise CascadeError(f"change notification has neither 'changes' nor 'types': {str(payload)[:200]!r}")
-    entities = frozenset(f"{_check_name(t, 'notification')}:{i}" for t, i in p.changes or ())
-    types = frozenset(_check_name(t, "notification") for t in p.types or ())
-    return Changes(None if p.tx is None else str(p.tx), entities, types)
+        raise CascadeError(f"change notification is not a fraiseshm payload: {exc}: {str(text)[:200]!r}") from None
+    if p.v != PAYLOAD_VERSION:
+        raise CascadeError(f"change notification has version {p.v}, this server reads {PAYLOAD_VERSION}")
+    return _changes(None if p.tx is None else str(p.tx), p.tags, "change notification")
 
 
-def parse_recorded(text: str | None, tx: str | None = None) -> Changes:
-    """The fraiseshm.changes setting ("User:<id> Post:* ...") -> Changes."""
-    entities: set[str] = set()
-    types: set[str] = set()
-    for token in (text or "").split():
-        typename, sep, ident = token.partition(":")
-        if not sep or not typename or not ident:
-            raise CascadeError(f"fraiseshm.changes holds a bad token {token!r}")
-        if ident == "*":
-            types.add(typename)
-        else:
-            entities.add(token)
-    return Changes(tx, frozenset(entities), frozenset(types))
+def parse_setting(text: str | None, tx: str | None = None) -> Changes:
+    """The fraiseshm.changes setting ("t:public.orders r:public.orders:8 +r:public.customers:3") -> Changes."""
+    return _changes(tx, (text or "").split(), "fraiseshm.changes")
 
 
-def tags_for(changes: Iterable[Changes]) -> set[str]:
-    tags: set[str] = set()
-    for c in changes:
-        tags |= c.tags()
-    return tags
-
-
-def verify(plan: CascadePlan, changes: Changes, *, touches: Iterable[str]) -> CascadePlan:
+def verify(
+    plan: CascadePlan,
+    changes: Changes,
+    *,
+    touches: Iterable[str],
+    tables: Mapping[str, str],
+    wide: Mapping[str, Iterable[str]],
+) -> CascadePlan:
     """Check plan (from the cascade) against what the transaction changed; widen it on failure.
 
-    Mutates and returns ``plan``. Whatever the verdict, every changed entity ends
-    up invalidated (a failure must never leave a stale entry behind).
+    ``tables``: @view type -> root table. Mutates and returns ``plan``. Whatever
+    the verdict, every item the transaction recorded ends up invalidated.
     """
     touches = tuple(touches)
-    named_types = {ref.partition(":")[0] for ref in plan.entities}
-    covered_types = plan.cut_types if plan.verdict == "truncated" else set()
+    served_tables = set(tables.values())
+    named_tables = {table_of(ref) for ref in plan.entities}
+    covered = {tables[t] for t in plan.cut_types if t in tables} if plan.verdict == "truncated" else set()
     unlisted = {
-        ref for ref in changes.entities
-        if ref not in plan.entities and ref.partition(":")[0] not in covered_types
+        ref for ref in changes.direct_rows()
+        if ref not in plan.entities and table_of(ref) in served_tables and table_of(ref) not in covered
     }
-    # A type-level record cannot be checked id by id: the cascade must at least
-    # name that type, or declare it cut by truncation.
-    unlisted_types = {t for t in changes.types if t not in named_types and t not in covered_types}
+    # A wide record cannot be checked row by row: the cascade must at least name
+    # an entity over that table, or declare a type over it cut by truncation.
+    unlisted_wide = {t for t in changes.wide_tables() if t in served_tables and t not in named_tables | covered}
     problems: list[str] = []
-    if unlisted or unlisted_types:
-        what = sorted(unlisted) + [t + ":*" for t in sorted(unlisted_types)]
+    if unlisted or unlisted_wide:
+        what = sorted(unlisted) + ["w:" + t for t in sorted(unlisted_wide)]
         shown = ", ".join(what[:20]) + (f" and {len(what) - 20} more" if len(what) > 20 else "")
         problems.append(f"transaction {changes.tx or plan.transaction_id or '?'} changed {shown}, absent from its cascade")
     if (
@@ -136,20 +156,18 @@ def verify(plan: CascadePlan, changes: Changes, *, touches: Iterable[str]) -> Ca
     ):
         problems.append(f"cascade metadata.transaction_id {plan.transaction_id} is not the transaction's id {changes.tx}")
 
+    plan.tags |= changes.tags()  # always: derived parents too, so computed values are fresh
     if plan.is_failure or problems:
-        # Repair: the mutation's types, and everything PostgreSQL says changed.
-        for t in set(touches) | changes.entity_types():
-            plan.tags.add("type:" + t)
-            plan.tags.add(t + ":*")
-        plan.tags |= changes.tags()
-    else:
-        plan.tags |= changes.tags()  # equal to what the cascade named when it is right
+        # Repair: the mutation's types, and every served type over a table that changed.
+        changed_tables = {table_of(item) for item in changes.direct}
+        hit = [t for t, table in tables.items() if table in changed_tables]
+        plan.tags |= wide_tags([*touches, *hit], wide)
     if problems and not plan.is_failure:
         plan.verdict = "unlisted"
         plan.detail = "; ".join(problems)
     elif problems:
         plan.detail = "; ".join([plan.detail, *problems]) if plan.detail else "; ".join(problems)
-    plan.unlisted = unlisted | {t + ":*" for t in unlisted_types}
+    plan.unlisted = unlisted | {"w:" + t for t in unlisted_wide}
     return plan
 
 
@@ -161,7 +179,7 @@ def describe(plan: CascadePlan, changes: Changes | None) -> dict[str, Any]:
     if plan.unlisted:
         details["unlisted"] = sorted(plan.unlisted)
     if changes is not None:
-        details["changed"] = sorted(changes.entities) + [t + ":*" for t in sorted(changes.types)]
+        details["changed"] = sorted(changes.direct) + ["+" + d for d in sorted(changes.derived)]
     if plan.cut_types:
         details["truncated_types"] = sorted(plan.cut_types)
     return details

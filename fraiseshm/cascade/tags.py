@@ -1,18 +1,23 @@
 """A mutation response's graphql-cascade -> the cache tags it invalidates.
 
 The cascade arrives as the JSONB the PostgreSQL function built (snake_case
-keys). Every updated or deleted entity bumps ``Type:id`` and ``Type:*`` (no
-list survives a change of its membership). Query invalidations map onto the
-schema's root fields: EXACT one, PREFIX/PATTERN those that match, ALL a flush.
-A cascade that is missing or malformed is a failure: the safe wider
-invalidation ``type:T`` for every type the mutation touches. A truncated
-cascade bumps what it lists plus ``type:T`` for the types that were cut.
+keys). Tags name tables and keys (fraiseshm/graphql/deps.py): every updated or
+deleted entity of type T bumps ``r:<root table of T's view>:<id>`` and
+``t:<root table>`` (no list survives a change of its membership). Query
+invalidations map onto the schema's root fields: EXACT one, PREFIX/PATTERN
+those that match, ALL a flush. A cascade that is missing or malformed is a
+failure: the safe wider invalidation, ``w:`` + ``t:`` of every table in the
+read sets of the types the mutation touches. A truncated cascade bumps what it
+lists plus that wider invalidation for the types that were cut.
+
+``tables`` maps each @view type to its root table, ``wide`` to its wider
+invalidation (fraiseshm/graphql/deps.py Binding.table / Binding.wide).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,13 +26,13 @@ import msgspec
 
 class _Updated(msgspec.Struct):
     typename: str = msgspec.field(name="__typename")
-    id: str
+    id: str | int  # any key type: text in tags either way
     operation: Literal["CREATED", "UPDATED", "DELETED"]
 
 
 class _Deleted(msgspec.Struct):
     typename: str = msgspec.field(name="__typename")
-    id: str
+    id: str | int  # any key type: text in tags either way
 
 
 class _Invalidation(msgspec.Struct):
@@ -63,7 +68,7 @@ class CascadePlan:
     verdict: Verdict = "ok"
     detail: str = ""
     transaction_id: str | None = None
-    entities: set[str] = field(default_factory=set)  # "Type:id" the cascade names
+    entities: set[str] = field(default_factory=set)  # "r:<table>:<id>" of the entities the cascade names
     cut_types: set[str] = field(default_factory=set)  # types a truncated cascade did not list in full
     unlisted: set[str] = field(default_factory=set)  # changed in PostgreSQL, absent from the cascade
 
@@ -72,16 +77,25 @@ class CascadePlan:
         return self.verdict in ("missing", "malformed", "unlisted")
 
 
+def wide_tags(types: Iterable[str], wide: Mapping[str, Iterable[str]]) -> set[str]:
+    """The safe wider invalidation of some types: w: + t: of their views' read sets."""
+    tags: set[str] = set()
+    for t in types:
+        tags.update(wide.get(t, ()))
+    return tags
+
+
 def plan_invalidation(
     response: Any,
     *,
     touches: Sequence[str],
     query_names: Sequence[str],
-    known_types: Sequence[str],
+    tables: Mapping[str, str],
+    wide: Mapping[str, Iterable[str]],
 ) -> CascadePlan:
     """Never raises: a bad cascade becomes a failure verdict with the wide fallback."""
     plan = CascadePlan()
-    fallback = {"type:" + t for t in touches} | {t + ":*" for t in touches}
+    fallback = wide_tags(touches, wide)
 
     if not isinstance(response, dict):
         plan.verdict, plan.detail, plan.tags = "malformed", "response is not a JSON object", fallback
@@ -100,16 +114,19 @@ def plan_invalidation(
         return plan
 
     plan.transaction_id = None if cascade.metadata.transaction_id is None else str(cascade.metadata.transaction_id)
-    unknown = {e.typename for e in [*cascade.updated, *cascade.deleted]} - set(known_types)
+    unknown = {e.typename for e in [*cascade.updated, *cascade.deleted]} - set(tables)
     if unknown:
         plan.verdict = "malformed"
         plan.detail = f"cascade names unknown types {sorted(unknown)}"
         plan.tags |= fallback
     for entity in [*cascade.updated, *cascade.deleted]:
-        ref = f"{entity.typename}:{entity.id}"
+        table = tables.get(entity.typename)
+        if table is None:
+            continue
+        ref = f"r:{table}:{entity.id}"  # str(int) is PostgreSQL's int text
         plan.entities.add(ref)
         plan.tags.add(ref)
-        plan.tags.add(entity.typename + ":*")
+        plan.tags.add("t:" + table)
 
     for inv in cascade.invalidations:
         if inv.scope == "ALL":
@@ -127,8 +144,7 @@ def plan_invalidation(
     if cascade.metadata.truncated:
         cut = cascade.metadata.truncated_types or list(touches)
         plan.cut_types.update(cut)
-        plan.tags.update("type:" + t for t in cut)
-        plan.tags.update(t + ":*" for t in cut)
+        plan.tags |= wide_tags(cut, wide)
         if plan.verdict == "ok":
             plan.verdict, plan.detail = "truncated", f"cascade truncated; wide invalidation of {sorted(cut)}"
     return plan

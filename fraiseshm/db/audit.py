@@ -9,9 +9,11 @@ the records of its last ``flush_interval`` (the failures among them were
 already counted in the arena and logged at ERROR, and repaired before the
 response). A full buffer drops the newest records and counts them (``dropped``).
 
-The schema (fraiseshm/db/sql/audit.sql) is applied on every (re)connect of
-the writer, so a worker starts while PostgreSQL is down and the table appears
-once it is back. Retention: after every ``trim_every`` rows written, rows older
+The table is fraiseshm.audit, in the kit's schema: `fraiseshm db install`
+creates it (fraiseshm/db/sql/audit.sql), so the server's role needs no CREATE
+right. When it is missing, the writer runs audit.sql itself on its next
+(re)connect (which needs CREATE on the database), so a worker starts while
+PostgreSQL is down and the table appears once it is back. Retention: after every ``trim_every`` rows written, rows older
 than the newest ``retention_rows`` are deleted.
 """
 
@@ -19,31 +21,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from importlib import resources
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from fraiseshm.cascade.audit import AuditRecord
+from fraiseshm.db.kit import AUDIT_SQL
 from fraiseshm.db.pool import Database
 
 log = logging.getLogger("fraiseshm.audit")
 
 _encode = msgspec.json.Encoder().encode
 
-AUDIT_SQL = resources.files("fraiseshm.db").joinpath("sql/audit.sql").read_text()
+AUDIT_TABLE = "fraiseshm.audit"
 
 _INSERT = """
-INSERT INTO fraiseshm_audit (at, mutation, transaction_id, cascade, tags, duration_ms, verdict, failure, details)
+INSERT INTO fraiseshm.audit (at, mutation, transaction_id, cascade, tags, duration_ms, verdict, failure, details)
 SELECT to_timestamp(a), m, t, c::jsonb, g::jsonb, d, v, f, x::jsonb
 FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[], $8::bool[], $9::text[])
      AS u(a, m, t, c, g, d, v, f, x)
 """
 
 _TRIM = """
-DELETE FROM fraiseshm_audit
-WHERE id <= (SELECT id FROM fraiseshm_audit ORDER BY id DESC OFFSET $1 LIMIT 1)
+DELETE FROM fraiseshm.audit
+WHERE id <= (SELECT id FROM fraiseshm.audit ORDER BY id DESC OFFSET $1 LIMIT 1)
 """
 
 _RECENT = """
@@ -51,7 +53,7 @@ SELECT jsonb_build_object(
     'id', id, 'at', at, 'mutation', mutation, 'transactionId', transaction_id,
     'cascade', cascade, 'tags', tags, 'durationMs', duration_ms, 'verdict', verdict,
     'failure', failure, 'details', details)
-FROM fraiseshm_audit
+FROM fraiseshm.audit
 WHERE failure OR NOT $2::bool
 ORDER BY id DESC
 LIMIT $1
@@ -63,8 +65,10 @@ _UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.exceptions.InterfaceError
 
 async def ensure_schema(conn: asyncpg.Connection) -> None:
     """Create the audit table if missing; safe when several workers start at once."""
+    if await conn.fetchval("SELECT to_regclass($1)", AUDIT_TABLE) is not None:
+        return  # the kit made it: no DDL, so the server's role needs no CREATE right
     async with conn.transaction():
-        await conn.execute(AUDIT_SQL)
+        await conn.execute(AUDIT_SQL.read_text())
 
 
 async def recent(db: Database, limit: int, failures_only: bool) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from fraiseshm.db.kit import INSTALL_FILES
 from fraiseshm.errors import ConfigError, DatabaseUnavailable, FraiseshmError, SchemaError
 
 if TYPE_CHECKING:
@@ -330,6 +331,9 @@ class EmbeddedCluster:
             "log_timezone = 'UTC'\n"
             "log_line_prefix = '%m [%p] %q%u@%d '\n"
             "log_min_duration_statement = 1000\n"
+            # The bootstrap role is named fraiseshm, like the kit's schema: with
+            # the default "$user", public every CREATE would land in the kit.
+            "search_path = 'public'\n"
             + durability
         )
         path = self.data_dir / "fraiseshm.conf"
@@ -364,6 +368,8 @@ class EmbeddedCluster:
         self._load_schema([Path(p) for p in sql_files], force=True)
 
     def _load_schema(self, sql_paths: Sequence[Path], *, force: bool = False) -> None:
+        # The kit first: the example schemas track their tables and call its helpers.
+        sql_paths = [*INSTALL_FILES, *sql_paths]
         digest = hashlib.sha1()
         for path in sql_paths:
             digest.update(str(path.resolve()).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -379,16 +385,16 @@ class EmbeddedCluster:
         marker.write_text(digest.hexdigest() + "\n")
 
     def _seed_if_empty(self, seed_users: int) -> None:
-        has_seed = self._psql(
-            ["-c", "SELECT to_regprocedure('fn_seed(integer,integer,integer)') IS NOT NULL "
-                   "AND to_regclass('tb_user') IS NOT NULL"]
-        ).strip()
+        """SELECT fn_seed(seed_users) when the example has one and its tracked tables are all empty."""
+        has_seed = self._psql(["-c", "SELECT to_regprocedure('fn_seed(integer,integer,integer)') IS NOT NULL"]).strip()
         if has_seed != "t":
-            log.warning("embedded database: no fn_seed(int, int, int) or tb_user; not seeding")
+            log.warning("embedded database: no fn_seed(int, int, int); not seeding")
             return
-        if self._psql(["-c", "SELECT EXISTS (SELECT 1 FROM tb_user)"]).strip() == "t":
-            return
-        log.info("seeding %d users into the embedded database", seed_users)
+        tables = self._psql(["-c", "SELECT tbl FROM fraiseshm.tracked_tables()"]).split()
+        for table in tables:
+            if self._psql(["-c", f"SELECT EXISTS (SELECT 1 FROM {table})"]).strip() == "t":
+                return
+        log.info("seeding the embedded database: fn_seed(%d)", seed_users)
         self._psql(["-c", f"SELECT fn_seed({int(seed_users)})"])
 
     # --- processes ----------------------------------------------------------

@@ -10,8 +10,18 @@ lock file to clean up, no lease to expire.
 The holder LISTENs on its own asyncpg connection (application_name
 ``fraiseshm-listener <arena> <pid>``, visible in pg_stat_activity) and turns
 every payload into tags (fraiseshm/cascade/changes.py) -> ``arena.invalidate``.
-A payload it cannot read flushes the arena (it says something changed, not
-what). When the connection is lost (PostgreSQL restarted, network), it
+
+Any role may NOTIFY fraiseshm_changes, so a payload counts only when it
+comes from the kit's own triggers (fraiseshm/db/sql/kit.sql):
+``<hex HMAC-SHA256 of the JSON> <JSON>`` under the kit's notification key
+(``notify_secret``, else read from fraiseshm.notify_key on every connect).
+A payload whose MAC does not verify, whose timestamp is more than
+``max_age`` seconds away from this host's clock, or that was already heard
+(a replay: same MAC within max_age) is ignored, counted in ``rejected`` and
+logged at most once per ``LOG_EVERY`` seconds with the sending backend's pid,
+never a flush: a flood of them costs one HMAC each and leaves the cache as
+it was. A signed payload it cannot read (a newer kit) flushes the arena: it
+says something changed, not what. When the connection is lost (PostgreSQL restarted, network), it
 reconnects every ``retry_interval`` seconds. INVARIANT: every time LISTEN is
 (re)established the arena is flushed *after* LISTEN succeeded, because
 notifications sent while nobody listened are lost; so a takeover or a
@@ -26,18 +36,35 @@ import fcntl
 import logging
 import os
 import threading
+import time
+from collections import Counter, OrderedDict
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from fraiseshm.arena import Arena
-from fraiseshm.cascade.changes import parse_notification
+from fraiseshm.db import kit
 from fraiseshm.errors import CascadeError
+
+try:  # issue 12's payload parser (graphql side); until it is merged, a verified payload flushes
+    from fraiseshm.cascade.changes import parse_payload
+except ImportError:
+    parse_payload = None
 
 log = logging.getLogger("fraiseshm.listener")
 
 CHANNEL = "fraiseshm_changes"
 SHM_DIR = "/dev/shm"
+LOG_EVERY = 10.0  # seconds between two warnings about rejected notifications
+SEEN_MAX = 65_536  # MACs remembered against replays (oldest forgotten first)
+
+
+class _Stamp(msgspec.Struct, forbid_unknown_fields=False):
+    ts: float
+
+
+_decode_stamp = msgspec.json.Decoder(_Stamp).decode
 
 
 class Listener:
@@ -49,8 +76,19 @@ class Listener:
         retry_interval: float = 0.5,
         keepalive: float = 5.0,
         connect_timeout: float = 5.0,
+        secret: str = "",
+        max_age: float = 600.0,
+        clock: Any = time.time,
     ) -> None:
         self._dsn = dsn
+        self._secret = secret  # hex; "" = read fraiseshm.notify_key on connect
+        self._key: bytes | None = bytes.fromhex(secret) if secret else None
+        self.max_age = max_age  # seconds a signed payload's timestamp may be off
+        self._clock = clock
+        self._seen: OrderedDict[str, float] = OrderedDict()  # MAC -> its payload's timestamp
+        self.rejected: Counter[str] = Counter()  # reason -> notifications ignored
+        self._rejected_unlogged = 0
+        self._last_reject_log = float("-inf")
         self.arena = arena
         self.retry_interval = retry_interval  # seconds between reconnect attempts
         self.keepalive = keepalive  # seconds between liveness queries
@@ -132,6 +170,14 @@ class Listener:
             server_settings={"application_name": f"fraiseshm-listener {self.arena.name} {os.getpid()}"},
         )
         self._conn = conn
+        if not self._secret:
+            try:
+                self._key = bytes.fromhex(await kit.notify_key(conn))
+            except asyncpg.PostgresError as exc:
+                log.error("change listener cannot read the notification key (%s: %s): run "
+                          "`fraiseshm db install --server-role <this role>` or set FRAISESHM_NOTIFY_SECRET",
+                          type(exc).__name__, exc)
+                raise
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(CHANNEL, self._on_notification)
         self.connects += 1
@@ -147,10 +193,32 @@ class Listener:
                 await conn.fetchval("SELECT 1", timeout=self.keepalive)
         raise ConnectionError("the listener connection was closed")
 
-    def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notification(self, _conn: Any, pid: int, _channel: str, payload: str) -> None:
         self.notifications += 1
+        body = kit.verify(self._key, payload) if self._key is not None else None
+        if body is None:
+            self._reject("bad signature", pid)
+            return
+        mac = payload[: kit.MAC_HEX]
         try:
-            changes = parse_notification(payload)
+            ts = _decode_stamp(body).ts
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("signed change notification without a timestamp (%s); flushing the arena", exc)
+            self.arena.flush()
+            return
+        now = self._clock()
+        if abs(now - ts) > self.max_age:
+            self._reject("stale", pid)
+            return
+        if mac in self._seen:
+            self._reject("replayed", pid)
+            return
+        self._remember(mac, ts, now)
+        if parse_payload is None:
+            self.arena.flush()
+            return
+        try:
+            changes = parse_payload(body)
         except CascadeError as exc:
             log.error("%s; flushing the arena", exc)
             self.arena.flush()
@@ -158,6 +226,26 @@ class Listener:
         tags = changes.tags()
         if tags:
             self.arena.invalidate(tags)
+
+    def _remember(self, mac: str, ts: float, now: float) -> None:
+        seen = self._seen
+        seen[mac] = ts
+        # Forget what max_age refuses anyway (roughly in arrival order), and bound the memory.
+        while seen and (len(seen) > SEEN_MAX or abs(now - next(iter(seen.values()))) > self.max_age):
+            seen.popitem(last=False)
+
+    def _reject(self, reason: str, pid: int) -> None:
+        self.rejected[reason] += 1
+        self._rejected_unlogged += 1
+        now = time.monotonic()
+        if now - self._last_reject_log >= LOG_EVERY:
+            log.warning(
+                "ignored %d change notifications on %s since the last report (totals: %s); the last one (%s) "
+                "came from backend pid %d (see pg_stat_activity)",
+                self._rejected_unlogged, CHANNEL, dict(self.rejected), reason, pid,
+            )
+            self._rejected_unlogged = 0
+            self._last_reject_log = now
 
     async def _close_connection(self) -> None:
         conn, self._conn = self._conn, None

@@ -5,10 +5,16 @@ text: a hot query is parsed and validated once per worker. Root query fields
 run one SQL statement each; root mutation fields call their PostgreSQL
 function and hand the response to ``context.on_mutation`` (the cache layer
 invalidates from the cascade there, after commit and before the response).
+
+Arguments are bound with the PostgreSQL type of the column they compare to
+(read from the catalog at start: fraiseshm/graphql/catalog.py): sent as text
+and cast in SQL (``$1::text::bigint``), after a check here that turns a
+malformed value into a GraphQL error naming the field and the type.
 """
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import time
 import uuid
@@ -36,7 +42,7 @@ from graphql import (
 
 from fraiseshm.db.pool import Database
 from fraiseshm.errors import RequestError
-from fraiseshm.graphql.deps import Dependencies
+from fraiseshm.graphql.deps import Binding, Dependencies
 from fraiseshm.graphql.schema import RootMutation, RootQuery, ServedSchema, camel_case, snake_case
 
 MAX_LIST_LIMIT = 1000
@@ -63,7 +69,7 @@ class Prepared:
 class MutationCall:
     """What the mutation's own transaction recorded besides the function's response."""
 
-    changes: str | None  # the triggers' fraiseshm.changes setting ("User:<id> Post:* ...")
+    changes: str | None  # the triggers' fraiseshm.changes setting ("r:public.orders:8 +r:public.customers:3 ...")
     transaction_id: str | None  # txid_current_if_assigned(); None if nothing was written
     seconds: float  # the function call as the server saw it
 
@@ -72,7 +78,7 @@ class MutationCall:
 class ExecutionContext:
     deps: Dependencies
     on_mutation: Callable[[RootMutation, Any, MutationCall], Awaitable[None]] | None = None
-    record_changes: bool = False  # read what the triggers recorded (cascade verification)
+    record_changes: bool = True  # read what the triggers recorded (invalidation, cascade verification)
 
 
 def _select_operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode:
@@ -106,6 +112,51 @@ def selection_depth(document: DocumentNode, operation: OperationDefinitionNode) 
         return best
 
     return depth(operation.selection_set, frozenset())
+
+
+_INT_RANGE = {"smallint": 1 << 15, "integer": 1 << 31, "bigint": 1 << 63}
+_BOOL = {"true": "true", "false": "false", "t": "true", "f": "false"}
+
+
+def bind_text(value: Any, pg_type: str, field: str, arg: str) -> str:
+    """A GraphQL argument value -> the text PostgreSQL casts to pg_type; GraphQLError if it cannot be one."""
+    def bad() -> GraphQLError:
+        return GraphQLError(f"{field}: argument {arg}: {value!r} is not a valid {pg_type}")
+
+    if isinstance(value, dict | list):
+        raise bad()
+    if pg_type in _INT_RANGE:
+        if isinstance(value, bool):
+            raise bad()
+        try:
+            number = int(value) if isinstance(value, int) else int(str(value).strip(), 10)
+        except ValueError:
+            raise bad() from None
+        limit = _INT_RANGE[pg_type]
+        if not -limit <= number < limit:
+            raise bad()
+        return str(number)
+    if pg_type == "uuid":
+        try:
+            return str(uuid.UUID(str(value)))
+        except ValueError:
+            raise bad() from None
+    if pg_type == "boolean":
+        text = str(value).lower()
+        if text not in _BOOL:
+            raise bad()
+        return _BOOL[text]
+    if pg_type.startswith("numeric") or pg_type in ("real", "double precision"):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            decimal.Decimal(str(value))
+        except (ValueError, decimal.InvalidOperation):
+            raise bad() from None
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _to_snake(value: Any) -> Any:
@@ -180,23 +231,24 @@ class Executor:
 
     # --- root resolvers -----------------------------------------------------
 
+    def _binding(self, root: RootQuery) -> Binding:
+        binding = self.served.bindings.get(root.entity.name)
+        if binding is None:
+            raise RuntimeError(f"schema not bound to the database: no catalog facts for {root.entity.name}")
+        return binding
+
     def _query_resolver(self, root: RootQuery):  # noqa: ANN202 - graphql resolver
         entity = root.entity
-        one_sql = f"SELECT data FROM {entity.view} WHERE id = $1::uuid"
 
-        async def resolve_one(_source: Any, info: Any, id: str) -> Any:  # noqa: A002 - GraphQL arg name
-            try:
-                uuid.UUID(str(id))
-            except ValueError:
-                raise GraphQLError(f"{root.field}: id {id!r} is not a UUID") from None
+        async def resolve_one(_source: Any, info: Any, id: Any) -> Any:  # noqa: A002 - GraphQL arg name
+            binding = self._binding(root)
+            key = bind_text(id, binding.key_type, root.field, "id")
             deps: Dependencies = info.context.deps
             deps.root(root.field)
-            rows = await self.db.fetch_column(one_sql, (str(id),))
-            if not rows:
-                deps.record_missing(entity, str(id))
-                return None
-            deps.record(entity, rows[0], False)
-            return rows[0]
+            rows = await self.db.fetch_column(f"SELECT data FROM {entity.view} WHERE id = $1::text::{binding.key_type}",
+                                              (key,))
+            deps.rows(entity, rows, is_list=False, asked=key)
+            return rows[0] if rows else None
 
         async def resolve_list(_source: Any, info: Any, limit: int = 20, offset: int = 0, **filters: Any) -> Any:
             if not 0 <= limit <= MAX_LIST_LIMIT:
@@ -204,11 +256,14 @@ class Executor:
             if offset < 0:
                 raise GraphQLError(f"{root.field}: offset must be >= 0, got {offset}")
             given = tuple(arg for arg, _ in root.filters if filters.get(arg) is not None)
+            binding = self._binding(root)
+            columns = dict(root.filters)
+            values = [bind_text(filters[a], binding.columns[columns[a]], root.field, a) for a in given]
             sql = self._list_statement(root, given)
             deps: Dependencies = info.context.deps
             deps.root(root.field)
-            rows = await self.db.fetch_column(sql, (limit, offset, *(str(filters[a]) for a in given)))
-            deps.record(entity, rows, True)
+            rows = await self.db.fetch_column(sql, (limit, offset, *values))
+            deps.rows(entity, rows, is_list=True)
             return rows
 
         return resolve_list if root.is_list else resolve_one
@@ -225,7 +280,8 @@ class Executor:
         if sql is None:
             view = root.entity.view
             columns = dict(root.filters)
-            where = " AND ".join(f"{columns[arg]} = ${i + 3}" for i, arg in enumerate(given))
+            types = self._binding(root).columns
+            where = " AND ".join(f"{columns[arg]} = ${i + 3}::text::{types[columns[arg]]}" for i, arg in enumerate(given))
             order = [part.split() for part in root.entity.order_by.split(",")]
             keys = list(dict.fromkeys(["id", *(words[0] for words in order)]))
             inner_order = ", ".join(" ".join(words) for words in order)

@@ -2,20 +2,26 @@
 
 Conventions (see fraiseshm/graphql/cascade.graphql for the directives):
 
-- ``type T @view(name: "v_t", orderBy: "created_at, id")``: T's rows live in a
-  view with columns ``id``, ``data jsonb`` (nested objects already composed, so
-  one root field is one SQL query) and optional filter columns.
+- ``type T @view(name: "v_t", orderBy: "created_at, id", coarse: [...])``: T's
+  rows live in a view with columns ``id`` (any of smallint, integer, bigint,
+  text, varchar, uuid: read from the catalog at start), ``data jsonb`` (nested
+  objects already composed, so one root field is one SQL query) and optional
+  filter columns. ``coarse`` names tables of the view's read set to follow
+  with their table tag only (fraiseshm/graphql/deps.py).
 - A root query field whose type is a @view type selects one row by ``id``; a
   root field returning a list of a @view type takes ``limit``/``offset`` and
-  every other argument filters the view column ``snake_case(arg)``.
+  every other argument filters the view column ``snake_case(arg)``, bound
+  with that column's PostgreSQL type.
 - ``@function(name: "fn_x", touches: [...])`` on a mutation field calls
   ``fn_x(input jsonb) RETURNS jsonb`` (a graphql-cascade response).
 - ``@cache(ttl: seconds, private: bool)`` on a type sets its TTL and privacy.
 - JSONB keys are snake_case; GraphQL fields are camelCase. Every field reads
   ``source[snake_case(field)]``.
 
-The schema's version is a hash of the full SDL text: it is part of every cache
-key, so a changed schema never serves entries of the old one.
+The schema's version is a hash of the full SDL text and, once bound to the
+database (fraiseshm/graphql/deps.py ``bind``), of the SQL definition of every
+served view, recursively: it is part of every cache key, so neither a changed
+SDL nor a migrated view ever serves entries of the old one.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphql import (
     GraphQLError,
@@ -38,8 +44,12 @@ from graphql import (
     get_named_type,
 )
 from graphql.execution.values import get_directive_values
+from graphql.language import Node as AstNode
 
 from fraiseshm.errors import SchemaError
+
+if TYPE_CHECKING:
+    from fraiseshm.graphql.deps import Binding
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
@@ -62,6 +72,8 @@ class EntityType:
     order_by: str
     ttl: float | None  # seconds; None = the configured default
     private: bool
+    coarse: tuple[str, ...] = ()  # tables declared coarse (@view coarse)
+    line: int = 0  # of the type in the user's SDL
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +84,8 @@ class RootQuery:
     entity: EntityType
     is_list: bool
     filters: tuple[tuple[str, str], ...]  # (graphql arg, view column)
+    id_type: str = ""  # the GraphQL type of a single-object field's id argument ("ID", "Int", ...)
+    line: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,19 +93,34 @@ class RootMutation:
     field: str
     function: str
     touches: tuple[str, ...]  # types a failed cascade falls back to invalidating
+    line: int = 0
 
 
 @dataclass(slots=True)
 class ServedSchema:
     schema: GraphQLSchema
-    version: bytes  # 16-byte hash of the SDL, part of every cache key
+    version: bytes  # 16-byte hash of the SDL (and, once bound, of the views' SQL): part of every cache key
+    source: str = "<sdl>"  # the SDL file, for messages
+    first_line: int = 0  # lines of the built-in SDL before the user's
     entities: dict[str, EntityType] = field(default_factory=dict)
     queries: dict[str, RootQuery] = field(default_factory=dict)
     mutations: dict[str, RootMutation] = field(default_factory=dict)
+    # object type -> ((data key, field's named object type), ...): how deps walk a `data` document
+    walk: dict[str, tuple[tuple[str, str, bool], ...]] = field(default_factory=dict)
+    bindings: dict[str, Binding] = field(default_factory=dict)  # @view type -> its database facts
 
     @property
     def query_names(self) -> tuple[str, ...]:
         return tuple(self.queries)
+
+    def line_of(self, node: AstNode | None) -> int:
+        """The line in the user's SDL file of an AST node (0 if unknown)."""
+        if node is None or node.loc is None:
+            return 0
+        return node.loc.source.body.count("\n", 0, node.loc.start) + 1 - self.first_line
+
+    def where(self, line: int) -> str:
+        return f"{self.source}:{line}" if line > 0 else self.source
 
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
@@ -124,12 +153,19 @@ def load_schema(sdl_path: str | Path) -> ServedSchema:
 
 
 def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
-    full_sdl = builtin_sdl() + "\n" + user_sdl
+    builtin = builtin_sdl() + "\n"
+    first_line = builtin.count("\n")
+    full_sdl = builtin + user_sdl
     try:
         schema = build_schema(full_sdl)
     except GraphQLError as exc:
-        raise SchemaError(f"{source}: {exc.message}") from None
-    served = ServedSchema(schema=schema, version=hashlib.blake2b(full_sdl.encode(), digest_size=16).digest())
+        where = source
+        if exc.locations:
+            line = exc.locations[0].line - first_line
+            where = f"{source}:{line}" if line > 0 else f"{source} (a name the built-in SDL defines)"
+        raise SchemaError(f"{where}: {exc.message}") from None
+    served = ServedSchema(schema=schema, version=hashlib.blake2b(full_sdl.encode(), digest_size=16).digest(),
+                          source=source, first_line=first_line)
 
     for gtype in schema.type_map.values():
         if not isinstance(gtype, GraphQLObjectType):
@@ -151,6 +187,8 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
             order_by=view["orderBy"],
             ttl=float(ttl) if ttl is not None else None,
             private=bool(cache.get("private", False)),
+            coarse=tuple(view.get("coarse") or ()),
+            line=served.line_of(gtype.ast_node),
         )
 
     query_type = schema.query_type
@@ -166,7 +204,9 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
         filters = tuple(
             (arg, snake_case(arg)) for arg in fdef.args if arg not in ("limit", "offset")
         ) if is_list else ()
-        served.queries[name] = RootQuery(field=name, entity=entity, is_list=is_list, filters=filters)
+        id_type = "" if is_list else get_named_type(fdef.args["id"].type).name
+        served.queries[name] = RootQuery(field=name, entity=entity, is_list=is_list, filters=filters,
+                                         id_type=id_type, line=served.line_of(fdef.ast_node))
 
     mutation_type = schema.mutation_type
     for name, fdef in (mutation_type.fields.items() if mutation_type else ()):
@@ -186,15 +226,35 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
         unknown = [t for t in touches if t not in served.entities]
         if unknown:
             raise SchemaError(f"{source}: Mutation.{name}: touches unknown types {unknown}")
-        served.mutations[name] = RootMutation(field=name, function=fn["name"], touches=tuple(touches))
+        served.mutations[name] = RootMutation(field=name, function=fn["name"], touches=tuple(touches),
+                                              line=served.line_of(fdef.ast_node))
 
-    _attach_field_resolvers(schema, served.entities)
+    served.walk = _walk_plan(schema)
+    _attach_field_resolvers(schema)
     return served
 
 
-def _attach_field_resolvers(schema: GraphQLSchema, entities: dict[str, EntityType]) -> None:
-    """Every non-root field reads source[snake_case(name)] from the JSONB dict;
-    a field of a @view type also records its cache dependencies."""
+def _walk_plan(schema: GraphQLSchema) -> dict[str, tuple[tuple[str, str, bool], ...]]:
+    """Per object type, the fields that hold objects: (data key, named type, is a list)."""
+    roots = {schema.query_type, schema.mutation_type, schema.subscription_type}
+    plan: dict[str, tuple[tuple[str, str, bool], ...]] = {}
+    for gtype in schema.type_map.values():
+        if gtype.name.startswith("__") or gtype in roots or not isinstance(gtype, GraphQLObjectType):
+            continue
+        fields = []
+        for fname, fdef in gtype.fields.items():
+            named, is_list = _unwrap_list(fdef.type)
+            if isinstance(named, GraphQLObjectType):
+                fields.append((snake_case(fname), named.name, is_list))
+        plan[gtype.name] = tuple(fields)
+    return plan
+
+
+def _attach_field_resolvers(schema: GraphQLSchema) -> None:
+    """Every non-root field reads source[snake_case(name)] from the JSONB dict.
+
+    Dependencies are not recorded here: the root resolver walks the full `data`
+    the database returned (fraiseshm/graphql/deps.py), whatever was selected."""
     roots = {schema.query_type, schema.mutation_type, schema.subscription_type}
     for gtype in schema.type_map.values():
         if gtype.name.startswith("__") or gtype in roots:
@@ -209,28 +269,12 @@ def _attach_field_resolvers(schema: GraphQLSchema, entities: dict[str, EntityTyp
             elif gtype.name == "UpdatedEntity" and fname == "entity":
                 fdef.resolve = _resolve_cascade_entity
             else:
-                named, is_list = _unwrap_list(fdef.type)
-                entity = entities.get(named.name)
-                if entity is None or gtype.name in ("UpdatedEntity",):
-                    fdef.resolve = _key_resolver(snake_case(fname))
-                else:
-                    fdef.resolve = _entity_resolver(snake_case(fname), entity, is_list)
+                fdef.resolve = _key_resolver(snake_case(fname))
 
 
 def _key_resolver(key: str):  # noqa: ANN202 - graphql resolver signature
     def resolve(source: Any, _info: Any, **_args: Any) -> Any:
         return source.get(key) if isinstance(source, dict) else None
-
-    return resolve
-
-
-def _entity_resolver(key: str, entity: EntityType, is_list: bool):  # noqa: ANN202
-    def resolve(source: Any, info: Any, **_args: Any) -> Any:
-        value = source.get(key) if isinstance(source, dict) else None
-        deps = getattr(info.context, "deps", None)
-        if deps is not None:
-            deps.record(entity, value, is_list)
-        return value
 
     return resolve
 

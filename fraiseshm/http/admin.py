@@ -1,8 +1,8 @@
 """/admin/*: manual invalidation, flush, and the cascade audit trail, behind a token.
 
-    POST /admin/invalidate  {"tags": ["User:<id>", "query:users"]}   those tags
-                            {"type": "User"}                         type:User, User:*
-                            {"key": "User:<id>"}                     User:<id>, User:*
+    POST /admin/invalidate  {"tags": ["r:public.tb_user:<id>"]}      those tags
+                            {"type": "User"}                         w: + t: of its view's read set
+                            {"key": "User:<id>"}                     r:<root table>:<id>, t:<root table>
     POST /admin/flush                                                the whole arena
     GET  /admin/audit?limit=100&failures=true                        newest records first
 
@@ -82,7 +82,8 @@ class InvalidateResource(_Admin):
         if len(given) != 1:
             graphql_error(resp, 400, f"give exactly one of tags, type, key (got {given or 'none'})", "BAD_REQUEST")
             return
-        entities = self.runtime.served.entities if self.runtime.served is not None else {}
+        # Tags name tables and keys (fraiseshm/graphql/deps.py): a type maps through its view's binding.
+        entities = self.runtime.served.bindings if self.runtime.served is not None else {}
         if body.tags is not None:
             if not body.tags or len(body.tags) > MAX_TAGS or any(not t for t in body.tags):
                 graphql_error(resp, 400, f"tags must be 1..{MAX_TAGS} non-empty strings", "BAD_REQUEST")
@@ -92,14 +93,15 @@ class InvalidateResource(_Admin):
             if body.type not in entities:
                 graphql_error(resp, 400, f"unknown type {body.type!r}; known: {sorted(entities)}", "BAD_REQUEST")
                 return
-            tags = ["type:" + body.type, body.type + ":*"]
+            tags = sorted(entities[body.type].wide)
         else:
             typename, _, ident = (body.key or "").partition(":")
             if typename not in entities or not ident:
                 graphql_error(resp, 400, f"key must be 'Type:id' with Type one of {sorted(entities)}, got {body.key!r}",
                               "BAD_REQUEST")
                 return
-            tags = [f"{typename}:{ident}", typename + ":*"]
+            table = entities[typename].table
+            tags = [f"r:{table}:{ident}", "t:" + table]
         arena = self.runtime.arena
         seq = arena.invalidate(tags) if arena is not None else None
         log.warning("admin: invalidated %s (seq %s)", tags, seq)

@@ -44,12 +44,12 @@ def test_invalidate_by_type_key_tags_and_flush(server: Server, pg_cluster: Embed
     user_id = pg_cluster.psql("SELECT id FROM tb_user ORDER BY pk_user LIMIT 1").strip()
     assert _hit_then(server, user_id, lambda a: a.post("/admin/invalidate", json={"type": "User"})) == "MISS"
     assert _hit_then(server, user_id, lambda a: a.post("/admin/invalidate", json={"key": f"User:{user_id}"})) == "MISS"
-    assert _hit_then(server, user_id, lambda a: a.post("/admin/invalidate", json={"tags": [f"User:{user_id}"]})) == "MISS"
-    assert _hit_then(server, user_id, lambda a: a.post("/admin/invalidate", json={"tags": ["Post:nothing"]})) == "HIT"
+    assert _hit_then(server, user_id, lambda a: a.post("/admin/invalidate", json={"tags": [f"r:public.tb_user:{user_id}"]})) == "MISS"
+    assert _hit_then(server, user_id, lambda a: a.post("/admin/invalidate", json={"tags": ["r:public.tb_post:nothing"]})) == "HIT"
     assert _hit_then(server, user_id, lambda a: a.post("/admin/flush")) == "MISS"
     with server.client(headers={"Authorization": f"Bearer {TOKEN}"}) as admin:
         r = admin.post("/admin/invalidate", json={"type": "User"})
-        assert r.json()["data"]["invalidated"] == ["type:User", "User:*"]
+        assert r.json()["data"]["invalidated"] == ["t:public.tb_post", "t:public.tb_user", "w:public.tb_post", "w:public.tb_user"]
         for bad in ({}, {"type": "Nope"}, {"key": "User"}, {"tags": []}, {"type": "User", "key": "User:1"}, {"x": 1}):
             r = admin.post("/admin/invalidate", json=bad)
             assert r.status_code == 400 and r.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST", bad

@@ -3,7 +3,7 @@
 updateUserBroken (schemas/broken_cascade.*) runs fn_update_user and empties
 its cascade's updated list. The server reads what the change triggers
 recorded in the same transaction, so every such call must be: recorded in
-fraiseshm_audit as a failure with the missing entity, counted in the arena
+fraiseshm.audit as a failure with the missing entity, counted in the arena
 (Counter.CASCADE_FAILURES), repaired before the response (the next read is
 fresh, with the listener off so it cannot be what repaired it), and alerted
 on. 10,000 correct mutations of several kinds, sent concurrently among 1,000
@@ -61,9 +61,9 @@ def server(pg_cluster: EmbeddedCluster, pg_dsn: str, tmp_path_factory: pytest.Te
 async def _max_id(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        if await conn.fetchval("SELECT to_regclass('fraiseshm_audit')") is None:
+        if await conn.fetchval("SELECT to_regclass('fraiseshm.audit')") is None:
             return 0
-        return await conn.fetchval("SELECT coalesce(max(id), 0) FROM fraiseshm_audit")
+        return await conn.fetchval("SELECT coalesce(max(id), 0) FROM fraiseshm.audit")
     finally:
         await conn.close()
 
@@ -75,13 +75,13 @@ async def _await_rows(dsn: str, after: int, expected: int, deadline: float = 60.
         end = time.monotonic() + deadline
         while True:
             try:
-                n = await conn.fetchval("SELECT count(*) FROM fraiseshm_audit WHERE id > $1", after)
+                n = await conn.fetchval("SELECT count(*) FROM fraiseshm.audit WHERE id > $1", after)
             except asyncpg.UndefinedTableError:
                 n = 0
             if n >= expected or time.monotonic() > end:
                 break
         return await conn.fetch(
-            "SELECT mutation, verdict, failure, details::text AS details, transaction_id FROM fraiseshm_audit WHERE id > $1",
+            "SELECT mutation, verdict, failure, details::text AS details, transaction_id FROM fraiseshm.audit WHERE id > $1",
             after)
     finally:
         await conn.close()

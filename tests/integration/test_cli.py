@@ -122,11 +122,11 @@ def test_audit_says_when_the_table_is_absent_and_lists_failures(pg_cluster: Embe
         pg_cluster.psql(f"CREATE DATABASE {db}", database="postgres")  # psql -c runs one transaction
     try:
         r = cli("audit", "--dsn", f"{base}/{empty}")
-        assert r.returncode == 2 and "table fraiseshm_audit does not exist" in r.stderr
+        assert r.returncode == 2 and "table fraiseshm.audit does not exist" in r.stderr
 
         pg_cluster.psql((ROOT / "fraiseshm/db/sql/audit.sql").read_text(), database=trail)  # the real table
         pg_cluster.psql(
-            "INSERT INTO fraiseshm_audit (mutation, duration_ms, verdict, failure, details) VALUES "
+            "INSERT INTO fraiseshm.audit (mutation, duration_ms, verdict, failure, details) VALUES "
             "('updateUser', 1.0, 'ok', false, '{}'), "
             "('deleteUser', 2.0, 'missing_entity', true, '{\"detail\": \"Post:7 not in cascade\"}')",
             database=trail,

@@ -5,7 +5,12 @@ from typing import Any
 from fraiseshm.cascade.tags import plan_invalidation
 
 QUERIES = ("users", "user", "posts", "post", "comments", "comment")
-TYPES = ("User", "Post", "Comment")
+TABLES = {"User": "public.tb_user", "Post": "public.tb_post", "Comment": "public.tb_comment"}
+WIDE = {
+    "User": frozenset({"w:public.tb_user", "t:public.tb_user", "w:public.tb_post", "t:public.tb_post"}),
+    "Post": frozenset({"w:public.tb_post", "t:public.tb_post", "w:public.tb_comment", "t:public.tb_comment"}),
+    "Comment": frozenset({"w:public.tb_comment", "t:public.tb_comment"}),
+}
 
 
 def _response(**cascade: Any) -> dict[str, Any]:
@@ -15,17 +20,17 @@ def _response(**cascade: Any) -> dict[str, Any]:
 
 
 def _plan(response: Any, touches: tuple[str, ...] = ("User",)):
-    return plan_invalidation(response, touches=touches, query_names=QUERIES, known_types=TYPES)
+    return plan_invalidation(response, touches=touches, query_names=QUERIES, tables=TABLES, wide=WIDE)
 
 
-def test_entities_bump_their_id_and_list_tags() -> None:
+def test_entities_bump_their_row_and_table_tags_never_type_names() -> None:
     plan = _plan(_response(
         updated=[{"__typename": "User", "id": "u1", "operation": "CREATED", "entity": {"id": "u1"}}],
-        deleted=[{"__typename": "Post", "id": "p1", "deleted_at": "2026-01-01T00:00:00Z"}],
+        deleted=[{"__typename": "Post", "id": 8, "deleted_at": "2026-01-01T00:00:00Z"}],
     ))
     assert plan.verdict == "ok" and not plan.is_failure
-    assert plan.tags == {"User:u1", "User:*", "Post:p1", "Post:*"}
-    assert plan.entities == {"User:u1", "Post:p1"}
+    assert plan.tags == {"r:public.tb_user:u1", "t:public.tb_user", "r:public.tb_post:8", "t:public.tb_post"}
+    assert plan.entities == {"r:public.tb_user:u1", "r:public.tb_post:8"}
     assert plan.transaction_id == "77"
 
 
@@ -40,8 +45,8 @@ def test_query_invalidation_scopes_map_to_root_fields() -> None:
     assert _plan(_response(invalidations=[{"strategy": "INVALIDATE", "scope": "ALL"}])).flush
 
 
-def test_missing_and_malformed_cascades_fall_back_to_the_types() -> None:
-    fallback = {"type:User", "type:Post", "User:*", "Post:*"}
+def test_missing_and_malformed_cascades_fall_back_to_the_read_sets() -> None:
+    fallback = WIDE["User"] | WIDE["Post"]
     missing = _plan({"success": True, "data": {}}, touches=("User", "Post"))
     assert missing.verdict == "missing" and missing.is_failure and missing.tags == fallback
     malformed = _plan({"success": True, "cascade": {"updated": "oops"}}, touches=("User", "Post"))
@@ -63,5 +68,5 @@ def test_truncated_cascade_widens_to_the_cut_types() -> None:
         metadata={"transaction_id": 5, "truncated": True, "truncated_types": ["Comment"]},
     ))
     assert plan.verdict == "truncated" and not plan.is_failure
-    assert {"Comment:c1", "type:Comment", "Comment:*"} <= plan.tags
+    assert {"r:public.tb_comment:c1"} | WIDE["Comment"] <= plan.tags
     assert plan.transaction_id == "5"

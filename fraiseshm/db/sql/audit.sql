@@ -1,7 +1,8 @@
--- fraiseshm's cascade audit trail. Owned by the server: every worker runs this
--- file at start (fraiseshm/db/audit.py), in one transaction, so it must stay
--- idempotent. The advisory lock serialises workers starting at once
--- (concurrent CREATE TABLE IF NOT EXISTS can otherwise fail on pg_type).
+-- fraiseshm's cascade audit trail, in the kit's schema. `fraiseshm db install`
+-- runs this file after kit.sql; a server whose database has no audit table
+-- runs it too (fraiseshm/db/audit.py), which then needs CREATE on the
+-- database. Idempotent; the advisory lock serialises workers starting at
+-- once (concurrent CREATE TABLE IF NOT EXISTS can otherwise fail on pg_type).
 --
 -- One row per mutation: its GraphQL field, its transaction, the cascade it
 -- returned (NULL when absent), the tags the server invalidated, how long the
@@ -10,9 +11,12 @@
 -- changed that its cascade does not name). Retention: the writer deletes rows
 -- older than the newest audit_retention_rows.
 
-SELECT pg_advisory_xact_lock(hashtext('fraiseshm_audit'));
+SELECT pg_advisory_xact_lock(hashtext('fraiseshm.audit'));
 
-CREATE TABLE IF NOT EXISTS fraiseshm_audit (
+CREATE SCHEMA IF NOT EXISTS fraiseshm;
+REVOKE ALL ON SCHEMA fraiseshm FROM PUBLIC;
+
+CREATE TABLE IF NOT EXISTS fraiseshm.audit (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at              timestamptz NOT NULL DEFAULT now(),
     mutation        text NOT NULL,
@@ -26,5 +30,5 @@ CREATE TABLE IF NOT EXISTS fraiseshm_audit (
 );
 
 -- GET /admin/audit?failures=true reads the newest failures first.
-CREATE INDEX IF NOT EXISTS fraiseshm_audit_failure_idx ON fraiseshm_audit (id) WHERE failure;
-CREATE INDEX IF NOT EXISTS fraiseshm_audit_transaction_idx ON fraiseshm_audit (transaction_id);
+CREATE INDEX IF NOT EXISTS audit_failure_idx ON fraiseshm.audit (id) WHERE failure;
+CREATE INDEX IF NOT EXISTS audit_transaction_idx ON fraiseshm.audit (transaction_id);

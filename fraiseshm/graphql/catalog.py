@@ -1,0 +1,335 @@
+"""What PostgreSQL's catalog says about the views and functions the SDL serves.
+
+Read once at start (fraiseshm/graphql/check.py, in the gunicorn master before
+workers fork; workers inherit it), never per request:
+
+- each served view: its columns and their types (the ``id`` type binds
+  ``$1::<type>``, filter columns bind with their own type), ``security_invoker``;
+- its *read set*: every table its rows are built from, found through
+  ``pg_depend`` from the view's rewrite rule, recursively through nested views;
+  and the text of every view on the way (``pg_get_viewdef``), hashed into the
+  schema version;
+- its *root table*: the table the view's ``id`` column comes from, read from
+  the stored query tree (``pg_rewrite.ev_action``: the target entry's
+  ``resorigtbl``/``resorigcol``, which PostgreSQL records for every plain column
+  reference), following nested views down to a table;
+- each table of a read set: single-column keys, single-column foreign keys,
+  ``relrowsecurity``, and whether the kit's change triggers are attached
+  (triggers whose function lives in schema ``fraiseshm``);
+- each mutation function: whether ``fn(jsonb) RETURNS jsonb`` exists.
+
+Queries go through ``fetch_column`` (fraiseshm/db/pool.py Database) and return
+one jsonb value each, so this module never sees asyncpg.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+KIT_SCHEMA = "fraiseshm"
+
+Fetch = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
+
+# pg_trigger.tgtype bits (src/include/catalog/pg_trigger.h)
+_TRIGGER_INSERT, _TRIGGER_DELETE, _TRIGGER_UPDATE, _TRIGGER_TRUNCATE = 4, 8, 16, 32
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignKey:
+    column: str  # the referencing column of the child table
+    parent: str  # "public.customers"
+    parent_column: str
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str  # schema-qualified, as the kit names it in tags: "public.orders"
+    keys: frozenset[str]  # columns of single-column PRIMARY KEY / UNIQUE constraints
+    primary_key: str | None  # the single-column primary key, if any
+    foreign_keys: tuple[ForeignKey, ...]  # single-column FKs to a single-column key
+    row_security: bool  # pg_class.relrowsecurity
+    tracked_events: frozenset[str]  # INSERT/UPDATE/DELETE/TRUNCATE covered by kit triggers
+    kit_key: str | None = None  # the column the kit names rows by (fraiseshm.tracked_tables()); None: unknown
+
+    @property
+    def tracked(self) -> bool:
+        return {"INSERT", "UPDATE", "DELETE"} <= self.tracked_events
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    name: str  # as the SDL wrote it
+    qualified: str  # "public.v_user"
+    kind: str  # "view", "materialized view", "table"
+    columns: dict[str, str]  # column -> format_type() ("bigint", "uuid", "text", ...)
+    root: tuple[str, str] | None  # (table, column) the id column comes from
+    root_problem: str  # why root is None
+    reads: tuple[str, ...]  # tables of the read set (recursively through views), sorted
+    materialized: tuple[str, ...]  # materialized views read: no trigger can follow them
+    security_invoker: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    name: str
+    exists: bool  # some function of that name exists
+    signature_ok: bool  # name(jsonb) RETURNS jsonb exists
+    found: tuple[str, ...]  # the signatures that exist under that name ("fn(text) -> integer")
+
+
+@dataclass(slots=True)
+class Catalog:
+    views: dict[str, View | None] = field(default_factory=dict)  # SDL view name -> View (None: missing)
+    tables: dict[str, Table] = field(default_factory=dict)
+    functions: dict[str, Function] = field(default_factory=dict)
+    definitions: bytes = b""  # hash of every served view's definition, recursively
+    kit_installed: bool = False
+    kit_keys_known: bool = False  # the kit says which column names each table's rows (else: FKs must reference it)
+
+
+# --- the query tree of a view (pg_rewrite.ev_action, nodeToString format) ----------
+
+
+def _tokens(text: str) -> list[str]:
+    """pg_strtok: delimiters are whitespace and ( ) { }; backslash escapes the next character."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch in " \t\n":
+            i += 1
+        elif ch in "(){}":
+            out.append(ch)
+            i += 1
+        else:
+            buf = []
+            while i < n and text[i] not in " \t\n(){}":
+                if text[i] == "\\" and i + 1 < n:
+                    i += 1
+                buf.append(text[i])
+                i += 1
+            out.append("".join(buf))
+    return out
+
+
+def parse_node_tree(text: str) -> Any:
+    """nodeToString text -> nested Python: nodes are dicts (``_node`` = the node name), lists are lists."""
+    tokens = _tokens(text)
+    pos = 0
+
+    def value() -> Any:
+        nonlocal pos
+        tok = tokens[pos]
+        pos += 1
+        if tok == "{":
+            node: dict[str, Any] = {"_node": tokens[pos]}
+            pos += 1
+            while tokens[pos] != "}":
+                key = tokens[pos]
+                pos += 1
+                node[key[1:]] = value()
+                # a Datum: "<len> [ b0 b1 ... ]"
+                if pos < len(tokens) and tokens[pos] == "[":
+                    while tokens[pos] != "]":
+                        pos += 1
+                    pos += 1
+            pos += 1
+            return node
+        if tok == "(":
+            items = []
+            while tokens[pos] != ")":
+                items.append(value())
+            pos += 1
+            return items
+        return None if tok == "<>" else tok
+
+    return value()
+
+
+def _target_origin(tree: Any, column: str) -> tuple[int, int] | None:
+    """(resorigtbl, resorigcol) of the view query's output column, or None."""
+    queries = tree if isinstance(tree, list) else [tree]
+    for query in queries:
+        if not isinstance(query, dict) or query.get("_node") != "QUERY":
+            continue
+        for entry in query.get("targetList") or ():
+            if isinstance(entry, dict) and entry.get("resname") == column and entry.get("resjunk") != "true":
+                return int(entry.get("resorigtbl") or 0), int(entry.get("resorigcol") or 0)
+    return None
+
+
+# --- catalog queries ------------------------------------------------------------------
+
+_RELATION = """
+SELECT jsonb_build_object(
+    'oid', c.oid::bigint,
+    'qualified', n.nspname || '.' || c.relname,
+    'relkind', c.relkind::text,
+    'options', coalesce(to_jsonb(c.reloptions), '[]'::jsonb),
+    'columns', (SELECT coalesce(jsonb_object_agg(a.attname, format_type(a.atttypid, a.atttypmod)), '{}'::jsonb)
+                FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass($1)
+"""
+
+# Every relation the view's rules depend on, recursively through views.
+_READS = """
+WITH RECURSIVE reads(oid) AS (
+    SELECT $1::oid
+    UNION
+    SELECT d.refobjid
+    FROM reads r
+    JOIN pg_rewrite w ON w.ev_class = r.oid
+    JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid
+                    AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.oid
+)
+SELECT coalesce(jsonb_agg(jsonb_build_object(
+    'oid', c.oid::bigint,
+    'qualified', n.nspname || '.' || c.relname,
+    'relkind', c.relkind::text,
+    'definition', CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid, true) END)
+    ORDER BY n.nspname, c.relname), '[]'::jsonb)
+FROM reads JOIN pg_class c ON c.oid = reads.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+"""
+
+_RULE = "SELECT ev_action::text FROM pg_rewrite WHERE ev_class = $1::oid AND rulename = '_RETURN'"
+
+_COLUMN = "SELECT jsonb_build_array(n.nspname || '.' || c.relname, c.relkind::text, a.attname) " \
+          "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace " \
+          "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = $2 WHERE c.oid = $1::oid"
+
+_TABLES = f"""
+SELECT coalesce(jsonb_agg(jsonb_build_object(
+    'qualified', n.nspname || '.' || c.relname,
+    'rls', c.relrowsecurity,
+    'keys', (SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname, k.contype::text)), '[]'::jsonb)
+             FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+             WHERE k.conrelid = c.oid AND k.contype IN ('p', 'u') AND cardinality(k.conkey) = 1),
+    'fks', (SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname, pn.nspname || '.' || p.relname, pa.attname)), '[]'::jsonb)
+            FROM pg_constraint k
+            JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+            JOIN pg_class p ON p.oid = k.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
+            JOIN pg_attribute pa ON pa.attrelid = k.confrelid AND pa.attnum = k.confkey[1]
+            WHERE k.conrelid = c.oid AND k.contype = 'f' AND cardinality(k.conkey) = 1),
+    'trigger_types', (SELECT coalesce(jsonb_agg(t.tgtype::int), '[]'::jsonb)
+                      FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid
+                      JOIN pg_namespace fn ON fn.oid = f.pronamespace
+                      WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+                        AND fn.nspname = '{KIT_SCHEMA}')))
+    , '[]'::jsonb)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = ANY ($1::bigint[]::oid[])
+"""
+
+_FUNCTION = """
+SELECT jsonb_build_object(
+    'ok', to_regprocedure($1 || '(jsonb)') IS NOT NULL
+          AND (SELECT prorettype = 'jsonb'::regtype FROM pg_proc WHERE oid = to_regprocedure($1 || '(jsonb)')),
+    'found', (SELECT coalesce(jsonb_agg(p.oid::regprocedure::text || ' -> ' || format_type(p.prorettype, NULL)), '[]'::jsonb)
+              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE p.proname = split_part($1, '.', -1)
+                AND (position('.' in $1) = 0 AND n.nspname = ANY (current_schemas(true))
+                     OR n.nspname = split_part($1, '.', 1))))
+"""
+
+_KIT = f"SELECT jsonb_build_object('kit', to_regnamespace('{KIT_SCHEMA}') IS NOT NULL)"
+
+# The kit's own view of what it tracks: the key column it names rows by. Its
+# triggers look a foreign key's parent up by that key, whichever unique column
+# the foreign key references (fraiseshm/db/sql/kit.sql, _items_sql).
+_KIT_KEYS = f"""
+SELECT CASE WHEN to_regprocedure('{KIT_SCHEMA}.tracked_tables()') IS NOT NULL
+            THEN (SELECT coalesce(jsonb_object_agg(table_name, key_column), '{{}}'::jsonb)
+                  FROM {KIT_SCHEMA}.tracked_tables()) END
+"""
+
+
+async def _one(fetch: Fetch, sql: str, *args: Any) -> Any:
+    rows = await fetch(sql, args)
+    return rows[0] if rows else None
+
+
+async def _root_of(fetch: Fetch, oid: int, column: str = "id") -> tuple[tuple[str, str] | None, str]:
+    """Follow the view's output column down through nested views to (table, column)."""
+    seen: set[int] = set()
+    while oid not in seen:
+        seen.add(oid)
+        text = await _one(fetch, _RULE, oid)
+        if text is None:
+            return None, f"relation {oid} has no view rule"
+        origin = _target_origin(parse_node_tree(text), column)
+        if origin is None or origin[0] == 0:
+            return None, (f"its {column} column is an expression, not a column of a table "
+                          "(write it as a plain column reference, e.g. t.id)")
+        relname, relkind, column = await _one(fetch, _COLUMN, origin[0], origin[1])
+        if relkind in ("r", "p"):
+            return (relname, column), ""
+        if relkind != "v":
+            return None, f"its {column} column comes from {relname} (relkind {relkind}), not a table"
+        oid = origin[0]
+    return None, "its id column's origin loops"
+
+
+async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[str]) -> Catalog:
+    catalog = Catalog()
+    catalog.kit_installed = bool((await _one(fetch, _KIT))["kit"])
+    definitions = hashlib.blake2b(digest_size=16)
+    table_oids: dict[int, str] = {}
+    for name in sorted(set(views)):
+        rel = await _one(fetch, _RELATION, name)
+        if rel is None:
+            catalog.views[name] = None
+            continue
+        kind = {"v": "view", "m": "materialized view", "r": "table", "p": "table"}.get(rel["relkind"], rel["relkind"])
+        reads = await _one(fetch, _READS, rel["oid"])
+        tables, materialized = [], []
+        for r in reads:
+            if r["relkind"] in ("r", "p"):
+                tables.append(r["qualified"])
+                table_oids[r["oid"]] = r["qualified"]
+            elif r["relkind"] == "m":
+                materialized.append(r["qualified"])
+            if r["definition"] is not None:
+                definitions.update(f"{r['qualified']}\0{r['definition']}\0".encode())
+        if rel["relkind"] in ("r", "p"):
+            root, problem = (rel["qualified"], "id"), ""
+        elif rel["relkind"] == "v":
+            root, problem = await _root_of(fetch, rel["oid"])
+        else:
+            root, problem = None, f"it is a {kind}: no trigger follows its refresh"
+        options = {str(o).partition("=")[0]: str(o).partition("=")[2] for o in rel["options"]}
+        catalog.views[name] = View(
+            name=name,
+            qualified=rel["qualified"],
+            kind=kind,
+            columns=dict(rel["columns"]),
+            root=root,
+            root_problem=problem,
+            reads=tuple(sorted(set(tables))),
+            materialized=tuple(sorted(set(materialized))),
+            security_invoker=options.get("security_invoker", "").lower() in ("true", "on", "1", "yes"),
+        )
+    kit_keys = (await _one(fetch, _KIT_KEYS)) if catalog.kit_installed else None
+    catalog.kit_keys_known = kit_keys is not None
+    for t in await _one(fetch, _TABLES, list(table_oids)):
+        events = set()
+        for tgtype in t["trigger_types"]:
+            events |= {e for bit, e in ((_TRIGGER_INSERT, "INSERT"), (_TRIGGER_UPDATE, "UPDATE"),
+                                        (_TRIGGER_DELETE, "DELETE"), (_TRIGGER_TRUNCATE, "TRUNCATE")) if tgtype & bit}
+        catalog.tables[t["qualified"]] = Table(
+            name=t["qualified"],
+            keys=frozenset(col for col, _ in t["keys"]),
+            primary_key=next((col for col, kind in t["keys"] if kind == "p"), None),
+            foreign_keys=tuple(ForeignKey(c, p, pc) for c, p, pc in t["fks"]),
+            row_security=bool(t["rls"]),
+            tracked_events=frozenset(events),
+            kit_key=(kit_keys or {}).get(t["qualified"]),
+        )
+    for fn in sorted(set(functions)):
+        found = await _one(fetch, _FUNCTION, fn)
+        catalog.functions[fn] = Function(fn, bool(found["found"]), bool(found["ok"]), tuple(found["found"]))
+    catalog.definitions = definitions.digest()
+    return catalog
