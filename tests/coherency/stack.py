@@ -43,7 +43,7 @@ class Example:
     name: str
     sql: tuple[Path, ...]
     sdl: Path
-    seed_users: int  # for the blog's fn_seed; 0 when the SQL seeds itself
+    seed: str  # SQL that seeds a small, hot data set (the writers and readers share it)
 
     def workload(self) -> Workload:
         if self.name == "blog":
@@ -56,8 +56,12 @@ class Example:
 
 
 EXAMPLES = {
-    "blog": Example("blog", (ROOT / "examples/blog/schema.sql",), ROOT / "examples/blog/schema.graphql", 16),
-    "shop": Example("shop", (ROOT / "examples/shop/schema.sql",), ROOT / "examples/shop/schema.graphql", 0),
+    # 16 users, 80 posts, 160 comments
+    "blog": Example("blog", (ROOT / "examples/blog/schema.sql",), ROOT / "examples/blog/schema.graphql",
+                    "SELECT fn_seed(16)"),
+    # 16 customers with 3 orders each, 24 products in 8 categories
+    "shop": Example("shop", (ROOT / "examples/shop/schema.sql",), ROOT / "examples/shop/schema.graphql",
+                    "SELECT fn_seed(16, 24, 3)"),
 }
 
 
@@ -67,7 +71,8 @@ def cluster_for(example: Example) -> Iterator[EmbeddedCluster]:
     directory = Path(tempfile.mkdtemp(prefix=f"fraiseshm-coherency-{example.name}-"))
     cluster = EmbeddedCluster(directory, fast=True)
     try:
-        cluster.ensure(list(example.sql), seed_users=example.seed_users)
+        cluster.ensure(list(example.sql))
+        cluster.psql(example.seed)
         yield cluster
     finally:
         cluster.stop()
