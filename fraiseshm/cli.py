@@ -194,7 +194,7 @@ async def _audit_rows(dsn: str, limit: int) -> tuple[list[str], list[dict[str, A
         if await conn.fetchval("SELECT to_regclass($1)", AUDIT_TABLE) is None:
             return None
         cols = [r["column_name"] for r in await conn.fetch(
-            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
+            "SELECT attname AS column_name FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
             "AND NOT attisdropped ORDER BY attnum", AUDIT_TABLE)]
         # The audit trail's columns belong to its owner (issue 7): read what is there.
         where = ""

@@ -46,16 +46,14 @@ def pg_dsn(pg_cluster: EmbeddedCluster) -> str:
 def reseed(cluster: EmbeddedCluster, users: int = SEED_USERS) -> None:
     """Empty the blog tables and seed them again, in one transaction.
 
-    TRUNCATE fires no row or statement triggers, so this notifies
-    fraiseshm_changes with every type itself: a server under test that listens
-    drops what it cached from the old rows.
+    The kit's TRUNCATE triggers send the tables' t: and w: tags (signed), and
+    fn_seed's fraiseshm.touch does after its bulk insert: a server under test
+    that listens drops what it cached from the old rows.
     """
     cluster.psql(
         "BEGIN;"
         " TRUNCATE tb_comment, tb_post, tb_user RESTART IDENTITY;"
         f" SELECT fn_seed({int(users)});"
-        " SELECT pg_notify('fraiseshm_changes', json_build_object("
-        "   'tx', txid_current()::text, 'types', json_build_array('User', 'Post', 'Comment'))::text);"
         " COMMIT;"
     )
 

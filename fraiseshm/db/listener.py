@@ -47,7 +47,7 @@ from fraiseshm.arena import Arena
 from fraiseshm.db import kit
 from fraiseshm.errors import CascadeError
 
-try:  # issue 12's payload parser (graphql side); until it is merged, a verified payload flushes
+try:  # the payload parser of fraiseshm.cascade.changes (issue 12, graphql side), once merged
     from fraiseshm.cascade.changes import parse_payload
 except ImportError:
     parse_payload = None
@@ -60,11 +60,14 @@ LOG_EVERY = 10.0  # seconds between two warnings about rejected notifications
 SEEN_MAX = 65_536  # MACs remembered against replays (oldest forgotten first)
 
 
-class _Stamp(msgspec.Struct, forbid_unknown_fields=False):
+class _Signed(msgspec.Struct, forbid_unknown_fields=False):
+    """What the listener itself reads of a verified payload: its timestamp (replays) and tags."""
+
     ts: float
+    tags: list[str]
 
 
-_decode_stamp = msgspec.json.Decoder(_Stamp).decode
+_decode_signed = msgspec.json.Decoder(_Signed).decode
 
 
 class Listener:
@@ -201,29 +204,28 @@ class Listener:
             return
         mac = payload[: kit.MAC_HEX]
         try:
-            ts = _decode_stamp(body).ts
+            signed = _decode_signed(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.error("signed change notification without a timestamp (%s); flushing the arena", exc)
+            log.error("signed change notification this fraiseshm cannot read (%s); flushing the arena", exc)
             self.arena.flush()
             return
         now = self._clock()
-        if abs(now - ts) > self.max_age:
+        if abs(now - signed.ts) > self.max_age:
             self._reject("stale", pid)
             return
         if mac in self._seen:
             self._reject("replayed", pid)
             return
-        self._remember(mac, ts, now)
-        if parse_payload is None:
-            self.arena.flush()
-            return
-        try:
-            changes = parse_payload(body)
-        except CascadeError as exc:
-            log.error("%s; flushing the arena", exc)
-            self.arena.flush()
-            return
-        tags = changes.tags()
+        self._remember(mac, signed.ts, now)
+        if parse_payload is not None:
+            try:
+                tags = parse_payload(body).tags()
+            except CascadeError as exc:
+                log.error("%s; flushing the arena", exc)
+                self.arena.flush()
+                return
+        else:
+            tags = {t.removeprefix("+") for t in signed.tags}  # derived items are bumped alike
         if tags:
             self.arena.invalidate(tags)
 

@@ -1,6 +1,8 @@
 """The example blog's SQL on a real PostgreSQL: views, mutation functions and
 their graphql-cascade responses, change triggers, seed. No mocks.
 
+Notifications carry the kit's payload ('<hmac> {"v", "tx", "ts", "tags"}');
+the listener here checks each MAC with the key read from fraiseshm.notify_key.
 Notifications are awaited, never slept for: after the statement under test
 commits, a sentinel NOTIFY on another channel is sent from another
 transaction; PostgreSQL delivers notifications in commit order, so when the
@@ -20,6 +22,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from fraiseshm.db import kit
 from fraiseshm.db.embedded import EmbeddedCluster
 
 CHANNEL = "fraiseshm_changes"
@@ -27,6 +30,7 @@ SENTINEL = "fraiseshm_test_sentinel"
 TIMEOUT = 10.0  # seconds to wait for a notification before failing
 
 UPDATED_LIMIT, DELETED_LIMIT = 500, 100
+TABLE_TYPES = {"public.tb_user": "User", "public.tb_post": "Post", "public.tb_comment": "Comment"}
 
 USER_KEYS = {"id", "name", "email", "created_at", "posts"}
 USER_REF_KEYS = {"id", "name", "email", "created_at"}
@@ -74,6 +78,7 @@ class Listener:
 
     async def __aenter__(self) -> Listener:
         self.conn = await asyncpg.connect(self.dsn)
+        self.key = bytes.fromhex(await kit.notify_key(self.conn))
         await self.conn.add_listener(CHANNEL, self._on)
         await self.conn.add_listener(SENTINEL, self._on)
         return self
@@ -96,7 +101,9 @@ class Listener:
                     return payloads
                 continue
             self.raw.append(payload)
-            payloads.append(json.loads(payload))
+            body = kit.verify(self.key, payload)
+            assert body is not None, f"payload not signed by the kit: {payload[:200]!r}"
+            payloads.append(json.loads(body))
 
     async def for_tx(self, tx: str | int) -> list[dict[str, Any]]:
         return [p for p in await self.drain() if p["tx"] == str(tx)]
@@ -108,11 +115,19 @@ def cascade_keys(result: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def notified_keys(payloads: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(Type, id) of the rows the notified statements changed directly (r: items, not +r:)."""
     keys: set[tuple[str, str]] = set()
     for p in payloads:
-        assert "changes" in p, p
-        keys |= {(t, i) for t, i in p["changes"]}
+        assert p["v"] == 1 and not any(t.startswith(("w:", "+w:")) for t in p["tags"]), p
+        for tag in p["tags"]:
+            kind, table, ident = (tag.split(":", 2) + [""])[:3]
+            if kind == "r":
+                keys.add((TABLE_TYPES[table], ident))
     return keys
+
+
+def tags_of(payloads: list[dict[str, Any]]) -> set[str]:
+    return {t for p in payloads for t in p["tags"]}
 
 
 def assert_success(result: dict[str, Any]) -> None:
@@ -308,7 +323,8 @@ def test_create_user_cascade_and_notification(pg_dsn: str) -> None:
             assert (meta["depth"], meta["affected_count"], meta["original_count"]) == (1, 1, 1)
             assert (meta["truncated"], meta["truncated_types"]) == (False, [])
             payloads = await listener.for_tx(meta["transaction_id"])
-            assert payloads == [{"tx": meta["transaction_id"], "changes": [["User", user["id"]]]}]
+            assert len(payloads) == 1
+            assert tags_of(payloads) == {"t:public.tb_user", f"r:public.tb_user:{user['id']}"}
 
     asyncio.run(main())
 
@@ -595,13 +611,17 @@ def test_plain_sql_update_notifies_with_the_transaction_id(pg_dsn: str) -> None:
             async with conn.transaction():
                 await conn.execute("UPDATE tb_user SET name = 'psql edit' WHERE id = $1::uuid", user["id"])
                 tx = await conn.fetchval("SELECT txid_current()")
-            assert await listener.for_tx(tx) == [{"tx": str(tx), "changes": [["User", user["id"]]]}]
+            payloads = await listener.for_tx(tx)
+            assert [p["tx"] for p in payloads] == [str(tx)]
+            assert tags_of(payloads) == {"t:public.tb_user", f"r:public.tb_user:{user['id']}"}
 
             post = await new_post(conn, user["id"])
             async with conn.transaction():
                 await conn.execute("DELETE FROM tb_post WHERE id = $1::uuid", post["id"])
                 tx = await conn.fetchval("SELECT txid_current()")
-            assert await listener.for_tx(tx) == [{"tx": str(tx), "changes": [["Post", post["id"]]]}]
+            # the post and, through fk_author -> tb_user.pk_user, its author (looked up by id): derived
+            assert tags_of(await listener.for_tx(tx)) == {
+                "t:public.tb_post", f"r:public.tb_post:{post['id']}", f"+r:public.tb_user:{user['id']}"}
 
             # a rolled-back write notifies nobody
             tr = conn.transaction()
@@ -630,10 +650,10 @@ def test_plain_sql_delete_of_a_user_reports_cascaded_rows(pg_dsn: str) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("rows", [1, 100, 148, 149, 1000])
-def test_large_statements_fall_back_to_types(pg_dsn: str, rows: int) -> None:
-    """Every payload fits in a NOTIFY; a statement whose id list does not fit
-    in ~7900 bytes sends its type instead."""
+@pytest.mark.parametrize("rows", [1, 20, 200, 1000])  # listed, listed, too long for one NOTIFY, over max_rows
+def test_large_statements_fall_back_to_table_tags(pg_dsn: str, rows: int) -> None:
+    """Every payload fits in a NOTIFY; a statement whose tags do not fit in
+    ~7900 bytes sends t: + w: of its table and w: of the tables it references."""
 
     async def main() -> None:
         async with connect(pg_dsn) as conn, Listener(pg_dsn) as listener:
@@ -644,19 +664,23 @@ def test_large_statements_fall_back_to_types(pg_dsn: str, rows: int) -> None:
                     rows,
                 )
                 tx = await conn.fetchval("SELECT txid_current()")
+                recorded = await conn.fetchval("SELECT current_setting('fraiseshm.changes', true)")
             assert len(ids) == rows
             payloads = await listener.for_tx(tx)
             assert len(payloads) == 1
             raw = [r for r in listener.raw if f'"{tx}"' in r]
-            assert all(len(r.encode()) <= 7900 for r in raw)
+            assert all(len(r.encode()) <= 8000 for r in raw)
             (payload,) = payloads
-            listed = json.dumps({"tx": str(tx), "changes": [["Comment", i["id"]] for i in ids]})
-            # json.dumps spaces its output as jsonb::text does: same length as the trigger's
-            if len(listed.encode()) <= 7900:
-                assert set(payload) == {"tx", "changes"}
-                assert sorted(map(tuple, payload["changes"])) == sorted(("Comment", i["id"]) for i in ids)
+            rows_listed = {f"r:public.tb_comment:{i['id']}" for i in ids}
+            if any(t.startswith("r:") for t in payload["tags"]):
+                assert rows_listed <= set(payload["tags"])
+                assert "w:public.tb_comment" not in payload["tags"]
+                assert rows <= 20
             else:
-                assert payload == {"tx": str(tx), "types": ["Comment"]}
+                assert rows >= 200
+                assert sorted(payload["tags"]) == [
+                    "t:public.tb_comment", "w:public.tb_comment", "w:public.tb_post", "w:public.tb_user"]
+            assert sorted(recorded.split()) == sorted(payload["tags"])  # the same items, + kept
 
     asyncio.run(main())
 

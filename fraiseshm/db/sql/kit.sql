@@ -43,6 +43,8 @@ BEGIN
     END IF;
 END
 $$;
+-- SQL-standard function bodies below bind their names now: to pg_catalog's.
+SET LOCAL search_path = pg_catalog, pg_temp;
 -- Nobody but the owner (and the roles fraiseshm.grant_server names) may use
 -- the kit: USAGE is what lets a role call its functions or read its tables.
 REVOKE ALL ON SCHEMA fraiseshm FROM PUBLIC;
@@ -117,7 +119,6 @@ $$;
 -- INVARIANT: nobody but the kit owner may execute it (it would sign forgeries).
 CREATE OR REPLACE FUNCTION fraiseshm._sign(msg text) RETURNS text
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 RETURN (
     SELECT encode(sha256(k.okey || sha256(k.ikey || convert_to(msg, 'UTF8'))), 'hex')
     FROM fraiseshm.notify_key k
@@ -130,95 +131,38 @@ REVOKE ALL ON FUNCTION fraiseshm._sign(text) FROM PUBLIC;
 
 -- Schema-qualified, as pg_namespace/pg_class spell it (tags use this form).
 CREATE OR REPLACE FUNCTION fraiseshm.table_name(tbl regclass) RETURNS text
-LANGUAGE sql STABLE STRICT
-SET search_path = pg_catalog, pg_temp
-RETURN (SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.oid = tbl);
+LANGUAGE plpgsql STABLE STRICT AS $$
+BEGIN
+    RETURN (SELECT n.nspname || '.' || c.relname
+            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = tbl);
+END
+$$;
 
 -- ===========================================================================
 -- Change triggers
 -- ===========================================================================
 
--- The query listing one statement's tags, for the transition tables of op
--- (INSERT: new_rows, DELETE: old_rows, UPDATE: both). Built from the catalog
--- on every statement: foreign keys added later, parents tracked later and
--- renamed columns are always current. Parent keys: a foreign key that
--- references the parent's tag key reads it from the child row; one that
--- references another unique column (tb_post.fk_author -> tb_user.pk_user
--- while tb_user is named by id) is looked up in the parent.
-CREATE OR REPLACE FUNCTION fraiseshm._items_sql(tbl regclass, op text, keyatt int2) RETURNS text
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cols text[] := '{}';
-    parts text[] := '{}';
-    keycol name;
-    fk record;
-    parent_key int2;
-    parent_keycol name;
-    src text;
-BEGIN
-    IF keyatt > 0 THEN
-        SELECT attname INTO keycol FROM pg_attribute WHERE attrelid = tbl AND attnum = keyatt AND NOT attisdropped;
-    END IF;
-    IF keycol IS NOT NULL THEN
-        cols := cols || format('%I::text AS k', keycol);
-        parts := parts || format('SELECT %L || k FROM chg', 'r:' || fraiseshm.table_name(tbl) || ':');
-    ELSE
-        parts := parts || format('SELECT %L', 'w:' || fraiseshm.table_name(tbl));
-    END IF;
-    FOR fk IN
-        SELECT c.conname, ca.attname AS child_col, c.confrelid::regclass AS parent, c.confkey[1] AS parent_att,
-               pa.attname AS parent_col, row_number() OVER (ORDER BY c.conname) AS n
-        FROM pg_constraint c
-        JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = c.conkey[1]
-        JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = c.confkey[1]
-        WHERE c.conrelid = tbl AND c.contype = 'f' AND cardinality(c.conkey) = 1
-    LOOP
-        parent_key := fraiseshm.key_attnum(fk.parent);
-        IF parent_key IS NULL THEN
-            parts := parts || format('SELECT %L', 'w:' || fraiseshm.table_name(fk.parent));
-            CONTINUE;
-        END IF;
-        cols := cols || format('%I AS f%s', fk.child_col, fk.n);
-        IF parent_key = fk.parent_att THEN
-            parts := parts || format('SELECT %L || f%s::text FROM chg WHERE f%s IS NOT NULL',
-                                     '+r:' || fraiseshm.table_name(fk.parent) || ':', fk.n, fk.n);
-        ELSE
-            SELECT attname INTO parent_keycol FROM pg_attribute WHERE attrelid = fk.parent AND attnum = parent_key;
-            parts := parts || format(
-                'SELECT %L || p.%I::text FROM chg JOIN %s p ON p.%I = chg.f%s',
-                '+r:' || fraiseshm.table_name(fk.parent) || ':', parent_keycol, fk.parent, fk.parent_col, fk.n);
-        END IF;
-    END LOOP;
-    IF cardinality(cols) = 0 THEN
-        cols := ARRAY['1 AS one'];
-    END IF;
-    src := CASE op
-        WHEN 'INSERT' THEN format('SELECT %s FROM new_rows', array_to_string(cols, ', '))
-        WHEN 'DELETE' THEN format('SELECT %s FROM old_rows', array_to_string(cols, ', '))
-        ELSE format('SELECT %1$s FROM new_rows UNION ALL SELECT %1$s FROM old_rows', array_to_string(cols, ', '))
-    END;
-    RETURN format('WITH chg AS MATERIALIZED (%s) SELECT array_agg(DISTINCT i ORDER BY i) FROM (%s) s(i)',
-                  src, array_to_string(parts, ' UNION ALL '));
-END
-$$;
-
 -- Tags for a change whose rows are not listed: the table's t: and w:, and w:
 -- of every table it references (which parent rows changed is unknown).
 CREATE OR REPLACE FUNCTION fraiseshm._wide_items(tbl regclass) RETURNS text[]
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-RETURN ARRAY['t:' || fraiseshm.table_name(tbl), 'w:' || fraiseshm.table_name(tbl)] || coalesce(
-    (SELECT array_agg(DISTINCT 'w:' || fraiseshm.table_name(c.confrelid::regclass))
-     FROM pg_constraint c WHERE c.conrelid = tbl AND c.contype = 'f'), '{}');
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN ARRAY['t:' || fraiseshm.table_name(tbl), 'w:' || fraiseshm.table_name(tbl)] || ARRAY(
+        SELECT DISTINCT 'w:' || n.nspname || '.' || p.relname
+        FROM pg_catalog.pg_constraint c
+        JOIN pg_catalog.pg_class p ON p.oid = c.confrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
+        WHERE c.conrelid = tbl AND c.contype = 'f');
+END
+$$;
 
--- Sends items: one signed NOTIFY (fallback to the wide items when the JSON
+-- Runs under its callers' pinned search_path (on_change, touch); names are
+-- qualified anyway. Sends items: one signed NOTIFY (fallback to the wide items when the JSON
 -- would not fit in a NOTIFY payload), and appends the same items to the
 -- transaction-local setting fraiseshm.changes.
 CREATE OR REPLACE FUNCTION fraiseshm._emit(tbl regclass, items text[]) RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     max_payload CONSTANT int := 7900;  -- NOTIFY's limit is 8000 bytes
     max_recorded CONSTANT int := 1 << 20;  -- fraiseshm.changes: past this, wide items only
@@ -238,7 +182,9 @@ BEGIN
             'ts', round(extract(epoch FROM clock_timestamp()), 6),
             'tags', to_jsonb(items))::text;
     END IF;
-    PERFORM pg_notify('fraiseshm_changes', fraiseshm._sign(payload) || ' ' || payload);
+    SELECT encode(sha256(k.okey || sha256(k.ikey || convert_to(payload, 'UTF8'))), 'hex') || ' ' || payload
+    INTO payload FROM fraiseshm.notify_key k;  -- HMAC-SHA256, as fraiseshm._sign
+    PERFORM pg_notify('fraiseshm_changes', payload);
     IF octet_length(recorded) > max_recorded THEN
         items := fraiseshm._wide_items(tbl);
     END IF;
@@ -249,18 +195,34 @@ REVOKE ALL ON FUNCTION fraiseshm._emit(regclass, text[]) FROM PUBLIC;
 
 -- The trigger function of every tracked table. TG_ARGV[0]: the attnum of the
 -- key column (0: none). SECURITY DEFINER: it runs as the kit owner, who alone
--- reads the notification key; search_path is pinned and every name in the
--- generated SQL is qualified. It never makes the user's statement fail: a
--- problem building the list falls back to the wide items, with a WARNING.
+-- reads the notification key; search_path is pinned and every name in
+-- dynamic SQL is qualified. Keys, foreign keys and parents' keys are read
+-- from the catalog on every statement, so foreign keys added later, parents
+-- tracked later and renamed columns are always current.
+--
+-- PERF: rows are read as jsonb (to_jsonb(row) ->> column is the column's
+-- text form for every allowed key type: track refuses timestamps), so every
+-- query here is static and planned once per session and table; only a
+-- foreign key that references another column than the parent's key (FraiseQL
+-- style: tb_post.fk_author -> tb_user.pk_user while tb_user rows are named
+-- by id) costs one dynamic, indexed lookup in the parent.
+--
+-- It never makes the user's statement fail: a problem building the list
+-- falls back to the wide items, with a WARNING.
 CREATE OR REPLACE FUNCTION fraiseshm.on_change() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    -- PERF: a statement with more rows than this cannot fit one NOTIFY (an
-    -- item is at least ~10 bytes): skip listing them at all.
+    -- a statement with more rows than this cannot fit one NOTIFY (an item is
+    -- at least ~10 bytes): its rows are not even read.
     max_rows CONSTANT int := 790;
     n int;
+    tname text;
+    keycol name;
+    rows_ jsonb[];
     items text[];
+    part text[];
+    fk record;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM fraiseshm._emit(TG_RELID, fraiseshm._wide_items(TG_RELID));
@@ -275,17 +237,58 @@ BEGIN
         RETURN NULL;
     END IF;
     IF n > max_rows THEN
-        items := fraiseshm._wide_items(TG_RELID);
-    ELSE
-        BEGIN
-            EXECUTE fraiseshm._items_sql(TG_RELID, TG_OP, TG_ARGV[0]::int2) INTO items;
-            items := ARRAY['t:' || fraiseshm.table_name(TG_RELID)] || items;
-        EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'fraiseshm: listing the rows changed in % failed (%); sending table-level tags',
-                TG_RELID::regclass, SQLERRM;
-            items := fraiseshm._wide_items(TG_RELID);
-        END;
+        PERFORM fraiseshm._emit(TG_RELID, fraiseshm._wide_items(TG_RELID));
+        RETURN NULL;
     END IF;
+    BEGIN
+        tname := TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
+        IF TG_OP = 'INSERT' THEN
+            rows_ := ARRAY(SELECT to_jsonb(r) FROM new_rows r);
+        ELSIF TG_OP = 'UPDATE' THEN
+            rows_ := ARRAY(SELECT to_jsonb(r) FROM new_rows r UNION ALL SELECT to_jsonb(r) FROM old_rows r);
+        ELSE
+            rows_ := ARRAY(SELECT to_jsonb(r) FROM old_rows r);
+        END IF;
+        SELECT attname INTO keycol FROM pg_attribute
+        WHERE attrelid = TG_RELID AND attnum = TG_ARGV[0]::int2 AND NOT attisdropped;
+        IF keycol IS NULL THEN
+            items := ARRAY['t:' || tname, 'w:' || tname];
+        ELSE
+            items := ARRAY['t:' || tname] || ARRAY(
+                SELECT DISTINCT 'r:' || tname || ':' || (j ->> keycol) FROM unnest(rows_) j);
+        END IF;
+        FOR fk IN
+            SELECT c.confrelid::regclass AS parent, ca.attname AS col, pa.attname AS ref,
+                   pn.nspname || '.' || pc.relname AS pname,
+                   fraiseshm.key_attnum(c.confrelid::regclass) AS pkey, c.confkey[1] AS refatt,
+                   format_type(pa.atttypid, pa.atttypmod) AS reftype
+            FROM pg_constraint c
+            JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = c.conkey[1]
+            JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = c.confkey[1]
+            JOIN pg_class pc ON pc.oid = c.confrelid
+            JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+            WHERE c.conrelid = TG_RELID AND c.contype = 'f' AND cardinality(c.conkey) = 1
+        LOOP
+            part := ARRAY(SELECT DISTINCT j ->> fk.col FROM unnest(rows_) j WHERE j ->> fk.col IS NOT NULL);
+            CONTINUE WHEN cardinality(part) = 0;
+            IF fk.pkey IS NULL THEN
+                items := items || ('w:' || fk.pname);
+            ELSIF fk.pkey = fk.refatt THEN
+                items := items || ARRAY(SELECT '+r:' || fk.pname || ':' || v FROM unnest(part) v);
+            ELSE
+                EXECUTE format('SELECT ARRAY(SELECT DISTINCT %L || p.%I::text FROM %s p WHERE p.%I = ANY ($1::%s[]))',
+                               '+r:' || fk.pname || ':',
+                               (SELECT attname FROM pg_attribute WHERE attrelid = fk.parent AND attnum = fk.pkey),
+                               fk.parent, fk.ref, fk.reftype)
+                    INTO part USING part;
+                items := items || part;
+            END IF;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'fraiseshm: listing the rows changed in % failed (%); sending table-level tags',
+            TG_RELID::regclass, SQLERRM;
+        items := fraiseshm._wide_items(TG_RELID);
+    END;
     PERFORM fraiseshm._emit(TG_RELID, items);
     RETURN NULL;
 END
@@ -298,15 +301,21 @@ REVOKE ALL ON FUNCTION fraiseshm.on_change() FROM PUBLIC;
 -- key is an internal number), else a single-column primary key, else any
 -- single-column unique key on NOT NULL column; NULL when there is none.
 CREATE OR REPLACE FUNCTION fraiseshm.key_attnum(tbl regclass) RETURNS int2
-LANGUAGE sql STABLE STRICT
-SET search_path = pg_catalog, pg_temp
-RETURN nullif(coalesce(
-    (SELECT nullif(split_part(encode(tgargs, 'escape'), '\000', 1), '')::int2 FROM pg_trigger
-     WHERE tgrelid = tbl AND tgname = 'fraiseshm_update' AND tgfoid = 'fraiseshm.on_change()'::regprocedure),
-    (SELECT c.conkey[1] FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
-     WHERE c.conrelid = tbl AND c.contype IN ('p', 'u') AND cardinality(c.conkey) = 1
-     ORDER BY (a.attname = 'id') DESC, (c.contype = 'p') DESC, a.attnotnull DESC, c.conname
-     LIMIT 1)), 0);
+LANGUAGE plpgsql STABLE STRICT AS $$
+BEGIN
+    RETURN nullif(coalesce(
+        (SELECT nullif(split_part(encode(t.tgargs, 'escape'), '\000', 1), '')::int2
+         FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid
+         WHERE t.tgrelid = tbl AND t.tgname = 'fraiseshm_update' AND f.proname = 'on_change'
+           AND f.pronamespace = 'fraiseshm'::regnamespace),
+        (SELECT c.conkey[1]
+         FROM pg_catalog.pg_constraint c
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+         WHERE c.conrelid = tbl AND c.contype IN ('p', 'u') AND cardinality(c.conkey) = 1
+         ORDER BY (a.attname = 'id') DESC, (c.contype = 'p') DESC, a.attnotnull DESC, c.conname
+         LIMIT 1)), 0);
+END
+$$;
 
 -- Attach the change triggers to a table (again: replaces them). key names the
 -- column whose value names a row in tags; default: fraiseshm.key_attnum's
@@ -337,6 +346,11 @@ BEGIN
         END IF;
     ELSE
         keyatt := fraiseshm.key_attnum(tbl);
+    END IF;
+    IF (SELECT atttypid FROM pg_attribute WHERE attrelid = tbl AND attnum = keyatt)
+       IN ('timestamp'::regtype, 'timestamptz'::regtype) THEN
+        RAISE EXCEPTION 'fraiseshm.track: the key of % is a timestamp, whose text depends on the session',
+            tbl USING HINT = 'name another unique column: fraiseshm.track(table, key => ''id'')';
     END IF;
     keyatt := coalesce(keyatt, 0);
     EXECUTE format('CREATE TRIGGER fraiseshm_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
