@@ -174,6 +174,7 @@ class Members:
     value: Any
     served: list[tuple[str, dict[str, Any]]]  # (key, served fields) in served order
     order: str | None = "createdAt"  # an immutable field; None: the order is checked by the example
+    descending: bool = False
 
 
 @dataclass(slots=True)
@@ -286,7 +287,9 @@ class Checker:
                 yield (fact.kind, key, (lambda im, m=member: not m(im)),
                        f"{fact.kind} {key} missing from list {self._list_name(fact)}")
             by = fact.order if isinstance(fact, Members) else "createdAt"
-            if by is not None and order != sorted(order, key=lambda k, kind=fact.kind: self._order_key(kind, k, by)):
+            down = isinstance(fact, Members) and fact.descending
+            if by is not None and order != sorted(order, key=lambda k, kind=fact.kind: self._order_key(kind, k, by),
+                                                  reverse=down):
                 yield fact.kind, order[0], (lambda im: False), f"list {self._list_name(fact)} out of order: {order}"
 
     @staticmethod
@@ -295,11 +298,12 @@ class Checker:
             return f"{fact.kind}[{fact.field}={fact.value}]"
         return f"{fact.kind}[offset {fact.offset} limit {fact.limit}]"
 
-    def _order_key(self, kind: str, key: str, by: str = "createdAt") -> tuple[Any, str]:
+    def _order_key(self, kind: str, key: str, by: str = "createdAt") -> tuple[Any, Any]:
+        tie = int(key) if key.isdigit() else key  # integer keys sort as numbers, uuids as PostgreSQL orders them
         for v in self.h.versions.get((kind, key)) or ():
             if v.image is not None:
-                return (v.image[by], key)
-        return ("", key)
+                return (v.image[by], tie)
+        return ("", tie)
 
     def _window_counts(self, shape: str, fact: Window, start: float, end: float) -> list[Failure]:
         """Keys between the served ones must be absent-able; counts before the page must fit the offset.

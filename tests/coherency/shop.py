@@ -32,13 +32,17 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.coherency.harness import Fact, History, Image, Members, Obj, Read, Total, Workload, graphql, now
+from tests.coherency.harness import Fact, History, Image, Members, Obj, Read, Total, Window, Workload, graphql, now
 
 CUSTOMER = "query($id: ID!) { customer(id: $id) { id name email createdAt orderCount } }"
 ORDER = ("query($id: ID!) { order(id: $id) { id status createdAt total customer { id name email } "
          "items { id quantity lineTotal product { id name price } } } }")
 ORDER_TOTAL = "query($id: ID!) { order(id: $id) { id total } }"
 ORDERS_OF = "query($c: ID!) { orders(customerId: $c, limit: 100) { id status createdAt total } }"
+# RecentOrder: a second GraphQL type over v_order, newest first
+RECENT_OF = "query($c: ID!) { recentOrders(customerId: $c, limit: 100) { id createdAt total customer { id name } } }"
+RECENT = "query($id: ID!) { recentOrder(id: $id) { id status total items { id quantity product { id price } } } }"
+CUSTOMERS_PAGE = "query($o: Int!) { customers(limit: 5, offset: $o) { id name createdAt orderCount } }"
 CATEGORY = "query($id: ID!) { category(id: $id) { id name productCount products { id name price } } }"
 PRODUCT = "query($id: ID!) { product(id: $id) { id name price createdAt categories { id name } } }"
 
@@ -57,7 +61,7 @@ UPDATE_PRODUCT = _m("updateProduct", "UpdateProductInput")
 SET_CATEGORIES = _m("setProductCategories", "SetProductCategoriesInput")
 CREATE_ORDER = _m("createOrder", "CreateOrderInput", ORDER_DATA)
 ADD_ITEM = _m("addOrderItem", "AddOrderItemInput", ORDER_DATA)
-DELETE_ORDER = _m("deleteOrder", "DeleteOrderInput")
+DELETE_ORDER = _m("deleteOrder", "DeleteInput")
 
 
 def cents(value: Any) -> int:
@@ -403,8 +407,15 @@ class Shop(Workload):
             ordered = sorted(keys[kind], key=int)
             return ordered[int(len(ordered) * rng.random() ** 2)]
 
-        shape = rng.choices(["customer", "order", "order_total", "orders_of", "category", "product"],
-                            [2, 3, 3, 2, 2, 2])[0]
+        shape = rng.choices(["customer", "order", "order_total", "orders_of", "category", "product",
+                             "recent_of", "recent", "customers_page"],
+                            [2, 3, 3, 2, 2, 2, 1, 1, 1])[0]
+        if shape == "recent_of":
+            return shape, RECENT_OF, {"c": pick("customer")}
+        if shape == "recent":
+            return shape, RECENT, {"id": pick("order")}
+        if shape == "customers_page":
+            return shape, CUSTOMERS_PAGE, {"o": rng.randrange(0, len(keys["customer"]), 5)}
         if shape == "customer":
             return shape, CUSTOMER, {"id": pick("customer")}
         if shape == "order":
@@ -475,6 +486,34 @@ class Shop(Workload):
                                                               if ims[("item", i)] and ims[("product", q)] else -1),
                                    cents(item["lineTotal"])))
             facts.append(Members("item", "order", p["id"], served, order="id"))
+        elif read.shape == "recent":
+            x = d["recentOrder"]
+            if x is None:
+                facts.append(Obj("order", p["id"], None))
+                return facts
+            facts.append(self._total(p["id"], x["total"]))
+            facts.append(Obj("order", p["id"], {"status": x["status"]}))
+            served = []
+            for item in x["items"]:
+                iid, pid = str(item["id"]), str(item["product"]["id"])
+                served.append((iid, {"quantity": item["quantity"], "product": pid}))
+                product(item["product"])
+            facts.append(Members("item", "order", p["id"], served, order="id"))
+        elif read.shape == "recent_of":
+            served = []
+            for x in d["recentOrders"]:
+                oid = str(x["id"])
+                served.append((oid, {"createdAt": x["createdAt"], "customer": str(x["customer"]["id"])}))
+                facts.append(Obj("customer", str(x["customer"]["id"]), {"name": x["customer"]["name"]}))
+                facts.append(self._total(oid, x["total"]))
+            facts.append(Members("order", "customer", p["c"], served, descending=True))
+        elif read.shape == "customers_page":
+            served = []
+            for x in d["customers"]:
+                cid = str(x["id"])
+                served.append((cid, {"name": x["name"], "createdAt": x["createdAt"]}))
+                facts.append(self._count(f"customer {cid} orderCount", "order", "customer", cid, x["orderCount"]))
+            facts.append(Window("customer", p["o"], 5, served))
         elif read.shape == "orders_of":
             served = []
             for x in d["orders"]:
