@@ -38,11 +38,12 @@ of its key(s) explains it:
 
 - ``Obj``     one entity: absent (null), or its fields equal to one image;
 - ``Members`` a complete list of the children whose ``field == value`` (a
-              user's posts, a post's comments, a filtered root list): each
-              served child must be a member in one candidate image with the
-              served fields, every child not served must be absent or not a
-              member in one candidate, and the order must be the view's
-              (createdAt, id);
+              user's posts, a post's comments, a filtered root list, a
+              category's products through the link table): each served child
+              must be a member in one candidate image with the served fields,
+              every child not served must be absent or not a member in one
+              candidate, and the order must be the view's (an immutable field,
+              then the key);
 - ``Window``  a page (limit/offset) of a whole table in (createdAt, id) order:
               the same per key, plus the counts before the page;
 - ``Total``   a computed value (a sum or a count over rows of other tables):
@@ -50,7 +51,14 @@ of its key(s) explains it:
 
 Keys are checked independently (the check accepts a combination of fresh
 versions of two keys that never coexisted): it tests staleness, not the
-atomicity of one statement. A fact that fails on [lo..hi] is classified by
+atomicity of one statement. That is the only leniency besides the SQL
+grace; the clock readings are taken so that every error of timing (a
+request queued in the client, a slow event loop) widens [lo..hi] and never
+narrows it, so a read reported stale really returned data older than a
+write acknowledged before it was sent. Written text is unique per write (a
+writer-and-counter label), so an old text cannot pass for a new one; where
+a value can repeat (a quantity, a price drawn from 99,900), a served value
+equal to a fresh one is fresh in content, and the check accepts it. A fact that fails on [lo..hi] is classified by
 widening the window: it matches an OLDER version (stale, with the write
 that superseded it and how long before the read it was acknowledged) or
 none at all (wrong). Both fail the run.

@@ -43,6 +43,8 @@ ORDERS_OF = "query($c: ID!) { orders(customerId: $c, limit: 100) { id status cre
 RECENT_OF = "query($c: ID!) { recentOrders(customerId: $c, limit: 100) { id createdAt total customer { id name } } }"
 RECENT = "query($id: ID!) { recentOrder(id: $id) { id status total items { id quantity product { id price } } } }"
 CUSTOMERS_PAGE = "query($o: Int!) { customers(limit: 5, offset: $o) { id name createdAt orderCount } }"
+PRODUCTS_PAGE = "query($o: Int!) { products(limit: 5, offset: $o) { id name price createdAt } }"
+ORDERS_PAGE = "query($o: Int!) { orders(limit: 6, offset: $o) { id createdAt total customer { id } } }"
 CATEGORY = "query($id: ID!) { category(id: $id) { id name productCount products { id name price } } }"
 PRODUCT = "query($id: ID!) { product(id: $id) { id name price createdAt categories { id name } } }"
 
@@ -408,8 +410,12 @@ class Shop(Workload):
             return ordered[int(len(ordered) * rng.random() ** 2)]
 
         shape = rng.choices(["customer", "order", "order_total", "orders_of", "category", "product",
-                             "recent_of", "recent", "customers_page"],
-                            [2, 3, 3, 2, 2, 2, 1, 1, 1])[0]
+                             "recent_of", "recent", "customers_page", "products_page", "orders_page"],
+                            [2, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1])[0]
+        if shape == "products_page":
+            return shape, PRODUCTS_PAGE, {"o": rng.randrange(0, len(keys["product"]), 5)}
+        if shape == "orders_page":
+            return shape, ORDERS_PAGE, {"o": rng.randrange(0, len(keys["order"]) // 2, 6)}
         if shape == "recent_of":
             return shape, RECENT_OF, {"c": pick("customer")}
         if shape == "recent":
@@ -514,6 +520,19 @@ class Shop(Workload):
                 served.append((cid, {"name": x["name"], "createdAt": x["createdAt"]}))
                 facts.append(self._count(f"customer {cid} orderCount", "order", "customer", cid, x["orderCount"]))
             facts.append(Window("customer", p["o"], 5, served))
+        elif read.shape == "products_page":
+            served = []
+            for x in d["products"]:
+                product(x)
+                served.append((str(x["id"]), {}))
+            facts.append(Window("product", p["o"], 5, served))
+        elif read.shape == "orders_page":
+            served = []
+            for x in d["orders"]:
+                oid = str(x["id"])
+                served.append((oid, {"createdAt": x["createdAt"], "customer": str(x["customer"]["id"])}))
+                facts.append(self._total(oid, x["total"]))
+            facts.append(Window("order", p["o"], 6, served))
         elif read.shape == "orders_of":
             served = []
             for x in d["orders"]:

@@ -21,6 +21,10 @@ from fraiseshm.db.embedded import EmbeddedCluster
 from tests.coherency.stack import EXAMPLES, VARIANTS, cluster_for, run_variant
 
 READS = int(os.environ.get("FRAISESHM_COHERENCY_READS", "2000"))
+# Seconds a plain-SQL COMMIT may take to reach the cache. The design's target is
+# 0.1 (scripts/coherency.py checks that); a loaded CI machine gets more room here.
+# Reads that needed it are counted in the report line, never hidden.
+GRACE = 0.5
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +38,7 @@ def example(request: pytest.FixtureRequest) -> Iterator[tuple[str, EmbeddedClust
 @pytest.mark.parametrize("variant", ["listener", "mutations"])
 def test_coherent(example: tuple[str, EmbeddedCluster], variant: str) -> None:
     name, cluster = example
-    report = run_variant(EXAMPLES[name], cluster.dsn, VARIANTS[variant], reads=READS)
+    report = run_variant(EXAMPLES[name], cluster.dsn, VARIANTS[variant], reads=READS, grace=GRACE)
     print(report.line())
     assert report.reads >= READS
     assert report.writes["mutation"] > 0 and (report.writes["sql"] > 0) == VARIANTS[variant].sql
@@ -43,7 +47,8 @@ def test_coherent(example: tuple[str, EmbeddedCluster], variant: str) -> None:
 
 def test_harness_bites(example: tuple[str, EmbeddedCluster]) -> None:
     name, cluster = example
-    report = run_variant(EXAMPLES[name], cluster.dsn, VARIANTS["no-listener-sql"], reads=min(READS, 1500))
+    report = run_variant(EXAMPLES[name], cluster.dsn, VARIANTS["no-listener-sql"], reads=min(READS, 1500),
+                         grace=GRACE)
     print(report.line())
     assert report.stale > 0, report.line()
     assert report.wrong == 0, "\n".join([report.line(), *report.examples])
