@@ -510,7 +510,7 @@ async def run(
                 tickets.release()
         done.set()
 
-    async def writer(client: httpx.AsyncClient, conn: asyncpg.Connection, task: Callable[..., Awaitable[None]]) -> None:
+    async def writer(client: httpx.AsyncClient, conn: asyncpg.Connection | None, task: Callable[..., Awaitable[None]]) -> None:
         w_rng = random.Random(rng.random())
         while not done.is_set():
             acquire = asyncio.ensure_future(tickets.acquire())
@@ -524,7 +524,9 @@ async def run(
             await task(client, conn, w_rng, history)
 
     async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits) as client:
-        conns = [await asyncpg.connect(dsn) for _ in range(writers)]
+        # INVARIANT: without plain-SQL writers a writer has no connection at all, so a
+        # write it would record as a mutation cannot secretly be SQL.
+        conns = [await asyncpg.connect(dsn) if sql else None for _ in range(writers)]
         try:
             tasks = [asyncio.create_task(reader(client)) for _ in range(readers)]
             tasks += [
@@ -534,7 +536,8 @@ async def run(
             await asyncio.gather(*tasks)
         finally:
             for conn in conns:
-                await conn.close()
+                if conn is not None:
+                    await conn.close()
     report.seconds = now() - started
 
     checker = Checker(history)

@@ -145,7 +145,8 @@ class ShopWriter:
 
     async def create_customer(self, client, conn, rng, path) -> Changes | None:  # noqa: ANN001
         if len(self.created_customers) >= 4:
-            return await self.delete_customer(client, conn, rng, "sql")
+            # no mutation deletes a customer: without plain SQL, stop creating
+            return await self.delete_customer(client, conn, rng, path) if path == "sql" else None
         name = self._label("customer")
         email = f"w{self.n}.{self.counter}.{rng.randrange(10**9)}@coherency.test"
         if path == "mutation":
