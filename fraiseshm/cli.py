@@ -13,6 +13,8 @@
     fraiseshm db track TABLE [--key COLUMN]     attach the change triggers to a table
     fraiseshm db untrack TABLE                  remove them
     fraiseshm db status [--json] [--show-key]   kit version, tracked tables and their keys
+    fraiseshm db grant ROLE [--sdl PATH]        the server role's privileges: the kit's part, SELECT
+                                                on the SDL's views, EXECUTE on its functions
 
 Exit codes: 0 fine, 1 check found problems, 2 no arena / another layout
 version / bad configuration / audit trail unavailable.
@@ -279,7 +281,8 @@ async def _db(args: argparse.Namespace, dsn: str, console: Console) -> int:
     conn = await asyncpg.connect(dsn, timeout=5)
     try:
         if args.db_command == "install":
-            version = await kit.install(conn, server_role=args.server_role)
+            version = await kit.install(conn, server_role=args.server_role,
+                                        on_message=lambda m: console.print(m, highlight=False, markup=False))
             granted = f"; granted its part to role {args.server_role}" if args.server_role else ""
             console.print(f"fraiseshm kit version {version} installed in schema fraiseshm{granted}", highlight=False)
         elif args.db_command == "uninstall":
@@ -290,8 +293,17 @@ async def _db(args: argparse.Namespace, dsn: str, console: Console) -> int:
             for table in args.tables:
                 summary, notices = await kit.track(conn, table, args.key)
                 for notice in notices:
-                    console.print(f"NOTICE: {notice}", highlight=False)
+                    console.print(notice, highlight=False, markup=False)
                 console.print(f"tracking {summary}", highlight=False)
+        elif args.db_command == "grant":
+            from fraiseshm.graphql.schema import load_schema
+
+            served = load_schema(args.sdl or load_settings().schema_sdl)
+            views = [e.view for e in served.entities.values()]
+            functions = [m.function for m in served.mutations.values()]
+            await kit.grant(conn, args.role, views, functions)
+            console.print(f"granted to {args.role}: the kit's part, SELECT on {', '.join(sorted(set(views)))}, "
+                          f"EXECUTE on {', '.join(sorted(set(functions)))}", highlight=False)
         elif args.db_command == "untrack":
             for table in args.tables:
                 found = await kit.untrack(conn, table)
@@ -327,10 +339,16 @@ def vars_of(obj: Any) -> dict[str, Any]:
 
 
 def cmd_db(args: argparse.Namespace, console: Console) -> int:
-    dsn = args.dsn or load_settings().database_dsn
+    settings = load_settings()
+    dsn = args.dsn or settings.database_dsn
     if dsn == "embedded":
-        raise CliError("the database is the embedded cluster (the kit is installed there at start): "
-                       "pass --dsn postgresql://... for another database")
+        from fraiseshm.db.embedded import EmbeddedCluster
+
+        cluster = EmbeddedCluster.from_settings(settings)
+        if not cluster.is_running():
+            raise CliError(f"the embedded cluster in {cluster.directory} is not running (`make run` starts it "
+                           "and installs the kit): pass --dsn postgresql://... for another database")
+        dsn = cluster.dsn
     try:
         return asyncio.run(_db(args, dsn, console))
     except (OSError, TimeoutError) as exc:
@@ -377,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = db.add_parser("track", help="attach the change triggers to tables")
     q.add_argument("tables", nargs="+", metavar="TABLE")
     q.add_argument("--key", help="the column naming a row (default: unique id, else the primary key)")
+    q = db.add_parser("grant", help="grant a server role the kit's part and the SDL's views and functions")
+    q.add_argument("role")
+    q.add_argument("--sdl", help="the SDL file (default: Settings.schema_sdl)")
     q = db.add_parser("untrack", help="remove the change triggers from tables")
     q.add_argument("tables", nargs="+", metavar="TABLE")
     q = db.add_parser("status", help="kit version and tracked tables")

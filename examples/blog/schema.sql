@@ -33,6 +33,7 @@ EXCEPTION WHEN insufficient_privilege OR undefined_file THEN
 END
 $$;
 
+DROP FUNCTION IF EXISTS fn_seed(int, int, int);  -- each example has its own
 DROP TABLE IF EXISTS tb_comment, tb_post, tb_user CASCADE;  -- views and triggers go with them
 
 -- ===========================================================================

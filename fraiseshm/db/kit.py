@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,18 +62,57 @@ def verify(key: bytes, payload: str) -> str | None:
     return body if hmac.compare_digest(mac, expected) else None
 
 
-async def install(conn: asyncpg.Connection, *, server_role: str | None = None) -> int:
+@contextmanager
+def _messages(conn: asyncpg.Connection, sink: Callable[[str], None] | None) -> Iterator[None]:
+    """Hand the server's NOTICEs and WARNINGs on conn to sink while inside."""
+    if sink is None:
+        yield
+        return
+
+    def on_log(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        sink(f"{message.severity}: {message.message}")
+
+    conn.add_log_listener(on_log)
+    try:
+        yield
+    finally:
+        conn.remove_log_listener(on_log)
+
+
+async def install(
+    conn: asyncpg.Connection, *, server_role: str | None = None, on_message: Callable[[str], None] | None = None
+) -> int:
     """Install (or re-install) the kit in one transaction; returns its version.
 
     server_role: a role to grant what the server needs from the kit (schema,
-    notification key, audit table).
+    notification key, audit table). on_message receives the install's
+    NOTICEs and WARNINGs (no event trigger without a superuser, say).
     """
+    with _messages(conn, on_message):
+        return await _install(conn, server_role)
+
+
+async def _install(conn: asyncpg.Connection, server_role: str | None) -> int:
     async with conn.transaction():
         for path in INSTALL_FILES:
             await conn.execute(path.read_text())
         if server_role:
             await conn.execute("SELECT fraiseshm.grant_server($1::regrole)", server_role)
         return await conn.fetchval("SELECT fraiseshm.kit_version()")
+
+
+async def grant(conn: asyncpg.Connection, role: str, views: list[str], functions: list[str]) -> None:
+    """Everything the server's login role needs, nothing more, in one transaction: the kit's
+    part (fraiseshm.grant_server), SELECT on the views, EXECUTE on the fn(jsonb) functions."""
+    async with conn.transaction():
+        await conn.execute("SELECT fraiseshm.grant_server($1::regrole)", role)
+        ident = await conn.fetchval("SELECT quote_ident($1::regrole::text)", role)
+        for view in sorted(set(views)):
+            rel = await conn.fetchval("SELECT $1::regclass::text", view)  # names it, or raises
+            await conn.execute(f"GRANT SELECT ON {rel} TO {ident}")
+        for fn in sorted(set(functions)):
+            proc = await conn.fetchval("SELECT ($1 || '(jsonb)')::regprocedure::text", fn)
+            await conn.execute(f"GRANT EXECUTE ON FUNCTION {proc} TO {ident}")
 
 
 async def uninstall(conn: asyncpg.Connection) -> None:
@@ -82,15 +123,8 @@ async def uninstall(conn: asyncpg.Connection) -> None:
 async def track(conn: asyncpg.Connection, table: str, key: str | None = None) -> tuple[str, list[str]]:
     """Attach the change triggers to table; returns fraiseshm.track's summary and its NOTICEs."""
     notices: list[str] = []
-
-    def on_log(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
-        notices.append(str(message))
-
-    conn.add_log_listener(on_log)
-    try:
+    with _messages(conn, notices.append):
         summary = await conn.fetchval("SELECT fraiseshm.track($1::regclass, $2)", table, key)
-    finally:
-        conn.remove_log_listener(on_log)
     return summary, notices
 
 

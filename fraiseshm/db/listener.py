@@ -38,6 +38,7 @@ import os
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -60,11 +61,20 @@ LOG_EVERY = 10.0  # seconds between two warnings about rejected notifications
 SEEN_MAX = 65_536  # MACs remembered against replays (oldest forgotten first)
 
 
+KEY_RETRY = 5.0  # seconds between attempts to read an unreadable notification key
+KEY_RETRY_LOG = 60.0  # seconds between two errors about it
+
+
+class _KeyUnavailable(Exception):
+    """fraiseshm.notify_key cannot be read on this connection (no kit, or no grant)."""
+
+
 class _Signed(msgspec.Struct, forbid_unknown_fields=False):
     """What the listener itself reads of a verified payload: its timestamp (replays) and tags."""
 
     ts: float
     tags: list[str]
+    flush: str | None = None  # the kit's event trigger: these definitions changed
 
 
 _decode_signed = msgspec.json.Decoder(_Signed).decode
@@ -81,7 +91,7 @@ class Listener:
         connect_timeout: float = 5.0,
         secret: str = "",
         max_age: float = 600.0,
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,  # wall clock: payloads carry the database's epoch time
     ) -> None:
         self._dsn = dsn
         self._secret = secret  # hex; "" = read fraiseshm.notify_key on connect
@@ -154,14 +164,24 @@ class Listener:
         await self._elected.wait()
         self.is_leader = True
         log.info("worker %d is the host's change listener (arena %s)", os.getpid(), self.arena.name)
+        key_failures = 0
         while True:
+            pause = self.retry_interval
             try:
                 await self._listen_until_lost()
+            except _KeyUnavailable as exc:
+                # A grant is missing: nothing a quick retry fixes. Say it once a minute, not twice a second.
+                if key_failures % max(1, int(KEY_RETRY_LOG / KEY_RETRY)) == 0:
+                    log.error("change listener cannot read the notification key (%s): run `fraiseshm db install "
+                              "--server-role <this role>` or set FRAISESHM_NOTIFY_SECRET; retrying every %.0fs, "
+                              "plain-SQL writes do not reach the cache meanwhile", exc, KEY_RETRY)
+                key_failures += 1
+                pause = KEY_RETRY
             except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.error("change listener: PostgreSQL connection lost (%s: %s); reconnecting every %.1fs",
                           type(exc).__name__, exc, self.retry_interval)
             await self._close_connection()
-            await asyncio.sleep(self.retry_interval)
+            await asyncio.sleep(pause)
 
     # --- listening -----------------------------------------------------------
 
@@ -177,10 +197,7 @@ class Listener:
             try:
                 self._key = bytes.fromhex(await kit.notify_key(conn))
             except asyncpg.PostgresError as exc:
-                log.error("change listener cannot read the notification key (%s: %s): run "
-                          "`fraiseshm db install --server-role <this role>` or set FRAISESHM_NOTIFY_SECRET",
-                          type(exc).__name__, exc)
-                raise
+                raise _KeyUnavailable(f"{type(exc).__name__}: {exc}") from None
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(CHANNEL, self._on_notification)
         self.connects += 1
@@ -217,6 +234,12 @@ class Listener:
             self._reject("replayed", pid)
             return
         self._remember(mac, signed.ts, now)
+        if signed.flush is not None:
+            # INVARIANT: no entry built by an old view definition may be served.
+            self.arena.flush()
+            log.warning("the database changed %s: arena flushed; restart fraiseshm so that its schema "
+                        "version and dependencies follow the new definitions", signed.flush[:500])
+            return
         if parse_payload is not None:
             try:
                 tags = parse_payload(body).tags()

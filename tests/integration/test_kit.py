@@ -462,3 +462,75 @@ def test_a_role_without_grants_can_neither_read_the_key_nor_sign(kit_dsn: str) -
                 await admin.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}; DROP ROLE {role}")
 
     run(main())
+
+
+def test_a_changed_view_definition_sends_a_signed_flush_request(kit_dsn: str) -> None:
+    async def main() -> None:
+        async with session(kit_dsn) as (conn, heard):
+            await conn.execute("CREATE TABLE IF NOT EXISTS ddl_t (id int PRIMARY KEY)")
+            await heard.drain()
+            await conn.execute("CREATE OR REPLACE VIEW v_ddl AS SELECT id, jsonb_build_object('id', id) AS data FROM ddl_t")
+            (payload,) = [p for _raw, p in await heard.drain()]
+            assert payload["tags"] == [] and payload["flush"] == "view public.v_ddl"
+            await conn.execute("CREATE TEMP TABLE scratch (x int)")  # other DDL: nothing
+            assert await heard.drain() == []
+
+    run(main())
+
+
+def test_db_commands_of_the_cli(pg_cluster: EmbeddedCluster) -> None:
+    from tests.integration.test_cli import cli
+
+    db = f"kit_cli_{os.getpid()}"
+    pg_cluster.psql(f"DROP DATABASE IF EXISTS {db}", database="postgres")
+    pg_cluster.psql(f"CREATE DATABASE {db}", database="postgres")
+    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + "/" + db
+    try:
+        r = cli("db", "--dsn", dsn, "status")
+        assert r.returncode == 2 and "not installed" in r.stderr and "fraiseshm db install" in r.stderr
+        r = cli("db", "--dsn", dsn, "install")
+        assert r.returncode == 0 and "version 1 installed" in r.stdout, r.stderr
+        pg_cluster.psql("CREATE TABLE shop_t (id bigint PRIMARY KEY); CREATE TABLE link_t (a int, b int)", database=db)
+        r = cli("db", "--dsn", dsn, "track", "shop_t", "link_t")
+        assert r.returncode == 0, r.stderr
+        assert "tracking public.shop_t (key id)" in r.stdout and "NOTICE: fraiseshm.track: public.link_t" in r.stdout
+        r = cli("db", "--dsn", dsn, "track", "no_such_table")
+        assert r.returncode == 2 and "no_such_table" in r.stderr and "Traceback" not in r.stderr
+        r = cli("db", "--dsn", dsn, "status", "--json", "--show-key")
+        status = json.loads(r.stdout)
+        assert status["version"] == 1 and len(status["notify_key"]) == 64
+        assert {(t["table"], t["key_column"], t["complete"]) for t in status["tracked"]} == {
+            ("public.shop_t", "id", True), ("public.link_t", None, True)}
+        r = cli("db", "--dsn", dsn, "untrack", "link_t")
+        assert r.returncode == 0 and "triggers removed" in r.stdout
+        r = cli("db", "--dsn", dsn, "uninstall")
+        assert r.returncode == 0 and "untouched" in r.stdout, r.stderr
+        assert pg_cluster.psql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shop_t'::regclass", database=db).strip() == "0"
+    finally:
+        pg_cluster.psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", database="postgres")
+
+
+def test_install_and_track_as_a_database_owner_without_superuser(pg_cluster: EmbeddedCluster) -> None:
+    """A managed database: the owner installs the kit; only the event trigger needs more, and says so."""
+    owner, db = f"app_owner_{os.getpid()}", f"kit_owned_{os.getpid()}"
+    pg_cluster.psql(f"DROP DATABASE IF EXISTS {db}", database="postgres")
+    pg_cluster.psql(f"DROP ROLE IF EXISTS {owner}; CREATE ROLE {owner} LOGIN", database="postgres")
+    pg_cluster.psql(f"CREATE DATABASE {db} OWNER {owner}", database="postgres")
+    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + "/" + db
+
+    async def main() -> None:
+        messages: list[str] = []
+        async with connect(dsn, user=owner) as conn:
+            assert await kit.install(conn, on_message=messages.append) == 1
+            assert any("no event trigger" in m and m.startswith("WARNING") for m in messages), messages
+            await conn.execute("CREATE TABLE owned (id int PRIMARY KEY); INSERT INTO owned VALUES (1)")
+            await kit.track(conn, "owned")
+        async with session(dsn) as (conn, heard):  # written by a superuser, signed by the owner's trigger
+            recorded, payloads = await changes(conn, heard, "UPDATE owned SET id = 2")
+            assert tags(payloads) == set(recorded) == {"t:public.owned", "r:public.owned:1", "r:public.owned:2"}
+
+    try:
+        run(main())
+    finally:
+        pg_cluster.psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", database="postgres")
+        pg_cluster.psql(f"DROP ROLE IF EXISTS {owner}", database="postgres")

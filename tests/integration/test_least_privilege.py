@@ -1,9 +1,9 @@
 """The server runs as a least-privileged role (deploy/postgresql/README.md).
 
-The role gets exactly what the guide grants: the kit's part through
-`fraiseshm db install --server-role` (USAGE on schema fraiseshm, the
-notification key, the audit table), SELECT on the served views and EXECUTE on
-the mutation functions (SECURITY DEFINER: no table privileges). Nothing on
+The role gets exactly what `fraiseshm db grant ROLE --sdl schema.graphql`
+grants: the kit's part (USAGE on schema fraiseshm, the notification key, the
+audit table), SELECT on the SDL's views and EXECUTE on its mutation functions
+(SECURITY DEFINER: no table privileges). Nothing on
 the tables, no CREATE anywhere. A real server on that role answers queries
 from the cache, runs a mutation, writes its audit row into fraiseshm.audit,
 and its listener verifies the triggers' signed notifications.
@@ -21,9 +21,8 @@ import asyncpg
 import pytest
 
 from fraiseshm.arena import Arena
-from fraiseshm.db import kit
 from fraiseshm.db.embedded import EmbeddedCluster
-from tests.integration.server import USER_QUERY, Server, graphql
+from tests.integration.server import ROOT, USER_QUERY, Server, graphql
 
 VIEWS = ("v_user", "v_post", "v_comment")
 FUNCTIONS = ("fn_create_user", "fn_update_user", "fn_delete_user", "fn_create_post", "fn_update_post",
@@ -33,29 +32,27 @@ CREATE_USER = "mutation($i: CreateUserInput!) { createUser(input: $i) { success 
 
 @pytest.fixture(scope="module")
 def role(pg_cluster: EmbeddedCluster, pg_dsn: str) -> Iterator[str]:
+    from tests.integration.test_cli import cli
+
     name = f"fraiseshm_app_{os.getpid()}"
     pg_cluster.psql(f"DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN")
-
-    async def grant() -> None:
-        conn = await asyncpg.connect(pg_dsn)
-        try:
-            await kit.install(conn, server_role=name)  # = fraiseshm db install --server-role
-            await conn.execute(f"GRANT SELECT ON {', '.join(VIEWS)} TO {name};"
-                               f"GRANT EXECUTE ON FUNCTION {', '.join(f + '(jsonb)' for f in FUNCTIONS)} TO {name}")
-        finally:
-            await conn.close()
-
-    asyncio.run(grant())
+    r = cli("db", "--dsn", pg_dsn, "grant", name, "--sdl", str(ROOT / "examples/blog/schema.graphql"))
+    assert r.returncode == 0, r.stderr
+    assert "v_comment, v_post, v_user" in r.stdout and "fn_update_user" in r.stdout
     try:
         yield name
     finally:
         pg_cluster.psql(f"DROP OWNED BY {name}; DROP ROLE {name}")
 
 
-def test_the_role_has_nothing_more(pg_dsn: str, role: str) -> None:
+def test_the_role_has_what_it_needs_and_nothing_more(pg_dsn: str, role: str) -> None:
     async def main() -> None:
         conn = await asyncpg.connect(pg_dsn)
         try:
+            for view in VIEWS:
+                assert await conn.fetchval("SELECT has_table_privilege($1, $2, 'SELECT')", role, view)
+            for fn in FUNCTIONS:
+                assert await conn.fetchval("SELECT has_function_privilege($1, $2, 'EXECUTE')", role, fn + "(jsonb)")
             for table in ("tb_user", "tb_post", "tb_comment", "fraiseshm.notify_key"):
                 for priv in ("INSERT", "UPDATE", "DELETE", "TRUNCATE", "TRIGGER"):
                     assert not await conn.fetchval("SELECT has_table_privilege($1, $2, $3)", role, table, priv)

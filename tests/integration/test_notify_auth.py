@@ -143,3 +143,17 @@ def test_forged_notify_flood_cannot_flush_and_real_changes_still_invalidate(
         asyncio.run(main())
     finally:
         arena.close()
+
+
+def test_create_or_replace_view_flushes_through_the_kits_event_trigger(
+    server: Server, pg_cluster: EmbeddedCluster
+) -> None:
+    arena = Arena.attach(server.arena_name)
+    try:
+        probe = _probe(arena, "r:public.tb_comment:00000000-0000-4000-8000-000000000000")
+        definition = pg_cluster.psql("SELECT pg_get_viewdef('v_comment'::regclass)").strip()
+        pg_cluster.psql(f"CREATE OR REPLACE VIEW v_comment AS {definition}")
+        _await_gone(arena, probe, "CREATE OR REPLACE VIEW v_comment")
+        assert "arena flushed; restart fraiseshm" in server.log()
+    finally:
+        arena.close()

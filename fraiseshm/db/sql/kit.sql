@@ -317,6 +317,54 @@ BEGIN
 END
 $$;
 
+-- A view or function definition changed (CREATE OR REPLACE VIEW in a
+-- migration, say): entries built by the old definition must not be served.
+-- The event trigger sends a signed flush request; the listener flushes its
+-- arena and says to restart (the schema version and the dependency rules are
+-- read at start). Creating an event trigger needs a superuser: without one
+-- the install says so and the user restarts fraiseshm after such a change.
+CREATE OR REPLACE FUNCTION fraiseshm.on_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    what text;
+    payload text;
+BEGIN
+    SELECT string_agg(DISTINCT object_type || ' ' || object_identity, ', ') INTO what
+    FROM pg_event_trigger_ddl_commands()
+    WHERE object_type IN ('view', 'materialized view', 'function') AND schema_name IS DISTINCT FROM 'fraiseshm';
+    IF what IS NULL THEN
+        RETURN;
+    END IF;
+    payload := jsonb_build_object(
+        'v', 1,
+        'tx', txid_current()::text,
+        'ts', round(extract(epoch FROM clock_timestamp()), 6),
+        'tags', '[]'::jsonb,
+        'flush', left(what, 2000))::text;
+    SELECT encode(sha256(k.okey || sha256(k.ikey || convert_to(payload, 'UTF8'))), 'hex') || ' ' || payload
+    INTO payload FROM fraiseshm.notify_key k;
+    PERFORM pg_notify('fraiseshm_changes', payload);
+EXCEPTION WHEN OTHERS THEN  -- never fail the user's DDL
+    RAISE WARNING 'fraiseshm: could not send the flush request for changed definitions (%)', SQLERRM;
+END
+$$;
+REVOKE ALL ON FUNCTION fraiseshm.on_ddl() FROM PUBLIC;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'fraiseshm_ddl') THEN
+        CREATE EVENT TRIGGER fraiseshm_ddl ON ddl_command_end
+            WHEN TAG IN ('CREATE VIEW', 'ALTER VIEW', 'CREATE MATERIALIZED VIEW', 'ALTER MATERIALIZED VIEW',
+                         'CREATE FUNCTION', 'ALTER FUNCTION')
+            EXECUTE FUNCTION fraiseshm.on_ddl();
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE WARNING 'fraiseshm: no event trigger on view changes (creating one needs a superuser): '
+                 'restart fraiseshm (or run `fraiseshm flush`) after changing a served view';
+END
+$$;
+
 -- Attach the change triggers to a table (again: replaces them). key names the
 -- column whose value names a row in tags; default: fraiseshm.key_attnum's
 -- rule. Touches no row. A table without a single-column key gets table-level

@@ -38,6 +38,7 @@ BEGIN
     JOIN pg_proc p ON d.refclassid = 'pg_proc'::regclass AND d.refobjid = p.oid
     WHERE p.pronamespace = 'fraiseshm'::regnamespace
       AND d.deptype = 'n'
+      AND d.classid <> 'pg_event_trigger'::regclass  -- the kit's own, dropped with its function
       AND NOT (d.classid = 'pg_proc'::regclass
                AND (SELECT pronamespace FROM pg_proc WHERE oid = d.objid) = 'fraiseshm'::regnamespace)
       AND NOT (d.classid = 'pg_rewrite'::regclass
