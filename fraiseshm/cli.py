@@ -266,7 +266,7 @@ def cmd_schema_check(args: argparse.Namespace, console: Console) -> int:
         return EXIT_PROBLEMS
     for warning in result.warnings:
         console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
-    console.print(f"{sdl}: ok against {dsn}; dependencies per type:", highlight=False, markup=False)
+    console.print(f"{sdl}: ok against {dsn}; dependencies per type:", highlight=False, markup=False, soft_wrap=True)
     for line in result.report:
         console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     return 0

@@ -88,6 +88,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     listener_keepalive: Annotated[float, Meta(gt=0, le=300)] = 5.0  # seconds between liveness queries
     notify_secret: str = ""  # 64 hex digits: the kit's notification key; "" = read it from fraiseshm.notify_key
     notify_max_age: Annotated[float, Meta(ge=1, le=86_400)] = 600.0  # seconds a signed change notification stays acceptable
+    schema_recheck_interval: Annotated[float, Meta(ge=0, le=3600)] = 10.0  # seconds between view-definition checks; 0 = off
 
     def effective_workers(self) -> int:
         return self.workers or (os.cpu_count() or 1)

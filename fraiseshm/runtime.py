@@ -5,6 +5,7 @@ Built in the worker after fork (ASGI lifespan startup), closed on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -16,8 +17,9 @@ from fraiseshm.config import Settings
 from fraiseshm.db.audit import AuditWriter
 from fraiseshm.db.listener import Listener
 from fraiseshm.db.pool import Database
+from fraiseshm.errors import DatabaseUnavailable
 from fraiseshm.graphql.execute import Executor
-from fraiseshm.graphql.check import bound_schema, load_and_check, log_result
+from fraiseshm.graphql.check import bound_schema, load_and_check, log_result, recheck
 from fraiseshm.graphql.schema import ServedSchema
 from fraiseshm.service import GraphQLService
 
@@ -38,6 +40,7 @@ class Runtime:
         self.audit: AuditWriter | None = None
         self.auditor: Auditor | None = None
         self.listener: Listener | None = None
+        self._recheck: asyncio.Task[None] | None = None
 
     @property
     def service(self) -> GraphQLService:
@@ -102,9 +105,28 @@ class Runtime:
                 await self.listener.wait_listening(s.db_connect_timeout)
         self._service = GraphQLService(s, self.served, executor, self.arena, coalescer=self.coalescer,
                                        on_cascade=self.auditor)
+        if s.schema_recheck_interval > 0:
+            self._recheck = asyncio.get_running_loop().create_task(self._recheck_views(s.schema_recheck_interval),
+                                                                    name="fraiseshm-schema-recheck")
         log.info("worker ready: schema %s, cache %s", s.schema_sdl, "on" if self.arena else "off")
 
+    async def _recheck_views(self, interval: float) -> None:
+        """Every interval: did a served view's SQL change under us? (fraiseshm/graphql/check.py recheck)"""
+        assert self.served is not None and self.db is not None
+        while True:
+            await asyncio.sleep(interval)  # a period, not a synchronisation
+            try:
+                if await recheck(self.served, self.db.fetch_column):
+                    self.service.rebound()
+            except DatabaseUnavailable:
+                continue  # the request path reports it; check again next period
+            except Exception:  # noqa: BLE001 - a watcher must survive any catalog surprise
+                log.exception("re-reading the served views' definitions failed")
+
     async def stop(self) -> None:
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
         if self.listener is not None:
             await self.listener.stop()
             self.listener = None

@@ -115,8 +115,14 @@ class GraphQLService:
         self._posted: dict[bytes, tuple[Prepared, dict[str, Any] | None, bytes]] = {}
         self._refreshing: set[asyncio.Task[Any]] = set()  # stale-while-revalidate refreshes
         self._query_names = served.query_names
-        self._tables = {name: b.table for name, b in served.bindings.items()}  # type -> root table
-        self._wide = {name: b.wide for name, b in served.bindings.items()}  # type -> safe wider invalidation
+        self.rebound()
+
+    def rebound(self) -> None:
+        """The schema was (re-)bound to the database: new tags per type, new version in every key."""
+        self._tables = {name: b.table for name, b in self.served.bindings.items()}  # type -> root table
+        self._wide = {name: b.wide for name, b in self.served.bindings.items()}  # type -> safe wider invalidation
+        self._posted.clear()  # its keys hold the old schema version
+        self.executor.rebound()
 
     # --- entry points ---------------------------------------------------------
 

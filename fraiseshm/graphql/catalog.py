@@ -6,8 +6,9 @@ workers fork; workers inherit it), never per request:
 - each served view: its columns and their types (the ``id`` type binds
   ``$1::<type>``, filter columns bind with their own type), ``security_invoker``;
 - its *read set*: every table its rows are built from, found through
-  ``pg_depend`` from the view's rewrite rule, recursively through nested views;
-  and the text of every view on the way (``pg_get_viewdef``), hashed into the
+  ``pg_depend`` from the view's rewrite rule, recursively through nested views
+  and SQL-standard function bodies; and the text of every view and function
+  on the way (``pg_get_viewdef``, ``pg_get_functiondef``), hashed into the
   schema version;
 - its *root table*: the table the view's ``id`` column comes from, read from
   the stored query tree (``pg_rewrite.ev_action``: the target entry's
@@ -24,6 +25,7 @@ one jsonb value each, so this module never sees asyncpg.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +72,9 @@ class View:
     reads: tuple[str, ...]  # tables of the read set (recursively through views), sorted
     materialized: tuple[str, ...]  # materialized views read: no trigger can follow them
     security_invoker: bool
+    # tables some part of the view's SQL reads without an equality join on a key or a
+    # single-column foreign key column (an aggregate over the table, a join on another column)
+    unjoined: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +154,18 @@ def parse_node_tree(text: str) -> Any:
     return value()
 
 
+def _target_rtindex(tree: Any, column: str) -> int:
+    """The top query's range-table index the output column reads (0 if not a plain column)."""
+    queries = tree if isinstance(tree, list) else [tree]
+    for query in queries:
+        for entry in (query.get("targetList") or ()) if isinstance(query, dict) else ():
+            if isinstance(entry, dict) and entry.get("resname") == column:
+                expr = entry.get("expr")
+                if isinstance(expr, dict) and expr.get("_node") == "VAR" and expr.get("varlevelsup") == "0":
+                    return int(expr["varno"])
+    return 0
+
+
 def _target_origin(tree: Any, column: str) -> tuple[int, int] | None:
     """(resorigtbl, resorigcol) of the view query's output column, or None."""
     queries = tree if isinstance(tree, list) else [tree]
@@ -159,6 +176,93 @@ def _target_origin(tree: Any, column: str) -> tuple[int, int] | None:
             if isinstance(entry, dict) and entry.get("resname") == column and entry.get("resjunk") != "true":
                 return int(entry.get("resorigtbl") or 0), int(entry.get("resorigcol") or 0)
     return None
+
+
+def _queries(node: Any) -> list[dict[str, Any]]:
+    """Every QUERY node of a tree: the top one, subqueries in FROM, sublinks, CTEs."""
+    found: list[dict[str, Any]] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if item.get("_node") == "QUERY":
+                found.append(item)
+            stack.extend(v for k, v in item.items() if k != "_node")
+    return found
+
+
+def _strip(expr: Any) -> Any:
+    while isinstance(expr, dict) and expr.get("_node") in ("RELABELTYPE", "COERCEVIAIO"):
+        expr = expr.get("arg")
+    return expr
+
+
+def _operators(tree: Any) -> set[int]:
+    ops: set[int] = set()
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if item.get("_node") == "OPEXPR" and item.get("opno"):
+                ops.add(int(item["opno"]))
+            stack.extend(v for k, v in item.items() if k != "_node")
+    return ops
+
+
+def _joined_columns(query: dict[str, Any], equals: set[int]) -> set[tuple[int, int]]:
+    """(rtindex, attnum) of this query level's columns compared with '=' to another column."""
+    joined: set[tuple[int, int]] = set()
+    quals: list[Any] = []
+    stack = [query.get("jointree")]
+    while stack:  # WHERE and every JOIN ... ON of this level
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("_node") in ("FROMEXPR", "JOINEXPR"):
+                quals.append(item.get("quals"))
+                stack.extend([item.get("larg"), item.get("rarg"), *(item.get("fromlist") or [])])
+    while quals:  # conjuncts only: an OR does not restrict
+        qual = quals.pop()
+        if isinstance(qual, list):
+            quals.extend(qual)
+        elif isinstance(qual, dict) and qual.get("_node") == "BOOLEXPR" and qual.get("boolop") == "and":
+            quals.extend(qual.get("args") or [])
+        elif isinstance(qual, dict) and qual.get("_node") == "OPEXPR" and int(qual.get("opno") or 0) in equals:
+            args = [_strip(a) for a in qual.get("args") or []]
+            if len(args) != 2 or not all(isinstance(a, dict) and a.get("_node") == "VAR" for a in args):
+                continue
+            left, right = ((int(a["varno"]), int(a["varattno"]), int(a["varlevelsup"])) for a in args)
+            if left[:1] + left[2:] == right[:1] + right[2:]:
+                continue  # a column compared with a column of the same row
+            for var in (left, right):
+                if var[2] == 0:
+                    joined.add((var[0], var[1]))
+    return joined
+
+
+def unjoined_tables(tree: Any, root_rtindex: int, equals: set[int], joinable: dict[int, set[int]]) -> set[int]:
+    """Oids of tables an RTE of which is not restricted by an equality join on a key or FK column.
+
+    The view's own root row (the top query's RTE its id comes from) is exempt:
+    it is the row itself. Conservative: any doubt makes the table coarse.
+    """
+    out: set[int] = set()
+    queries = _queries(tree)
+    top = queries[0] if queries else None
+    for query in queries:
+        joined = _joined_columns(query, equals)
+        for index, rte in enumerate(query.get("rtable") or [], start=1):
+            if not isinstance(rte, dict) or rte.get("rtekind") != "0" or rte.get("relkind") not in ("r", "p"):
+                continue
+            if query is top and index == root_rtindex:
+                continue
+            relid = int(rte["relid"])
+            if not any((index, att) in joined for att in joinable.get(relid, ())):
+                out.add(relid)
+    return out
 
 
 # --- catalog queries ------------------------------------------------------------------
@@ -175,24 +279,41 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass($1)
 """
 
-# Every relation the view's rules depend on, recursively through views.
+# Every relation the view's rule depends on, recursively through nested views
+# and through functions whose dependencies PostgreSQL records (SQL-standard
+# bodies: RETURN ... / BEGIN ATOMIC). PL/pgSQL and string-bodied SQL functions
+# record none: what they read is invisible here (docs/ARCHITECTURE.md).
 _READS = """
-WITH RECURSIVE reads(oid) AS (
-    SELECT $1::oid
+WITH RECURSIVE objs(classid, objid) AS (
+    SELECT 'pg_class'::regclass::oid, $1::oid
     UNION
-    SELECT d.refobjid
-    FROM reads r
-    JOIN pg_rewrite w ON w.ev_class = r.oid
-    JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid
-                    AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.oid
+    SELECT d.refclassid, d.refobjid
+    FROM objs o
+    JOIN pg_depend d
+      ON (o.classid = 'pg_proc'::regclass AND d.classid = 'pg_proc'::regclass AND d.objid = o.objid)
+      OR (o.classid = 'pg_class'::regclass AND d.classid = 'pg_rewrite'::regclass
+          AND d.objid IN (SELECT w.oid FROM pg_rewrite w WHERE w.ev_class = o.objid))
+    WHERE d.refclassid IN ('pg_class'::regclass, 'pg_proc'::regclass)
+      AND NOT (d.refclassid = o.classid AND d.refobjid = o.objid)
 )
-SELECT coalesce(jsonb_agg(jsonb_build_object(
-    'oid', c.oid::bigint,
-    'qualified', n.nspname || '.' || c.relname,
-    'relkind', c.relkind::text,
-    'definition', CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid, true) END)
-    ORDER BY n.nspname, c.relname), '[]'::jsonb)
-FROM reads JOIN pg_class c ON c.oid = reads.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT coalesce(jsonb_agg(x ORDER BY x->>'qualified'), '[]'::jsonb) FROM (
+    SELECT jsonb_build_object(
+        'oid', c.oid::bigint,
+        'qualified', n.nspname || '.' || c.relname,
+        'relkind', c.relkind::text,
+        'definition', CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid, true) END) AS x
+    FROM objs JOIN pg_class c ON objs.classid = 'pg_class'::regclass AND c.oid = objs.objid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    UNION ALL
+    SELECT jsonb_build_object(
+        'oid', p.oid::bigint,
+        'qualified', p.oid::regprocedure::text,
+        'relkind', 'function',
+        'definition', pg_get_functiondef(p.oid))
+    FROM objs JOIN pg_proc p ON objs.classid = 'pg_proc'::regclass AND p.oid = objs.objid
+    JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind IN ('f', 'p')
+) s
 """
 
 _RULE = "SELECT ev_action::text FROM pg_rewrite WHERE ev_class = $1::oid AND rulename = '_RETURN'"
@@ -204,6 +325,9 @@ _COLUMN = "SELECT jsonb_build_array(n.nspname || '.' || c.relname, c.relkind::te
 _TABLES = f"""
 SELECT coalesce(jsonb_agg(jsonb_build_object(
     'qualified', n.nspname || '.' || c.relname,
+    'oid', c.oid::bigint,
+    'joinable', (SELECT coalesce(jsonb_agg(DISTINCT k.conkey[1]), '[]'::jsonb) FROM pg_constraint k
+                 WHERE k.conrelid = c.oid AND k.contype IN ('p', 'u', 'f') AND cardinality(k.conkey) = 1),
     'rls', c.relrowsecurity,
     'keys', (SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname, k.contype::text)), '[]'::jsonb)
              FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
@@ -237,13 +361,15 @@ SELECT jsonb_build_object(
 
 _KIT = f"SELECT jsonb_build_object('kit', to_regnamespace('{KIT_SCHEMA}') IS NOT NULL)"
 
+_EQUALS = "SELECT coalesce(jsonb_agg(oid::bigint), '[]'::jsonb) FROM pg_operator WHERE oid = ANY ($1::bigint[]::oid[]) " \
+          "AND oprname = '='"
+
 # The kit's own view of what it tracks: the key column it names rows by. Its
 # triggers look a foreign key's parent up by that key, whichever unique column
 # the foreign key references (fraiseshm/db/sql/kit.sql, _items_sql).
+_HAS_KIT_KEYS = f"SELECT to_regprocedure('{KIT_SCHEMA}.tracked_tables()') IS NOT NULL"
 _KIT_KEYS = f"""
-SELECT CASE WHEN to_regprocedure('{KIT_SCHEMA}.tracked_tables()') IS NOT NULL
-            THEN (SELECT coalesce(jsonb_object_agg(table_name, key_column), '{{}}'::jsonb)
-                  FROM {KIT_SCHEMA}.tracked_tables()) END
+SELECT coalesce(jsonb_object_agg(table_name, key_column), '{{}}'::jsonb) FROM {KIT_SCHEMA}.tracked_tables()
 """
 
 
@@ -278,6 +404,7 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
     catalog.kit_installed = bool((await _one(fetch, _KIT))["kit"])
     definitions = hashlib.blake2b(digest_size=16)
     table_oids: dict[int, str] = {}
+    trees: dict[str, tuple[Any, int]] = {}  # view -> (its rule's query tree, the id's range-table index)
     for name in sorted(set(views)):
         rel = await _one(fetch, _RELATION, name)
         if rel is None:
@@ -298,6 +425,8 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
             root, problem = (rel["qualified"], "id"), ""
         elif rel["relkind"] == "v":
             root, problem = await _root_of(fetch, rel["oid"])
+            tree = parse_node_tree(await _one(fetch, _RULE, rel["oid"]))
+            trees[name] = (tree, _target_rtindex(tree, "id"))
         else:
             root, problem = None, f"it is a {kind}: no trigger follows its refresh"
         options = {str(o).partition("=")[0]: str(o).partition("=")[2] for o in rel["options"]}
@@ -312,9 +441,10 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
             materialized=tuple(sorted(set(materialized))),
             security_invoker=options.get("security_invoker", "").lower() in ("true", "on", "1", "yes"),
         )
-    kit_keys = (await _one(fetch, _KIT_KEYS)) if catalog.kit_installed else None
+    kit_keys = (await _one(fetch, _KIT_KEYS)) if await _one(fetch, _HAS_KIT_KEYS) else None
     catalog.kit_keys_known = kit_keys is not None
-    for t in await _one(fetch, _TABLES, list(table_oids)):
+    tables_json = await _one(fetch, _TABLES, list(table_oids))
+    for t in tables_json:
         events = set()
         for tgtype in t["trigger_types"]:
             events |= {e for bit, e in ((_TRIGGER_INSERT, "INSERT"), (_TRIGGER_UPDATE, "UPDATE"),
@@ -328,6 +458,15 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
             tracked_events=frozenset(events),
             kit_key=(kit_keys or {}).get(t["qualified"]),
         )
+    joinable = {int(t["oid"]): set(t["joinable"]) for t in tables_json}
+    operators = sorted(set().union(*(_operators(tree) for tree, _ in trees.values())))
+    equals = set(await _one(fetch, _EQUALS, operators)) if operators else set()
+    for name, (tree, root_index) in trees.items():
+        view = catalog.views[name]
+        unjoined = unjoined_tables(tree, root_index, equals, joinable)
+        if view is not None and unjoined:
+            catalog.views[name] = dataclasses.replace(
+                view, unjoined=tuple(sorted(table_oids[oid] for oid in unjoined if oid in table_oids)))
     for fn in sorted(set(functions)):
         found = await _one(fetch, _FUNCTION, fn)
         catalog.functions[fn] = Function(fn, bool(found["found"]), bool(found["ok"]), tuple(found["found"]))

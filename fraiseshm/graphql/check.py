@@ -21,6 +21,7 @@ types, read sets, precise/coarse tables, and the views' SQL in the version.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
@@ -116,6 +117,11 @@ def examine(served: ServedSchema, catalog: Catalog) -> CheckResult:
                 result.warnings.append(
                     f"{at}: {view.qualified} is not security_invoker and reads {table}, which has row-level "
                     "security: the view runs with its owner's rights and bypasses the table's policies")
+            elif info.row_security and not entity.private:
+                result.warnings.append(
+                    f"{at}: {view.qualified} is security_invoker and reads {table}, which has row-level security: "
+                    "its rows differ per identity, so results holding it are never stored under a shared scope; "
+                    "mark the type @cache(private: true) so that they are cached per identity")
     for table, users in sorted(untracked.items()):
         how = ("install the kit first: fraiseshm db install, then " if not catalog.kit_installed else "")
         readers = ", ".join(f"{name} (line {line})" for name, line in users)
@@ -184,6 +190,34 @@ async def load_and_check(sdl: str, dsn: str, *, connect_timeout: float = 5.0) ->
     assert result.catalog is not None
     _inherited[(sdl, dsn)] = result.catalog
     return served, result
+
+
+async def recheck(served: ServedSchema, fetch: Fetch) -> bool:
+    """Re-read the catalog; re-bind served in place if the views' SQL changed. True if it did.
+
+    A view replaced while the server runs (CREATE OR REPLACE VIEW) changes the
+    schema version, so entries built by the old definition are never served
+    again; its new read set and key type take effect at once. A change that
+    breaks the check is logged (the old bindings stay; restart to see it fail).
+    """
+    catalog = await load_catalog(
+        fetch,
+        [e.view for e in served.entities.values()],
+        [m.function for m in served.mutations.values()],
+    )
+    if catalog.definitions == served.definitions:
+        return False
+    result = examine(served, catalog)
+    if result.problems:
+        log.error("the served views changed while running and no longer pass the check; serving with the old "
+                  "bindings under a new schema version until a restart:\n  %s", result.message(served))
+        served.definitions = catalog.definitions
+        served.version = hashlib.blake2b(served.sdl_version + b"broken" + catalog.definitions, digest_size=16).digest()
+        return True
+    result.report = bind(served, catalog)
+    log.warning("the served views' SQL changed while running: schema re-bound, new schema version")
+    log_result(result)
+    return True
 
 
 def bound_schema(sdl: str, dsn: str) -> ServedSchema | None:

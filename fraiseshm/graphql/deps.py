@@ -37,7 +37,10 @@ entry records (``bind`` below says, per view, which rule applied):
 
 unless the SDL declares it coarse (``@view(coarse: ["public.orders"])``),
 which is the user's way to say "this view reads that table in a way the
-foreign keys do not describe" (a global count, a join on a non-key column).
+foreign keys do not describe", or the view's SQL visibly does so: a read of
+the table not joined with ``=`` on a key or foreign key column (a global
+count, a join on a non-key column; fraiseshm/graphql/catalog.py
+``unjoined_tables``).
 Everything else is followed coarsely. What the rules cannot see (they read the
 catalog, not the view's join conditions) is written down in
 docs/ARCHITECTURE.md.
@@ -46,7 +49,6 @@ docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +56,6 @@ from fraiseshm.errors import SchemaError
 from fraiseshm.graphql.catalog import Catalog
 from fraiseshm.graphql.schema import EntityType, ServedSchema
 
-log = logging.getLogger("fraiseshm.deps")
 
 # The key types a root field can bind ($1::<type>) and check before asking PostgreSQL.
 KEY_TYPES = ("smallint", "integer", "bigint", "text", "character varying", "uuid")
@@ -80,6 +81,7 @@ class Binding:
     follows: tuple[Follow, ...]  # every table of the read set
     static: frozenset[str]  # w:/t: tags every entry built from this view depends on
     wide: frozenset[str]  # w: + t: of every table of the read set: the safe wider invalidation
+    per_identity: bool = False  # security_invoker view over a table with row-level security: never shared
 
     def report(self) -> str:
         precise = [f"{f.table} ({f.why})" for f in self.follows if f.precise]
@@ -91,7 +93,7 @@ class Binding:
 def _reachable(served: ServedSchema, start: str) -> dict[str, bool]:
     """@view types reachable from start through the SDL -> reached through a list anywhere."""
     listed: dict[str, bool] = {}
-    seen: set[str] = set()
+    seen: set[tuple[str, bool]] = set()
     stack = [(start, False)]
     while stack:
         name, via_list = stack.pop()
@@ -99,7 +101,7 @@ def _reachable(served: ServedSchema, start: str) -> dict[str, bool]:
             listed[name] = listed.get(name, False) or via_list
         if (name, via_list) in seen:
             continue
-        seen.add((name, via_list))  # type: ignore[arg-type]
+        seen.add((name, via_list))
         for _key, child, is_list in served.walk.get(name, ()):
             stack.append((child, is_list))
     listed[start] = listed.get(start, False)
@@ -142,7 +144,7 @@ def bind(served: ServedSchema, catalog: Catalog) -> list[str]:
                 # The kit looks the parent's key up when the FK references another unique column.
                 named_by = parent.kit_key if catalog.kit_keys_known and parent is not None else fk.parent_column
                 if named_by == key_of.get(fk.parent):
-                    out.append((fk.column, fk.parent, key_of[fk.parent]))
+                    out.append((fk.column, fk.parent, fk.parent_column))
             return out
 
         follows: list[Follow] = []
@@ -153,9 +155,12 @@ def bind(served: ServedSchema, catalog: Catalog) -> list[str]:
                      if any(p == t for _c, p, _pc in u_fks) and any(p != t for _c, p, _pc in u_fks)]
             if t in entity.coarse:
                 follows.append(Follow(t, False, "declared coarse in the SDL"))
+            elif t in view.unjoined:
+                follows.append(Follow(t, False, "the view's SQL reads it without an equality join on a key or "
+                                                "foreign key column (an aggregate over the table?)"))
             elif fks:
                 c, p, pc = fks[0]
-                follows.append(Follow(t, True, f"foreign key {c} -> {p}.{pc}: a change bumps that row"))
+                follows.append(Follow(t, True, f"foreign key {c} -> {p}.{pc}: a change bumps r:{p}:<{key_of[p]}>"))
             elif t in one_to_one:
                 follows.append(Follow(t, True, f"root table of {owner.get(t, name)}, whose rows the entry records"))
             elif t in recorded and links:
@@ -179,9 +184,12 @@ def bind(served: ServedSchema, catalog: Catalog) -> list[str]:
             follows=tuple(follows),
             static=frozenset(("w:" if f.precise else "t:") + f.table for f in follows),
             wide=frozenset(tag + f.table for f in follows for tag in ("w:", "t:")),
+            per_identity=view.security_invoker and any(
+                catalog.tables[t].row_security for t in view.reads if t in catalog.tables),
         )
     served.bindings = bindings
-    served.version = hashlib.blake2b(served.version + catalog.definitions, digest_size=16).digest()
+    served.definitions = catalog.definitions
+    served.version = hashlib.blake2b(served.sdl_version + catalog.definitions, digest_size=16).digest()
     return [b.report() for b in bindings.values()]
 
 
@@ -227,6 +235,8 @@ class Dependencies:
         binding = served.bindings[entity.name]
         self.tags |= binding.static
         self._policy(entity)
+        if binding.per_identity:
+            self.private = True  # its rows differ per identity (RLS): never stored under a shared scope
         if is_list:
             self.tags.add("t:" + binding.table)
         if asked is not None:
@@ -246,9 +256,12 @@ class Dependencies:
         entity = served.entities.get(type_name)
         if entity is not None:
             key = _key_text(value.get("id"))
+            binding = served.bindings[type_name]
             if key is not None:
-                self.tags.add(f"r:{served.bindings[type_name].table}:{key}")
+                self.tags.add(f"r:{binding.table}:{key}")
             self._policy(entity)
+            if binding.per_identity:
+                self.private = True
         for data_key, child, _is_list in served.walk.get(type_name, ()):
             nested = value.get(data_key)
             if nested is not None:

@@ -181,6 +181,10 @@ class Executor:
         for name, mutation in served.mutations.items():
             schema.mutation_type.fields[name].resolve = self._mutation_resolver(mutation)  # type: ignore[union-attr]
 
+    def rebound(self) -> None:
+        """The schema was re-bound (a view changed): list statements carry column types."""
+        self._list_sql.clear()
+
     # --- documents ----------------------------------------------------------
 
     def prepare(self, query: str, operation_name: str | None) -> Prepared:

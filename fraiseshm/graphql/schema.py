@@ -100,6 +100,7 @@ class RootMutation:
 class ServedSchema:
     schema: GraphQLSchema
     version: bytes  # 16-byte hash of the SDL (and, once bound, of the views' SQL): part of every cache key
+    sdl_version: bytes = b""  # hash of the SDL alone
     source: str = "<sdl>"  # the SDL file, for messages
     first_line: int = 0  # lines of the built-in SDL before the user's
     entities: dict[str, EntityType] = field(default_factory=dict)
@@ -108,6 +109,7 @@ class ServedSchema:
     # object type -> ((data key, field's named object type), ...): how deps walk a `data` document
     walk: dict[str, tuple[tuple[str, str, bool], ...]] = field(default_factory=dict)
     bindings: dict[str, Binding] = field(default_factory=dict)  # @view type -> its database facts
+    definitions: bytes = b""  # hash of the views' SQL the bindings were read from
 
     @property
     def query_names(self) -> tuple[str, ...]:
@@ -164,8 +166,9 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
             line = exc.locations[0].line - first_line
             where = f"{source}:{line}" if line > 0 else f"{source} (a name the built-in SDL defines)"
         raise SchemaError(f"{where}: {exc.message}") from None
-    served = ServedSchema(schema=schema, version=hashlib.blake2b(full_sdl.encode(), digest_size=16).digest(),
-                          source=source, first_line=first_line)
+    sdl_version = hashlib.blake2b(full_sdl.encode(), digest_size=16).digest()
+    served = ServedSchema(schema=schema, version=sdl_version, sdl_version=sdl_version, source=source,
+                          first_line=first_line)
 
     for gtype in schema.type_map.values():
         if not isinstance(gtype, GraphQLObjectType):
@@ -174,12 +177,13 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
         cache = _directive(schema, "cache", gtype.ast_node) or {}
         if view is None:
             continue
+        at = served.where(served.line_of(gtype.ast_node))
         if not _IDENT.match(view["name"]):
-            raise SchemaError(f"{source}: type {gtype.name}: @view name {view['name']!r} is not an identifier")
+            raise SchemaError(f"{at}: type {gtype.name}: @view name {view['name']!r} is not an identifier")
         if not _ORDER_BY.match(view["orderBy"]):
-            raise SchemaError(f"{source}: type {gtype.name}: @view orderBy {view['orderBy']!r} is not a column list")
+            raise SchemaError(f"{at}: type {gtype.name}: @view orderBy {view['orderBy']!r} is not a column list")
         if "id" not in gtype.fields:
-            raise SchemaError(f"{source}: @view type {gtype.name} needs an id field")
+            raise SchemaError(f"{at}: @view type {gtype.name} needs an id field")
         ttl = cache.get("ttl")
         served.entities[gtype.name] = EntityType(
             name=gtype.name,
@@ -195,12 +199,13 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
     if query_type is None:
         raise SchemaError(f"{source}: no Query type")
     for name, fdef in query_type.fields.items():
+        at = served.where(served.line_of(fdef.ast_node))
         named, is_list = _unwrap_list(fdef.type)
         entity = served.entities.get(getattr(named, "name", ""))
         if entity is None:
-            raise SchemaError(f"{source}: Query.{name} must return a @view type, not {named}")
+            raise SchemaError(f"{at}: Query.{name} must return a @view type, not {named}")
         if not is_list and set(fdef.args) != {"id"}:
-            raise SchemaError(f"{source}: Query.{name} returns one {entity.name}: its only argument must be id")
+            raise SchemaError(f"{at}: Query.{name} returns one {entity.name}: its only argument must be id")
         filters = tuple(
             (arg, snake_case(arg)) for arg in fdef.args if arg not in ("limit", "offset")
         ) if is_list else ()
@@ -210,13 +215,14 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
 
     mutation_type = schema.mutation_type
     for name, fdef in (mutation_type.fields.items() if mutation_type else ()):
+        at = served.where(served.line_of(fdef.ast_node))
         fn = _directive(schema, "function", fdef.ast_node)
         if fn is None:
-            raise SchemaError(f"{source}: Mutation.{name} needs @function(name: ...)")
+            raise SchemaError(f"{at}: Mutation.{name} needs @function(name: ...)")
         if not _IDENT.match(fn["name"]):
-            raise SchemaError(f"{source}: Mutation.{name}: @function name {fn['name']!r} is not an identifier")
+            raise SchemaError(f"{at}: Mutation.{name}: @function name {fn['name']!r} is not an identifier")
         if set(fdef.args) != {"input"}:
-            raise SchemaError(f"{source}: Mutation.{name} must take exactly one argument named input")
+            raise SchemaError(f"{at}: Mutation.{name} must take exactly one argument named input")
         touches = fn.get("touches")
         if not touches:
             response, _ = _unwrap_list(fdef.type)
@@ -225,7 +231,7 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
             touches = [data_type] if data_type in served.entities else []
         unknown = [t for t in touches if t not in served.entities]
         if unknown:
-            raise SchemaError(f"{source}: Mutation.{name}: touches unknown types {unknown}")
+            raise SchemaError(f"{at}: Mutation.{name}: touches unknown types {unknown}")
         served.mutations[name] = RootMutation(field=name, function=fn["name"], touches=tuple(touches),
                                               line=served.line_of(fdef.ast_node))
 

@@ -65,7 +65,7 @@ def test_audit_records_readable_with_the_token(server: Server, pg_cluster: Embed
         # Whichever worker answers, the record (written by either) shows up within the flush interval.
         for _ in range(200):
             records = admin.get("/admin/audit", params={"limit": 50}).json()["data"]["records"]
-            mine = [x for x in records if x["mutation"] == "updateUser" and f"User:{user_id}" in x["tags"]]
+            mine = [x for x in records if x["mutation"] == "updateUser" and f"r:public.tb_user:{user_id}" in x["tags"]]
             if mine:
                 break
         assert mine and mine[0]["verdict"] == "ok" and not mine[0]["failure"]

@@ -118,12 +118,12 @@ def test_broken_cascade_is_detected_repaired_and_alerted(server: Server, reset_d
     _await_log(server, "ALERT cascade failure rate")
     rows = asyncio.run(_await_rows(pg_dsn, before, 1))
     assert [(r["mutation"], r["verdict"], r["failure"]) for r in rows] == [("updateUserBroken", "unlisted", True)]
-    assert f"User:{user_id}" in rows[0]["details"]
+    assert f"r:public.tb_user:{user_id}" in rows[0]["details"]
 
     with server.client(headers={"Authorization": f"Bearer {TOKEN}"}) as admin:
         body = admin.get("/admin/audit", params={"failures": "true", "limit": 5}).json()["data"]
     assert body["records"][0]["mutation"] == "updateUserBroken"
-    assert body["records"][0]["details"]["unlisted"] == [f"User:{user_id}"]
+    assert body["records"][0]["details"]["unlisted"] == [f"r:public.tb_user:{user_id}"]
 
 
 async def _storm(url: str, users: list[str], posts: list[str]) -> tuple[int, int, list[str]]:

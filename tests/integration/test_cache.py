@@ -89,7 +89,10 @@ def test_mutation_invalidates_before_it_answers(http: httpx.Client, pg_cluster: 
     # exactly what the cascade names: another user's entry survives
     assert graphql(http, USER_QUERY, {"id": other}).headers["X-Cache"] == "HIT"
 
-    # a created entity makes every cached list of its type miss
+    # the list embeds the renamed author in its data, selected or not: it missed too
+    refreshed = graphql(http, list_query, {"a": uid})
+    assert refreshed.headers["X-Cache"] == "MISS"
+    # a created entity makes every cached list of its table miss
     assert graphql(http, list_query, {"a": uid}).headers["X-Cache"] == "HIT"
     created = graphql(http, CREATE_POST, {"a": uid}).json()["data"]["createPost"]["data"]["id"]
     after = graphql(http, list_query, {"a": uid})

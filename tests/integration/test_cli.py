@@ -98,7 +98,7 @@ def test_stats_top_invalidate_flush_on_a_live_server(pg_dsn: str, pg_cluster: Em
         assert r.returncode == 0, r.stderr
         assert all(pid in r.stdout for pid in pids) and "req/s" in r.stdout
 
-        r = cli(*arena, "invalidate", f"User:{uid}")
+        r = cli(*arena, "invalidate", f"r:public.tb_user:{uid}")
         assert r.returncode == 0 and "invalidated 1 tag(s)" in r.stdout, r.stderr
         assert graphql(client, USER_QUERY, {"id": uid}).headers["X-Cache"] == "MISS"
         assert graphql(client, USER_QUERY, {"id": uid}).headers["X-Cache"] == "HIT"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,13 +116,73 @@ def test_a_cascade_that_omits_a_changed_row_is_caught_and_the_read_is_fresh(keys
     assert "cascade failure in renameSilently (unlisted)" in log and "r:public.customers:1" in log
 
 
+def _await(client: httpx.Client, query: str, expected: dict, deadline: float = 5.0) -> None:
+    """Polls until the answer is expected: the change travels NOTIFY -> listener -> arena."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if graphql(client, query).json().get("data") == expected:
+            return
+    raise AssertionError(f"{query} never answered {expected} within {deadline}s: the write did not invalidate")
+
+
+def test_plain_sql_on_child_rows_reaches_the_parents_computed_values(keys: httpx.Client,
+                                                                    pg_cluster: EmbeddedCluster) -> None:
+    total = "{ order(id: 11) { total } }"
+    count = "{ customer(id: 1) { orderCount } }"
+    before = _read(keys, total)["order"]["total"]
+    n = _read(keys, count)["customer"]["orderCount"]
+    # A new item of order 11: the kit's +r:public.orders:11 (through order_items.order_id).
+    pg_cluster.psql("INSERT INTO order_items (order_id, product_code, qty) VALUES (11, 'ink', 1)", database="keys_it")
+    _await(keys, total, {"order": {"total": before + 4.0}})  # ink costs 4.00
+    # A plain INSERT INTO orders: +r:public.customers:1 (through orders.customer_id).
+    pg_cluster.psql("INSERT INTO orders VALUES (13, 1, 'plain')", database="keys_it")
+    _await(keys, count, {"customer": {"orderCount": n + 1}})
+
+
+async def _catalog(dsn: str, views: list[str]):
+    db = Database(dsn, min_size=1, max_size=1)
+    try:
+        return await load_catalog(db.fetch_column, views, [])
+    finally:
+        await db.close()
+
+
+def test_reads_not_joined_on_a_key_or_foreign_key_are_detected(keys_dsn: str, pg_cluster: EmbeddedCluster) -> None:
+    pg_cluster.psql(
+        # orders: once through the FK (precise), once as a global count (not joined: coarse);
+        # products: joined on price, not on a key.
+        "CREATE VIEW v_global AS SELECT c.id, jsonb_build_object("
+        " 'mine', (SELECT count(*) FROM orders o WHERE o.customer_id = c.id),"
+        " 'all', (SELECT count(*) FROM orders),"
+        " 'cheap', (SELECT count(*) FROM products p JOIN products q ON q.price = p.price)) AS data FROM customers c;"
+        "CREATE VIEW v_fk_only AS SELECT c.id, jsonb_build_object("
+        " 'mine', (SELECT count(*) FROM orders o WHERE o.customer_id = c.id AND o.note IS NOT NULL OR false)) AS data "
+        "FROM customers c;",
+        database="keys_it")
+    catalog = asyncio.run(_catalog(keys_dsn, ["v_customer", "v_order", "v_global", "v_fk_only"]))
+    assert catalog.views["v_customer"].unjoined == () and catalog.views["v_order"].unjoined == ()
+    assert catalog.views["v_global"].unjoined == ("public.orders", "public.products")
+    assert catalog.views["v_fk_only"].unjoined == ("public.orders",)  # an OR does not restrict
+
+
+def test_the_read_set_follows_sql_standard_functions(keys_dsn: str, pg_cluster: EmbeddedCluster) -> None:
+    pg_cluster.psql(
+        "CREATE TABLE fn_counted (id int PRIMARY KEY, c int);"
+        "CREATE FUNCTION fn_count(x int) RETURNS bigint LANGUAGE sql STABLE "
+        "BEGIN ATOMIC SELECT count(*) FROM fn_counted WHERE c = x; END;"
+        "CREATE VIEW v_counted AS SELECT c.id, jsonb_build_object('n', fn_count(c.id)) AS data FROM customers c;",
+        database="keys_it")
+    catalog = asyncio.run(_catalog(keys_dsn, ["v_counted"]))
+    assert catalog.views["v_counted"].reads == ("public.customers", "public.fn_counted")
+    before = catalog.definitions
+    pg_cluster.psql("CREATE OR REPLACE FUNCTION fn_count(x int) RETURNS bigint LANGUAGE sql STABLE "
+                    "BEGIN ATOMIC SELECT count(*) + 1 FROM fn_counted WHERE c = x; END;", database="keys_it")
+    assert asyncio.run(_catalog(keys_dsn, ["v_counted"])).definitions != before
+
+
 def test_the_schema_version_covers_the_view_definitions(keys_dsn: str, pg_cluster: EmbeddedCluster) -> None:
     async def definitions() -> bytes:
-        db = Database(keys_dsn, min_size=1, max_size=1)
-        try:
-            return (await load_catalog(db.fetch_column, ["v_product"], [])).definitions
-        finally:
-            await db.close()
+        return (await _catalog(keys_dsn, ["v_product"])).definitions
 
     before = asyncio.run(definitions())
     assert asyncio.run(definitions()) == before
@@ -129,3 +190,19 @@ def test_the_schema_version_covers_the_view_definitions(keys_dsn: str, pg_cluste
                     "jsonb_build_object('id', p.code, 'price', p.price * 2) AS data FROM products p",
                     database="keys_it")
     assert asyncio.run(definitions()) != before
+
+
+def test_a_view_replaced_while_running_is_never_served_from_its_old_entries(pg_cluster: EmbeddedCluster) -> None:
+    dsn = make_database(pg_cluster, "keys_ddl", SCHEMAS / "keys.sql")
+    # No listener: the kit's DDL event trigger would flush the arena at once; this is about the re-check.
+    env = {"FRAISESHM_SCHEMA_SDL": str(SCHEMAS / "keys.graphql"), "FRAISESHM_SCHEMA_RECHECK_INTERVAL": "0.2",
+           "FRAISESHM_LISTEN_CHANGES": "false"}
+    with Server(dsn, workers=2, env=env, tag="ddl") as srv, srv.client() as client:
+        q = '{ product(id: "ink") { price } }'
+        assert _read(client, q) == {"product": {"price": 4.0}}
+        # No row changes: only the definition does. No trigger fires; the re-check must notice.
+        pg_cluster.psql("CREATE OR REPLACE VIEW v_product AS SELECT p.code AS id, "
+                        "jsonb_build_object('id', p.code, 'price', p.price * 2) AS data FROM products p",
+                        database="keys_ddl")
+        _await(client, q, {"product": {"price": 8.0}})
+        assert "the served views' SQL changed while running" in srv.log()

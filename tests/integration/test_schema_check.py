@@ -41,7 +41,20 @@ def test_the_good_schema_passes_and_reports_precise_and_coarse_tables(
     assert code == 0, err
     out = " ".join(out.split())
     assert "Customer over public.v_customer (root public.customers.id integer)" in out
-    assert "public.orders (foreign key customer_id -> public.customers.id" in out
+    assert "public.orders (foreign key customer_id -> public.customers.id: a change bumps r:public.customers:<id>)" in out
+
+
+def test_every_table_of_the_blog_and_the_shop_is_followed_precisely(
+        tmp_path: Path, pg_dsn: str, pg_cluster: EmbeddedCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """Coarse tables cost hit rate: the examples' views join only on keys and foreign keys."""
+    root = SCHEMAS.parents[2]
+    shop = make_database(pg_cluster, "shop_check", root / "examples/shop/schema.sql")
+    for dsn, sdl, types in ((pg_dsn, root / "examples/blog/schema.graphql", 3),
+                            (shop, root / "examples/shop/schema.graphql", 5)):
+        code = cli.main(["schema", "check", "--dsn", dsn, "--sdl", str(sdl)])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert out.count("coarse: -") == types, out
 
 
 BROKEN = {

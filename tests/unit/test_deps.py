@@ -169,3 +169,33 @@ def test_arguments_bind_as_the_text_of_their_column_type(value: object, pg_type:
 def test_malformed_arguments_are_graphql_errors_naming_field_and_type(value: object, pg_type: str) -> None:
     with pytest.raises(GraphQLError, match=rf"order: argument id: .* is not a valid {pg_type}"):
         bind_text(value, pg_type, "order", "id")
+
+
+@pytest.mark.parametrize(("sdl", "message"), [
+    ('type A @view(name: "v") { id: ID! }\ntype Query {\n  a(x: Int): A\n}',
+     "s.graphql:3: Query.a returns one A: its only argument must be id"),
+    ('type A @view(name: "v") { id: ID! }\ntype Query { a(id: ID!): A }\ntype Mutation {\n\n  m(input: Int): A\n}',
+     "s.graphql:5: Mutation.m needs @function(name: ...)"),
+    ('type Query {\n  a: Int\n  b(: Int\n}', "s.graphql:3: Syntax Error"),
+])
+def test_sdl_errors_name_the_line_of_the_users_file(sdl: str, message: str) -> None:
+    with pytest.raises(SchemaError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        build_served_schema(sdl, "s.graphql")
+
+
+def test_a_security_invoker_view_over_row_level_security_is_never_shared() -> None:
+    import dataclasses
+
+    cat = _catalog()
+    cat.tables["public.orders"] = dataclasses.replace(cat.tables["public.orders"], row_security=True)
+    served = build_served_schema(SDL)
+    warnings = examine(served, cat).warnings
+    assert any("type Customer" in w and "public.orders, which has row-level security" in w
+               and "@cache(private: true)" in w for w in warnings), warnings
+    bind(served, cat)
+    assert served.bindings["Customer"].per_identity and not served.bindings["Product"].per_identity
+    deps = Dependencies(60.0, served)
+    deps.rows(served.entities["Product"], [{"id": "pen", "price": 1, "categories": []}], is_list=False, asked="pen")
+    assert not deps.private
+    deps.rows(served.entities["Order"], [{"id": 8, "customer": {"id": 3}, "items": []}], is_list=False, asked="8")
+    assert deps.private  # the order's view reads orders too, and its data holds a Customer
