@@ -436,20 +436,24 @@ class Report:
 
 
 class Workload:
-    """What an example provides to the runner."""
+    """What an example provides to the runner (tests/coherency/blog.py, shop.py)."""
 
     name = "?"
 
-    def load(self, history: History, rows: Any) -> None:  # pragma: no cover - interface
+    async def load(self, history: History, dsn: str) -> None:
+        """Seed ``history`` with every row's current image (version 0), before any writer starts."""
         raise NotImplementedError
 
-    def writers(self, n: int, mutations: bool, sql: bool) -> list[Callable[[Any, Any], Awaitable[None]]]:
+    def writers(self, n: int, mutations: bool, sql: bool) -> list[Callable[..., Awaitable[None]]]:
+        """n writers owning disjoint keys; each call ``await w(client, conn, rng, history)`` makes one write."""
         raise NotImplementedError
 
     def next_read(self, rng: Any) -> tuple[str, str, dict[str, Any]]:
+        """(shape name, GraphQL query, variables) of the next read."""
         raise NotImplementedError
 
     def facts(self, read: Read) -> list[Fact]:
+        """A read's response decomposed into facts about keys."""
         raise NotImplementedError
 
 

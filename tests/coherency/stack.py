@@ -98,7 +98,7 @@ def run_variant(
     with Server(dsn, workers=workers, env=env, tag=f"coh-{example.name}") as server:
 
         async def main() -> Report:
-            await workload.load(history, dsn)  # type: ignore[attr-defined]
+            await workload.load(history, dsn)
             return await run(workload, history, server.url, dsn, reads=reads, readers=readers, writers=writers,
                              reads_per_write=reads_per_write, mutations=variant.mutations, sql=variant.sql,
                              variant=variant.name, seed=seed)
