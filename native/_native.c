@@ -1189,10 +1189,8 @@ static PyObject *H_put(Handle *h, PyObject *const *args, Py_ssize_t nargs) {
     t.check = meta_base(&t, run, runlen);
     if (run != small) PyMem_Free(run);
     uint32_t si = shard_index(h, t.key_hash);
-    if (shard_lock(h, si) != FS_OK) { /* LOCK: not held on this path */
-        fs_raise(FS_LOCK_BROKEN, "shard %u lock is not recoverable", si);
-        goto done;
-    }
+    /* LOCK: not held on the failure path */
+    if (shard_lock(h, si) != FS_OK) { fs_raise(FS_LOCK_BROKEN, "shard %u lock is not recoverable", si); goto done; }
     int st = settle_locked(h, si, put_locked(h, shard(h, si), &t, deps, key, val, now));
     shard_unlock(h, si);
     report_wipe(h);

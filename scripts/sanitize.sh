@@ -32,6 +32,6 @@ env LD_PRELOAD="$LIBASAN $LIBUBSAN" PYTHONPATH="$PWD" PYTHONMALLOC=malloc \
     $PY -c 'import fraiseshm._native as n; assert "build-asan" in n.__file__, n.__file__; print("loaded", n.__file__)'
 env LD_PRELOAD="$LIBASAN $LIBUBSAN" PYTHONPATH="$PWD" PYTHONMALLOC=malloc \
     $PY -m pytest -q -p no:cacheprovider \
-    tests/unit/test_arena.py tests/unit/test_arena_hardening.py tests/unit/test_arena_fuzz.py \
+    tests/unit/test_arena.py tests/unit/test_arena_hardening.py tests/unit/test_arena_fuzz.py tests/unit/test_arena_layout.py \
     tests/property tests/multiprocess "$@"
 echo "ASan + UBSan: clean"
