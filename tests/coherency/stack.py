@@ -57,7 +57,7 @@ class Example:
 
 EXAMPLES = {
     # 16 users, 80 posts, 160 comments
-    "blog": Example("blog", (ROOT / "examples/blog/schema.sql",), ROOT / "examples/blog/schema.graphql",
+    "blog": Example("blog", (ROOT / "examples/blog/schema.sql", ROOT / "examples/blog/private.sql"), ROOT / "examples/blog/schema.graphql",
                     "SELECT fn_seed(16)"),
     # 16 customers with 3 orders each, 24 products in 8 categories
     "shop": Example("shop", (ROOT / "examples/shop/schema.sql",), ROOT / "examples/shop/schema.graphql",

@@ -61,7 +61,11 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self.wait_all_workers(timeout)
+        try:
+            self.wait_all_workers(timeout)
+        except BaseException:
+            self.stop()  # no gunicorn left behind, and its log file closed
+            raise
         return self
 
     def worker_pids(self) -> set[int]:
