@@ -237,8 +237,8 @@ class Listener:
         if signed.flush is not None:
             # INVARIANT: no entry built by an old view definition may be served.
             self.arena.flush()
-            log.warning("the database changed %s: arena flushed; restart fraiseshm so that its schema "
-                        "version and dependencies follow the new definitions", signed.flush[:500])
+            log.warning("the database changed %s: arena flushed; every worker re-binds the schema within "
+                        "schema_recheck_interval", signed.flush[:500])
             return
         if parse_payload is not None:
             try:
