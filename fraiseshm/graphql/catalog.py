@@ -1,7 +1,8 @@
 """What PostgreSQL's catalog says about the views and functions the SDL serves.
 
-Read once at start (fraiseshm/graphql/check.py, in the gunicorn master before
-workers fork; workers inherit it), never per request:
+Read at start (fraiseshm/graphql/check.py, in the gunicorn master before
+workers fork; workers inherit it) and again only when the periodic re-check
+sees the views' definitions change (``view_definitions``), never per request:
 
 - each served view: its columns and their types (the ``id`` type binds
   ``$1::<type>``, filter columns bind with their own type), ``security_invoker``;
@@ -14,9 +15,12 @@ workers fork; workers inherit it), never per request:
   the stored query tree (``pg_rewrite.ev_action``: the target entry's
   ``resorigtbl``/``resorigcol``, which PostgreSQL records for every plain column
   reference), following nested views down to a table;
+- the tables some part of the view's SQL reads without an equality join on a
+  key or foreign key column (``unjoined_tables``, from the same query tree);
 - each table of a read set: single-column keys, single-column foreign keys,
-  ``relrowsecurity``, and whether the kit's change triggers are attached
-  (triggers whose function lives in schema ``fraiseshm``);
+  ``relrowsecurity``, whether the kit's change triggers are attached
+  (triggers whose function lives in schema ``fraiseshm``) and the column the
+  kit names its rows by (``fraiseshm.tracked_tables()``);
 - each mutation function: whether ``fn(jsonb) RETURNS jsonb`` exists.
 
 Queries go through ``fetch_column`` (fraiseshm/db/pool.py Database) and return
@@ -399,6 +403,25 @@ async def _root_of(fetch: Fetch, oid: int, column: str = "id") -> tuple[tuple[st
     return None, "its id column's origin loops"
 
 
+def _fold(definitions: Any, name: str, reads: list[dict[str, Any]] | None) -> None:
+    """One served view's part of the definitions hash (its reads' SQL, or its absence)."""
+    if reads is None:
+        definitions.update(f"{name}\0missing\0".encode())
+        return
+    for r in reads:
+        if r["definition"] is not None:
+            definitions.update(f"{r['qualified']}\0{r['definition']}\0".encode())
+
+
+async def view_definitions(fetch: Fetch, views: Sequence[str]) -> bytes:
+    """Catalog.definitions alone, as load_catalog computes it: two queries per view (the periodic re-check)."""
+    definitions = hashlib.blake2b(digest_size=16)
+    for name in sorted(set(views)):
+        rel = await _one(fetch, _RELATION, name)
+        _fold(definitions, name, None if rel is None else await _one(fetch, _READS, rel["oid"]))
+    return definitions.digest()
+
+
 async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[str]) -> Catalog:
     catalog = Catalog()
     catalog.kit_installed = bool((await _one(fetch, _KIT))["kit"])
@@ -409,9 +432,11 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
         rel = await _one(fetch, _RELATION, name)
         if rel is None:
             catalog.views[name] = None
+            _fold(definitions, name, None)
             continue
         kind = {"v": "view", "m": "materialized view", "r": "table", "p": "table"}.get(rel["relkind"], rel["relkind"])
         reads = await _one(fetch, _READS, rel["oid"])
+        _fold(definitions, name, reads)
         tables, materialized = [], []
         for r in reads:
             if r["relkind"] in ("r", "p"):
@@ -419,8 +444,6 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
                 table_oids[r["oid"]] = r["qualified"]
             elif r["relkind"] == "m":
                 materialized.append(r["qualified"])
-            if r["definition"] is not None:
-                definitions.update(f"{r['qualified']}\0{r['definition']}\0".encode())
         if rel["relkind"] in ("r", "p"):
             root, problem = (rel["qualified"], "id"), ""
         elif rel["relkind"] == "v":

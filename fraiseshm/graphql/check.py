@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from fraiseshm.db.pool import Database
 from fraiseshm.errors import DatabaseUnavailable, SchemaCheckFailed
-from fraiseshm.graphql.catalog import Catalog, Fetch, load_catalog
+from fraiseshm.graphql.catalog import Catalog, Fetch, load_catalog, view_definitions
 from fraiseshm.graphql.deps import KEY_TYPES, bind
 from fraiseshm.graphql.schema import ServedSchema, load_schema
 
@@ -200,13 +200,10 @@ async def recheck(served: ServedSchema, fetch: Fetch) -> bool:
     again; its new read set and key type take effect at once. A change that
     breaks the check is logged (the old bindings stay; restart to see it fail).
     """
-    catalog = await load_catalog(
-        fetch,
-        [e.view for e in served.entities.values()],
-        [m.function for m in served.mutations.values()],
-    )
-    if catalog.definitions == served.definitions:
+    views = [e.view for e in served.entities.values()]
+    if await view_definitions(fetch, views) == served.definitions:
         return False
+    catalog = await load_catalog(fetch, views, [m.function for m in served.mutations.values()])
     result = examine(served, catalog)
     if result.problems:
         log.error("the served views changed while running and no longer pass the check; serving with the old "

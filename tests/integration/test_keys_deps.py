@@ -22,7 +22,7 @@ import pytest
 from fraiseshm.db.embedded import EmbeddedCluster
 from fraiseshm.db.kit import INSTALL_FILES
 from fraiseshm.db.pool import Database
-from fraiseshm.graphql.catalog import load_catalog
+from fraiseshm.graphql.catalog import load_catalog, view_definitions
 from tests.integration.server import Server, graphql
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -186,6 +186,15 @@ def test_the_schema_version_covers_the_view_definitions(keys_dsn: str, pg_cluste
 
     before = asyncio.run(definitions())
     assert asyncio.run(definitions()) == before
+
+    async def alone() -> bytes:
+        db = Database(keys_dsn, min_size=1, max_size=1)
+        try:
+            return await view_definitions(db.fetch_column, ["v_product"])
+        finally:
+            await db.close()
+
+    assert asyncio.run(alone()) == before  # the periodic re-check's cheap hash is the same hash
     pg_cluster.psql("CREATE OR REPLACE VIEW v_product AS SELECT p.code AS id, "
                     "jsonb_build_object('id', p.code, 'price', p.price * 2) AS data FROM products p",
                     database="keys_it")
