@@ -304,6 +304,11 @@ class Blog(Workload):
         keys = self.history.keys
 
         def pick(kind: str) -> str:
+            # a third of the picks among the rows created last: their lists are empty or short and
+            # change membership without touching any row the cached entry holds (list-membership tags)
+            recent = self.history.recent[kind][-8:] if self.history else []
+            if recent and rng.random() < 0.33:
+                return rng.choice(recent)
             # skewed towards a hot set, so that reads hit cached entries that writes must invalidate
             ordered = sorted(keys[kind])
             return ordered[int(len(ordered) * rng.random() ** 2)]

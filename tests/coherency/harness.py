@@ -105,6 +105,7 @@ class History:
         self.versions: dict[tuple[str, str], list[Version]] = {}
         self.index: dict[tuple[str, str, Any], set[str]] = defaultdict(set)  # (kind, field, value) -> keys
         self.keys: dict[str, set[str]] = defaultdict(set)  # kind -> keys
+        self.recent: dict[str, list[str]] = defaultdict(list)  # kind -> keys created by writers, oldest first
         self.indexed: dict[str, tuple[str, ...]] = {}  # kind -> fields to index
         self.writes = {"mutation": 0, "sql": 0}
 
@@ -122,6 +123,8 @@ class History:
         """One acknowledged write: (kind, key, new image) of every row it changed."""
         due = ack + (self.grace if path == "sql" else 0.0)
         for kind, key, image in changes:
+            if (kind, key) not in self.versions:
+                self.recent[kind].append(key)
             versions = self.versions.setdefault((kind, key), [Version(None, -INF, -INF, -INF, "seed")])
             versions.append(Version(image, sent, ack, due, path))
             self._note(kind, key, image)
