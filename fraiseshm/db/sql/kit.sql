@@ -361,7 +361,8 @@ BEGIN
     END IF;
 EXCEPTION WHEN insufficient_privilege THEN
     RAISE WARNING 'fraiseshm: no event trigger on view changes (creating one needs a superuser): '
-                 'restart fraiseshm (or run `fraiseshm flush`) after changing a served view';
+                 'workers re-read the served views every schema_recheck_interval (10 s); run '
+                 '`fraiseshm flush` right after changing a served view';
 END
 $$;
 
