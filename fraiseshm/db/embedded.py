@@ -199,7 +199,17 @@ class EmbeddedCluster:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://{DB_USER}@127.0.0.1:{self.port}/{DB_NAME}"
+        return self.dsn_of(DB_NAME)
+
+    def dsn_of(self, database: str) -> str:
+        return f"postgresql://{DB_USER}@127.0.0.1:{self.port}/{database}"
+
+    def fresh_database(self, name: str, owner: str | None = None) -> str:
+        """An empty database `name` (dropped first if an earlier run left it); its DSN. For tests."""
+        # One statement per call: psql -c runs its string as one transaction.
+        self._psql(["-c", f"DROP DATABASE IF EXISTS {name}"], database="postgres")
+        self._psql(["-c", f"CREATE DATABASE {name}" + (f" OWNER {owner}" if owner else "")], database="postgres")
+        return self.dsn_of(name)
 
     def ensure(self, sql_files: Sequence[str | os.PathLike[str]] = (), seed_users: int = 0) -> str:
         """Make the cluster exist, run, hold the schema and (if empty) seed data; return the DSN."""

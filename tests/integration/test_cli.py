@@ -116,12 +116,10 @@ def test_stats_top_invalidate_flush_on_a_live_server(pg_dsn: str, pg_cluster: Em
 
 def test_audit_says_when_the_table_is_absent_and_lists_failures(pg_cluster: EmbeddedCluster) -> None:
     empty, trail = f"cli_no_audit_{os.getpid()}", f"cli_audit_{os.getpid()}"
-    base = pg_cluster.dsn.rsplit("/", 1)[0]
     for db in (empty, trail):
-        pg_cluster.psql(f"DROP DATABASE IF EXISTS {db}", database="postgres")  # one statement per call:
-        pg_cluster.psql(f"CREATE DATABASE {db}", database="postgres")  # psql -c runs one transaction
+        pg_cluster.fresh_database(db)
     try:
-        r = cli("audit", "--dsn", f"{base}/{empty}")
+        r = cli("audit", "--dsn", pg_cluster.dsn_of(empty))
         assert r.returncode == 2 and "table fraiseshm.audit does not exist" in r.stderr
 
         pg_cluster.psql((ROOT / "fraiseshm/db/sql/audit.sql").read_text(), database=trail)  # the real table
@@ -131,12 +129,12 @@ def test_audit_says_when_the_table_is_absent_and_lists_failures(pg_cluster: Embe
             "('deleteUser', 2.0, 'missing_entity', true, '{\"detail\": \"Post:7 not in cascade\"}')",
             database=trail,
         )
-        r = cli("audit", "--dsn", f"{base}/{trail}", "--json")
+        r = cli("audit", "--dsn", pg_cluster.dsn_of(trail), "--json")
         assert r.returncode == 0, r.stderr
         rows = json.loads(r.stdout)
         assert [(x["mutation"], json.loads(x["details"])) for x in rows] == [
             ("deleteUser", {"detail": "Post:7 not in cascade"})]
-        r = cli("audit", "--dsn", f"{base}/{trail}")
+        r = cli("audit", "--dsn", pg_cluster.dsn_of(trail))
         assert r.returncode == 0 and "deleteUser" in r.stdout and "updateUser" not in r.stdout
     finally:
         for db in (empty, trail):

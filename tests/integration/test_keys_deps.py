@@ -29,9 +29,7 @@ SCHEMAS = Path(__file__).parent / "schemas"
 
 
 def make_database(cluster: EmbeddedCluster, name: str, *files: Path) -> str:
-    cluster.psql(f"DROP DATABASE IF EXISTS {name}")
-    cluster.psql(f"CREATE DATABASE {name}")
-    dsn = cluster.dsn.rsplit("/", 1)[0] + "/" + name
+    dsn = cluster.fresh_database(name)
     for path in (*INSTALL_FILES, *files):
         subprocess.run([str(cluster.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", str(path)],
                        check=True, capture_output=True)

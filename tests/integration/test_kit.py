@@ -33,9 +33,7 @@ TIMEOUT = 10.0
 def kit_dsn(pg_cluster: EmbeddedCluster) -> Iterator[str]:
     """A fresh database with the kit installed by kit.install (not by the embedded loader)."""
     db = f"kit_{os.getpid()}"
-    pg_cluster.psql(f"DROP DATABASE IF EXISTS {db}", database="postgres")
-    pg_cluster.psql(f"CREATE DATABASE {db}", database="postgres")
-    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + "/" + db
+    dsn = pg_cluster.fresh_database(db)
 
     async def install() -> None:
         conn = await asyncpg.connect(dsn)
@@ -139,9 +137,7 @@ def test_install_twice_is_idempotent_and_keeps_key_and_tracking(kit_dsn: str) ->
 
 def test_uninstall_leaves_the_users_tables_and_rows(pg_cluster: EmbeddedCluster) -> None:
     db = f"kit_un_{os.getpid()}"
-    pg_cluster.psql(f"DROP DATABASE IF EXISTS {db}", database="postgres")
-    pg_cluster.psql(f"CREATE DATABASE {db}", database="postgres")
-    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + "/" + db
+    dsn = pg_cluster.fresh_database(db)
 
     async def main() -> None:
         async with connect(dsn) as conn:
@@ -482,9 +478,7 @@ def test_db_commands_of_the_cli(pg_cluster: EmbeddedCluster) -> None:
     from tests.integration.test_cli import cli
 
     db = f"kit_cli_{os.getpid()}"
-    pg_cluster.psql(f"DROP DATABASE IF EXISTS {db}", database="postgres")
-    pg_cluster.psql(f"CREATE DATABASE {db}", database="postgres")
-    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + "/" + db
+    dsn = pg_cluster.fresh_database(db)
     try:
         r = cli("db", "--dsn", dsn, "status")
         assert r.returncode == 2 and "not installed" in r.stderr and "fraiseshm db install" in r.stderr
@@ -513,10 +507,9 @@ def test_db_commands_of_the_cli(pg_cluster: EmbeddedCluster) -> None:
 def test_install_and_track_as_a_database_owner_without_superuser(pg_cluster: EmbeddedCluster) -> None:
     """A managed database: the owner installs the kit; only the event trigger needs more, and says so."""
     owner, db = f"app_owner_{os.getpid()}", f"kit_owned_{os.getpid()}"
-    pg_cluster.psql(f"DROP DATABASE IF EXISTS {db}", database="postgres")
+    pg_cluster.psql(f"DROP DATABASE IF EXISTS {db}", database="postgres")  # before the role it is owned by
     pg_cluster.psql(f"DROP ROLE IF EXISTS {owner}; CREATE ROLE {owner} LOGIN", database="postgres")
-    pg_cluster.psql(f"CREATE DATABASE {db} OWNER {owner}", database="postgres")
-    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + "/" + db
+    dsn = pg_cluster.fresh_database(db, owner=owner)
 
     async def main() -> None:
         messages: list[str] = []

@@ -18,18 +18,12 @@ import pytest
 
 from fraiseshm.db.embedded import EmbeddedCluster
 from tests.integration.server import Server, graphql
-from tests.integration.test_coalescing import ClosedGate, _await, _calls, _counter_by_pid, _running_in_postgres, _user_id
+from tests.integration.test_coalescing import (  # noqa: F401 - gated is a fixture
+    ClosedGate, _await, _calls, _counter_by_pid, _running_in_postgres, _user_id, gated)
 
 SCHEMAS = Path(__file__).parent / "schemas"
 QUERY = "query($id: ID!) { user(id: $id) { id name email } }"
 GRAPHQL_RESPONSE = "application/graphql-response+json"
-
-
-@pytest.fixture(scope="module")
-def gated(pg_cluster: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
-    pg_cluster.psql((SCHEMAS / "gated.sql").read_text())
-    yield pg_cluster
-    pg_cluster.psql("UPDATE tb_test_gate SET delay = 0, fail = false")
 
 
 @pytest.fixture(scope="module")

@@ -38,9 +38,7 @@ DEADLINE = 5.0  # seconds for a plain-SQL write to reach the cache
 def shop(pg_cluster: EmbeddedCluster) -> Iterator[tuple[str, str]]:
     """(dsn, database) of a fresh shop database: kit, schema, 50 customers."""
     db = f"shop_http_{os.getpid()}"
-    pg_cluster.psql(f"DROP DATABASE IF EXISTS {db}", database="postgres")
-    pg_cluster.psql(f"CREATE DATABASE {db}", database="postgres")
-    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + "/" + db
+    dsn = pg_cluster.fresh_database(db)
 
     async def load() -> None:
         conn = await asyncpg.connect(dsn)

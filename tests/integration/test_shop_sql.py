@@ -35,9 +35,7 @@ TYPES = {"public.customers": "Customer", "public.products": "Product", "public.o
 @pytest.fixture(scope="module")
 def shop_dsn(pg_cluster: EmbeddedCluster) -> Iterator[str]:
     db = f"shop_{os.getpid()}"
-    pg_cluster.psql(f"DROP DATABASE IF EXISTS {db}", database="postgres")
-    pg_cluster.psql(f"CREATE DATABASE {db}", database="postgres")
-    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + "/" + db
+    dsn = pg_cluster.fresh_database(db)
 
     async def load() -> None:
         conn = await asyncpg.connect(dsn)
