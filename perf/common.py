@@ -99,6 +99,42 @@ def gunicorn(app: str | None = None, *, env: Mapping[str, str] | None = None, wo
             proc.wait()
 
 
+YOGA_DIR = ROOT / "perf" / "yoga"
+
+
+def yoga_install() -> None:
+    """The Node peer's packages, exactly as perf/yoga/package-lock.json pins them (npm ci, once)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        raise SystemExit("node/npm are not installed: apt-get install nodejs npm (make perf does it)")
+    stamp = YOGA_DIR / "node_modules" / ".package-lock.json"
+    lock = YOGA_DIR / "package-lock.json"
+    if not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel", "error"], cwd=YOGA_DIR, check=True, timeout=600)
+
+
+@contextmanager
+def yoga(dsn: str, *, workers: int = 0, redis_url: str = "") -> Iterator[Stack]:
+    """GraphQL Yoga 5 + response cache over the same database: one process (workers=0), or node:cluster
+    with `workers` processes, each with its own in-memory cache or all sharing `redis_url`."""
+    yoga_install()
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "DATABASE_URL": dsn, "YOGA_WORKERS": str(workers),
+           "YOGA_REDIS_URL": redis_url, "NODE_ENV": "production"}
+    proc = subprocess.Popen(["node", str(YOGA_DIR / "server.mjs")], cwd=YOGA_DIR, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, proc)
+        yield Stack(url=url, proc=proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -2,13 +2,16 @@
 
     .venv/bin/python perf/run.py [--quick] [--rounds N] [--out perf/results]
 
-Starts one private PostgreSQL (10k seeded users), one redis-server and four
-stacks of 2 gunicorn ASGI workers each on the same database:
+Starts one private PostgreSQL (10k seeded users), one redis-server, four
+stacks of 2 gunicorn ASGI workers each and the Node peer, all on the same database:
 
-    fraiseshm  the shared-memory arena (gunicorn.conf.py, coalescing on)
-    no-cache   FRAISESHM_CACHE_ENABLED=false: every query goes to PostgreSQL
-    local-lru  per-worker cachetools LRU+TTL, cascade invalidates its own worker only
-    redis      one shared redis-server, same tag invalidation (perf/stores.py)
+    fraiseshm     the shared-memory arena (gunicorn.conf.py, coalescing on)
+    no-cache      FRAISESHM_CACHE_ENABLED=false: every query goes to PostgreSQL
+    local-lru     per-worker cachetools LRU+TTL, cascade invalidates its own worker only
+    redis         one shared redis-server, same tag invalidation (perf/stores.py)
+    yoga          GraphQL Yoga 5 + @envelop/response-cache, one Node process (perf/yoga/)
+    yoga-cluster  the same under node:cluster, 2 workers, each with its own in-memory cache
+    yoga-redis    node:cluster, 2 workers sharing one Redis cache (@envelop/response-cache-redis)
 
 Raw throughput and the step load to saturation are measured with wrk (one
 locust process tops out near 3k req/s on this 2-core machine); hit rate,
@@ -42,7 +45,7 @@ import common
 import queries
 
 PERF = Path(__file__).resolve().parent
-TARGETS = ("fraiseshm", "no-cache", "local-lru", "redis")
+TARGETS = ("fraiseshm", "no-cache", "local-lru", "redis", "yoga", "yoga-cluster", "yoga-redis")
 ALTERNATIVES = TARGETS[1:]
 READ_QUERY = "query W($id: ID!) { user(id: $id) { id name email } }"
 
@@ -184,7 +187,7 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def print_table(med: dict[str, dict[str, dict[str, Any]]], knees: dict[str, dict[str, Any]]) -> None:
-    head = (f"{'scenario':<19}{'target':<11}{'req/s':>9}{'±':>6}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}"
+    head = (f"{'scenario':<19}{'target':<13}{'req/s':>9}{'±':>6}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}"
             f"{'hit %':>7}{'DB exec':>9}{'DB/req':>8}{'stale':>7}{'fail':>6}  pass")
     print(head)
     print("-" * len(head))
@@ -195,7 +198,7 @@ def print_table(med: dict[str, dict[str, dict[str, Any]]], knees: dict[str, dict
                 continue
             hit = a["hit_rate"] * 100 if a.get("hit_rate") is not None else None
             per = a.get("db_per_herd") if scen == "herd (locust)" else a.get("db_per_request")
-            print(f"{scen:<19}{t:<11}{fmt(a['rps'], '.0f'):>9}{a['rps_spread']:>6}{fmt(a['p50_ms'], '.2f'):>8}"
+            print(f"{scen:<19}{t:<13}{fmt(a['rps'], '.0f'):>9}{a['rps_spread']:>6}{fmt(a['p50_ms'], '.2f'):>8}"
                   f"{fmt(a['p90_ms'], '.2f'):>8}{fmt(a['p99_ms'], '.2f'):>8}{fmt(hit, '.1f'):>7}"
                   f"{fmt(a['db_executions'], '.0f'):>9}{fmt(per, '.3f'):>8}{a['stale_reads_total']:>7}"
                   f"{a['failures_total']:>6}  {'yes' if a['passed'] else 'NO'}")
@@ -213,7 +216,7 @@ def print_table(med: dict[str, dict[str, dict[str, Any]]], knees: dict[str, dict
         print()
     print("step load to saturation (wrk, connections doubled per step, Zipf user(id) reads):")
     for t, k in knees.items():
-        print(f"  {t:<11} throughput stops growing at {k['connections']:>4} connections: "
+        print(f"  {t:<13} throughput stops growing at {k['connections']:>4} connections: "
               f"{k['rps']:.0f} req/s, p99 {k['p99_ms']:.2f} ms")
 
 
@@ -223,7 +226,8 @@ def plots(out: Path, med: dict[str, dict[str, dict[str, Any]]], steps: dict[str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(TARGETS, ("tab:green", "tab:grey", "tab:orange", "tab:red"), strict=True))
+    colours = dict(zip(TARGETS, ("tab:green", "tab:grey", "tab:orange", "tab:red", "tab:purple", "tab:pink",
+                                 "tab:brown"), strict=True))
     panels = [
         ("read (wrk)", "rps", "cached reads, wrk: req/s", False),
         ("zipf (locust)", "hit_rate", "Zipf + 5 % writes: hit rate", False),
@@ -239,7 +243,7 @@ def plots(out: Path, med: dict[str, dict[str, dict[str, Any]]], steps: dict[str,
         values = [by_target[t].get(key) or 0 for t in names]
         ax.bar(names, values, color=[colours[t] for t in names])
         ax.set_title(title, fontsize=10)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
         if log and any(values):
             ax.set_yscale("log")
         for i, v in enumerate(values):
@@ -323,6 +327,10 @@ def main() -> int:
             "local-lru": stack.enter_context(common.gunicorn("alt_app:app", env={**db, "FRAISESHM_PERF_STORE": "local"})).url,
             "redis": stack.enter_context(common.gunicorn("alt_app:app", env={
                 **db, "FRAISESHM_PERF_STORE": "redis", "FRAISESHM_PERF_REDIS_URL": redis_url})).url,
+            "yoga": stack.enter_context(common.yoga(dsn)).url,
+            "yoga-cluster": stack.enter_context(common.yoga(dsn, workers=2)).url,
+            # its own Redis database: the fraiseshm redis stack flushes and scans db 0
+            "yoga-redis": stack.enter_context(common.yoga(dsn, workers=2, redis_url=redis_url[:-1] + "1")).url,
         }
         print(f"stacks up after {time.monotonic() - started:.0f}s: " + ", ".join(f"{t} {u}" for t, u in urls.items()))
         lua = zipf_lua(ids)

@@ -17,6 +17,8 @@ python3 -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join
 if [[ ",$extras," == *",perf,"* ]]; then
   command -v redis-server >/dev/null || need_apt+=(redis-server)
   command -v wrk >/dev/null || need_apt+=(wrk)
+  command -v node >/dev/null || need_apt+=(nodejs)
+  command -v npm >/dev/null || need_apt+=(npm)
 fi
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
