@@ -23,7 +23,7 @@ core would halve the servers', so it is not pinned, on every target alike.
 Database executions are counted by PostgreSQL (pg_stat_statements).
 
 Prints a table with ratios fraiseshm / each alternative, writes
-results.json and PNG plots to --out. Exit code 1 if a fraiseshm target is missed.
+results.json and PNG plots to --out, with the cost curves of perf/bench_curves.py. Exit code 1 if a fraiseshm target is missed.
 """
 
 from __future__ import annotations
@@ -363,6 +363,13 @@ def main() -> int:
                     raw.setdefault(key, {x: [] for x in TARGETS})[t].append(
                         locust_run(sc, t, urls[t], round_no, dsn, ids_file, out))
 
+    curves = None
+    if not only or "curves" in only:  # after every stack is stopped: the arena curves run alone
+        import bench_curves
+
+        print("cost curves ...", flush=True)
+        curves = bench_curves.run(out, args.quick)
+
     med = {scen: {t: aggregate(runs) for t, runs in by_t.items() if runs} for scen, by_t in raw.items()}
     knees = {t: step_knee(p) for t, p in steps.items() if p}
     print(f"\n=== fraiseshm perf: medians of {rounds} interleaved round(s); 2 gunicorn workers per stack; "
@@ -374,7 +381,7 @@ def main() -> int:
     print("\ntargets (fraiseshm):")
     for line, ok in targets:
         print(f"  [{'ok' if ok else 'MISSED'}] {line}")
-    pngs = plots(out, med, steps)
+    pngs = plots(out, med, steps) + ([out / "curves.png"] if curves else [])
     (out / "results.json").write_text(json.dumps(
         {"machine": info, "rounds": rounds, "quick": args.quick, "medians": med, "step_load": steps,
          "saturation": knees, "targets": [{"target": line, "met": ok} for line, ok in targets], "runs": raw},
