@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fraiseshm.metrics.health import DEGRADED, FAILING, OK, Sample, SampleRing, Thresholds, assess
 
-TH = Thresholds()
+TH = Thresholds(min_queries=20)
 ZERO = dict.fromkeys(("requests", "hits", "misses", "bypasses", "mutations", "cascade_failures", "evictions"), 0)
 
 
@@ -17,18 +17,27 @@ def test_fresh_server_is_ok() -> None:
     assert (v.status, v.reasons, v.http_status) == (OK, [], 200)
 
 
-def test_low_hit_rate_degrades_with_field_level_advice() -> None:
+def test_low_hit_rate_degrades_with_advice_an_operator_can_act_on() -> None:
     base = Sample(0.0, totals())
     now = Sample(10.0, totals(requests=100, hits=50, misses=50))
     v = assess(now, base, TH)
     assert v.status == DEGRADED and v.http_status == 200
-    assert "hit rate 50.0 %" in v.reasons[0] and "field-level caching" in v.advice[0]
+    assert "hit rate 50.0 %" in v.reasons[0]
+    assert "fraiseshm stats" in v.advice[0] and "FRAISESHM_ARENA_SIZE" in v.advice[0]
+    assert "docs/runbooks/low-hit-rate.md" in v.advice[0]
     assert v.figures["hit_rate"] == 0.5 and v.figures["read_qps"] == 10.0
 
 
 def test_bypasses_count_as_queries_not_hits() -> None:
     v = assess(Sample(1.0, totals(requests=40, bypasses=40)), Sample(0.0, totals()), TH)
     assert v.status == DEGRADED and v.figures["hit_rate"] == 0.0
+
+
+def test_default_minimum_sample_ignores_a_few_hand_made_queries() -> None:
+    # issue 19: 29 hand-made queries turned /health degraded; the default needs 200
+    assert assess(Sample(30.0, totals(misses=29, hits=0)), Sample(0.0, totals()), Thresholds()).status == OK
+    assert assess(Sample(30.0, totals(misses=199)), Sample(0.0, totals()), Thresholds()).status == OK
+    assert assess(Sample(30.0, totals(misses=200)), Sample(0.0, totals()), Thresholds()).status == DEGRADED
 
 
 def test_hit_rate_needs_enough_queries_and_is_windowed() -> None:
@@ -92,6 +101,47 @@ def test_full_arena_that_evicts_says_raise_the_size() -> None:
 def test_lock_wipes_in_the_window_degrade() -> None:
     v = assess(Sample(5.0, totals(), lock_wipes=2), Sample(0.0, totals(), lock_wipes=1), TH)
     assert v.status == DEGRADED and "1 arena shard(s) wiped" in v.reasons[0]
+    assert "fraiseshm check" in v.advice[0]
+    v = assess(Sample(5.0, totals(), corruption_wipes=3), Sample(0.0, totals(), corruption_wipes=1), TH)
+    assert v.status == DEGRADED and "2 arena shard(s) wiped" in v.reasons[0]
+
+
+def test_worker_restarts_degrade_for_a_while() -> None:
+    figs = {"totals": totals(), "fill_ratio": 0.0, "lock_wipes": 0, "workers": 2, "master_started_at": 1000.0,
+            "processes": [{"pid": 1, "started_at": 1001.0}, {"pid": 2, "started_at": 1500.0}],
+            "listener_pid": 1}
+    # the worker started 500 s after its master was restarted; 100 s ago: degraded
+    v = assess(Sample.of(1.0, figs, wall=1600.0, thresholds=TH), None, TH)
+    assert v.status == DEGRADED and v.reasons == ["1 worker(s) restarted in the last 15 minutes"]
+    assert "FRAISESHM_WORKER_TIMEOUT" in v.advice[0] and "worker-restarts.md" in v.advice[0]
+    # 15 minutes later: ok again; the workers of the start-up never count
+    assert assess(Sample.of(1.0, figs, wall=2500.0, thresholds=TH), None, TH).status == OK
+    figs["processes"][1]["started_at"] = 1030.0
+    assert assess(Sample.of(1.0, figs, wall=1100.0, thresholds=TH), None, TH).status == OK
+
+
+def test_absent_listener_degrades_only_when_one_is_expected() -> None:
+    figs = {"totals": totals(), "fill_ratio": 0.0, "lock_wipes": 0, "workers": 2, "master_started_at": None,
+            "processes": [], "listener_pid": None}
+    v = assess(Sample.of(1.0, figs, wall=0.0, thresholds=TH), None, TH)
+    assert v.status == DEGRADED and "listens for changes" in v.reasons[0]
+    assert "FRAISESHM_LISTEN_CHANGES" in v.advice[0] and "listener-gone.md" in v.advice[0]
+    assert assess(Sample.of(1.0, figs, wall=0.0, thresholds=TH, listener_expected=False), None, TH).status == OK
+    figs["listener_pid"] = 42
+    assert assess(Sample.of(1.0, figs, wall=0.0, thresholds=TH), None, TH).status == OK
+
+
+def test_every_advice_names_a_runbook_that_exists_and_no_jargon() -> None:
+    from pathlib import Path
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    source = (root / "fraiseshm/metrics/health.py").read_text()
+    pages = set(re.findall(r"docs/runbooks/[a-z0-9-]+\.md", source))
+    assert len(pages) >= 8, pages
+    for page in pages:
+        assert (root / page).is_file(), page
+    assert "Phase" not in source and "17B" not in source
 
 
 def test_ring_baseline_is_the_newest_sample_a_window_old() -> None:
