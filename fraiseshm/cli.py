@@ -34,7 +34,6 @@ from typing import Any
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
-from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -93,30 +92,38 @@ class Column:
         self.header, self.priority, self.justify, self.wrap = header, priority, justify, wrap
 
 
+_WRAP_MIN = 12  # columns of a wrapping cell, at least: narrower folds every few characters
+_GAP = 2  # columns between two cells (SIMPLE_HEAD, collapsed padding)
+
+
 def fit_table(console: Console, columns: Sequence[Column], rows: Sequence[tuple[Sequence[str], str | None]],
               title: str) -> Table:
-    """A rich Table that fits console.width: columns that may wrap (long text) are folded,
-    and while it is still too wide the lowest-priority column is dropped; the caption says
-    which (--json has them all). Numbers are never cut ("15…" helps nobody)."""
+    """A rich Table that fits console.width: cells of wrapping columns (long text) fold
+    into the room left, and while even that is too wide the lowest-priority column is
+    dropped; the caption says which (--json has them all). Numbers and other short
+    cells are never cut ("15…" helps nobody)."""
+    natural = [max([len(c.header), *(len(cells[i]) for cells, _ in rows)]) for i, c in enumerate(columns)]
     shown = list(range(len(columns)))
-    while True:
-        table = Table(title=title, title_justify="left", caption_justify="left", pad_edge=False,
-                      box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
-        for i in shown:
-            c = columns[i]
-            table.add_column(c.header, justify=c.justify, no_wrap=not c.wrap,  # type: ignore[arg-type]
-                             overflow="fold" if c.wrap else "ellipsis", min_width=len(c.header))
-        for cells, style in rows:
-            table.add_row(*[cells[i] for i in shown], style=style)
-        dropped = [columns[i].header for i in range(len(columns)) if i not in shown]
-        if dropped:
-            table.caption = f"hidden at {console.width} columns: {' '.join(dropped)} (--json has all)"
-        # measured unconstrained: rich clamps a measurement to the width it is given
-        measured = Measurement.get(console, console.options.update_width(1 << 16), table)
-        width = measured.minimum if any(columns[i].wrap for i in shown) else measured.maximum
-        if width <= console.width or len(shown) <= 1:
-            return table
+
+    def width() -> int:
+        return sum(min(natural[i], _WRAP_MIN) if columns[i].wrap else natural[i] for i in shown) \
+            + _GAP * (len(shown) - 1)
+
+    while width() > console.width and len(shown) > 1:
         shown.remove(max(shown, key=lambda i: (columns[i].priority, i)))
+    table = Table(title=title, title_justify="left", caption_justify="left", pad_edge=False,
+                  box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for i in shown:
+        c = columns[i]
+        table.add_column(c.header, justify=c.justify, no_wrap=not c.wrap,  # type: ignore[arg-type]
+                         overflow="fold" if c.wrap else "ellipsis", ratio=1 if c.wrap else None,
+                         min_width=min(natural[i], _WRAP_MIN) if c.wrap else natural[i])
+    for cells, style in rows:
+        table.add_row(*[Text(cells[i]) for i in shown], style=style)  # Text: a "[" in a cell is not markup
+    dropped = [columns[i].header for i in range(len(columns)) if i not in shown]
+    if dropped:
+        table.caption = f"hidden at {console.width} columns: {' '.join(dropped)} (--json has all)"
+    return table
 
 
 # --- stats ------------------------------------------------------------------------
@@ -337,8 +344,8 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
 
 
 # column: (priority, justify, may wrap); mutation, time and verdict say what happened
-_AUDIT_LAYOUT = {"at": (1, "left", False), "mutation": (1, "left", True), "verdict": (2, "left", False),
-                 "tags": (3, "left", True), "details": (4, "left", True), "transaction_id": (5, "right", False),
+_AUDIT_LAYOUT = {"at": (1, "left", False), "mutation": (1, "left", False), "verdict": (2, "left", False),
+                 "details": (3, "left", True), "tags": (4, "left", True), "transaction_id": (5, "right", False),
                  "id": (6, "right", False)}
 
 
@@ -348,7 +355,21 @@ def _audit_cell(column: str, value: Any) -> str:
     text = str(value)
     if column in _TIME_COLUMNS and len(text) >= 19:
         return text[5:19].replace("T", " ")  # "12-01 17:24:04": the year and sub-seconds are in --json
+    if column in ("tags", "details"):  # jsonb: words that wrap at spaces rather than one long token
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            return text
+        return _words(decoded)
     return text
+
+
+def _words(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(_words(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_words(v)}" for k, v in value.items()) or "-"
+    return str(value)
 
 
 # --- schema check -------------------------------------------------------------------------------

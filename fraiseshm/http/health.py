@@ -24,7 +24,7 @@ class HealthResource:
 
     def __init__(self, runtime: Runtime, ring: SampleRing | None = None) -> None:
         self.runtime = runtime
-        self.ring = ring or SampleRing()
+        self.ring = ring if ring is not None else SampleRing()  # an empty ring is falsy (__len__)
         s = runtime.settings
         self.thresholds = Thresholds(cascade_failure_ratio=s.cascade_failure_threshold,
                                      min_queries=s.health_min_queries)

@@ -163,3 +163,44 @@ def test_ring_is_bounded() -> None:
     assert len(ring) == 4
     # with a window longer than the history, the oldest kept sample is the baseline
     assert ring.push(Sample(100.0, totals())).t == 96.0  # noqa: PLR2004
+
+
+def test_health_endpoint_measures_a_real_window_from_its_first_call() -> None:
+    """issue 19: window_seconds read 0.0 right after start. The ring is seeded in the
+    ASGI lifespan startup, so the first /health measures since then (clock injected)."""
+    import asyncio
+    import os
+
+    import falcon.asgi
+    from falcon import testing
+
+    from fraiseshm.arena import Arena, Counter
+    from fraiseshm.config import load_settings
+    from fraiseshm.http.health import HealthResource
+    from fraiseshm.runtime import Runtime
+
+    name = f"/fraiseshm-health-{os.getpid()}"
+    arena = Arena.create(name, size=8 << 20, max_entry=64 << 10, shards=2)
+    try:
+        arena.register_process()
+        runtime = Runtime(load_settings(environ={"FRAISESHM_LISTEN_CHANGES": "false"}))
+        runtime.arena = arena  # the worker's attachment; no database: /health says so
+        clock = [100.0]
+        health = HealthResource(runtime, ring=SampleRing(clock=lambda: clock[0]))
+        app = falcon.asgi.App()
+        app.add_middleware(health)
+        app.add_route("/health", health)
+
+        async def first_call() -> dict:
+            async with testing.ASGIConductor(app) as conductor:  # runs the lifespan startup
+                clock[0] = 101.0
+                arena.incr(Counter.REQUESTS, 50)
+                return (await conductor.simulate_get("/health")).json
+
+        body = asyncio.run(first_call())
+        assert body["figures"]["window_seconds"] == 1.0
+        assert body["figures"]["read_qps"] == 50.0
+        assert body["reasons"] == ["database unreachable: worker not started"]
+    finally:
+        arena.close()
+        Arena.unlink(name)
