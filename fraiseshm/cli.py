@@ -177,17 +177,28 @@ def _arena_lines(figs: dict[str, Any]) -> Text:
     """The arena in short lines that wrap at word boundaries on a narrow terminal."""
     lat = figs["latency"]
     mean = lat["sum_seconds"] / lat["count"] * 1e3 if lat["count"] else 0.0
-    listener = figs.get("listener_pid")
     text = Text(
         f"arena {_mib(figs['used_bytes'])} of {_mib(figs['capacity_bytes'])} ({_pct(figs['fill_ratio'])}), "
         f"{figs['entries']:,} entries, oldest {figs['oldest_entry_age_seconds']:.0f} s, seq {figs['global_seq']:,}\n"
         f"db executions {lat['count']:,}, mean {mean:.2f} ms; wipes {figs['lock_wipes']} lock, "
         f"{figs.get('corruption_wipes', 0)} corrupt; checksum failures {figs['checksum_failures']}\n"
-        f"listener: {f'pid {listener}' if listener is not None else 'none'}"
+        + _listener_words(figs)
     )
     if not figs["linked"]:
         text.append("\nsegment is UNLINKED from /dev/shm", style="bold red")
     return text
+
+
+def _listener_words(figs: dict[str, Any]) -> str:
+    pid, heard = figs.get("listener_pid"), figs.get("listener")
+    if pid is None:
+        return "listener: none (plain-SQL writes are not invalidated)"
+    words = f"listener: pid {pid}"
+    if heard is not None and heard["heard"]:
+        mean = heard["lag_sum_seconds"] / heard["heard"] * 1e3
+        words += (f", heard {_count(heard['heard'])} changes, lag mean {mean:.1f} ms, "
+                  f"last {heard['last_lag_seconds'] * 1e3:.1f} ms")
+    return words
 
 
 def cmd_stats(arena: Arena, args: argparse.Namespace, console: Console) -> int:

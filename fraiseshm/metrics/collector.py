@@ -16,6 +16,8 @@ Families, by name (exposition adds ``_total`` to counters):
                                                        a worker much younger than its master was restarted
     fraiseshm_listener_up                              1 while a process of the host holds the listener
                                                        election (absent when listen_changes is off)
+    fraiseshm_listener_lag_seconds (summary), fraiseshm_listener_last_lag_seconds
+                                                       change notification -> invalidation, host-wide
     fraiseshm_database_up                              the answering worker's ping of PostgreSQL
     fraiseshm_cascade_failure_threshold                Settings.cascade_failure_threshold, for alert rules
 
@@ -36,6 +38,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -111,6 +114,15 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
         yield GaugeMetricFamily("fraiseshm_master_start_time_seconds",
                                 "start of the processes' common parent (the gunicorn master), seconds since the epoch",
                                 value=stats["master_started_at"])
+    heard = stats.get("listener")
+    if heard is None and stats.get("listener_pid") is not None:  # elected, nothing heard yet
+        heard = {"heard": 0, "lag_sum_seconds": 0.0, "last_lag_seconds": 0.0}
+    if heard is not None:
+        yield SummaryMetricFamily("fraiseshm_listener_lag_seconds",
+                                  "seconds from a change's trigger to its invalidation, verified notifications",
+                                  count_value=heard["heard"], sum_value=heard["lag_sum_seconds"])
+        yield GaugeMetricFamily("fraiseshm_listener_last_lag_seconds", "lag of the latest change notification",
+                                value=heard["last_lag_seconds"])
     ratio = GaugeMetricFamily("fraiseshm_worker_hit_ratio", "hits / (hits + misses + bypasses), per live process",
                               labels=["worker"])
     cpu = CounterMetricFamily("fraiseshm_worker_cpu_seconds", "user + system CPU of the process", labels=["worker"])

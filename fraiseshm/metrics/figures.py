@@ -16,7 +16,7 @@ module adds what a reader needs on top, and nothing that writes:
   gunicorn master): a worker much younger than its master was restarted.
 - the host's change listener: the pid holding the listener election's flock
   on the arena's file (fraiseshm/db/listener.py), read from /proc/locks
-  without touching the lock.
+  without touching the lock, and what it heard (metrics/listener_board.py).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import psutil
 
 from fraiseshm import _native
 from fraiseshm.arena import Arena
+from fraiseshm.metrics import listener_board
 
 SHM_DIR = "/dev/shm"
 
@@ -121,4 +122,5 @@ def read(arena: Arena) -> dict[str, Any]:
     master = master_of([p["pid"] for p in live])
     stats["master_started_at"] = started_at(master) if master is not None else None
     stats["listener_pid"] = listener_pid(arena.name)
+    stats["listener"] = listener_board.read(arena.name)
     return stats

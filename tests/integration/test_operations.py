@@ -51,6 +51,31 @@ def test_every_metric_the_rules_and_the_dashboard_use_is_exposed(ops_server: Ser
     assert len(starts) == 2 and all(0 <= s - master < 60 for s in starts)  # no restart counted at start-up
 
 
+def test_listener_lag_is_measured_host_wide(ops_server: Server, pg_cluster) -> None:  # noqa: ANN001
+    """A plain-SQL write: the elected listener records its lag; any worker's /metrics and
+    the CLI show it (the board in /dev/shm, not the listener's memory)."""
+    def heard(text: str) -> float:
+        m = re.search(r"^fraiseshm_listener_lag_seconds_count (\S+)$", text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    with httpx.Client(base_url=ops_server.url, timeout=10) as c:
+        before = heard(c.get("/metrics", headers={"Connection": "close"}).text)
+    pg_cluster.psql("UPDATE tb_user SET name = name WHERE pk_user = (SELECT min(pk_user) FROM tb_user)")
+    deadline = time.monotonic() + 20
+    texts: list[str] = []
+    while True:
+        with httpx.Client(base_url=ops_server.url, timeout=10) as c:  # a new connection: either worker
+            texts.append(c.get("/metrics", headers={"Connection": "close"}).text)
+        if heard(texts[-1]) > before:
+            break
+        assert time.monotonic() < deadline, "no listener lag recorded after a plain-SQL write"
+    lag = float(re.search(r"^fraiseshm_listener_last_lag_seconds (\S+)$", texts[-1], re.M).group(1))
+    assert 0.0 <= lag < 5.0
+    r = subprocess.run([str(CLI), "--arena", ops_server.arena_name, "stats"], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "COLUMNS": "80"})
+    assert re.search(r"listener: pid \d+, heard \d+ changes, lag mean [\d.]+ ms", r.stdout), r.stdout
+
+
 def _log_lines(srv: Server) -> list[dict]:
     return [json.loads(line) for line in srv.log_path.read_text().splitlines() if line.strip()]
 

@@ -105,7 +105,8 @@ def test_dashboard_shows_what_the_issue_lists() -> None:
     used = set().union(*(metric_names(e) for e in dashboard_exprs(dashboard())))
     for name in ("fraiseshm_hits_total", "fraiseshm_worker_requests_total", "fraiseshm_db_execution_seconds_bucket",
                  "fraiseshm_db_executions_total", "fraiseshm_coalesce_followed_total", "fraiseshm_arena_fill_ratio",
-                 "fraiseshm_evictions_total", "fraiseshm_cascade_failures_total", "fraiseshm_listener_up"):
+                 "fraiseshm_evictions_total", "fraiseshm_cascade_failures_total", "fraiseshm_listener_up",
+                 "fraiseshm_listener_lag_seconds_sum", "fraiseshm_listener_lag_seconds_count"):
         assert name in used, name
 
 
