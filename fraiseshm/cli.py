@@ -151,7 +151,8 @@ def _stats_table(console: Console, figs: dict[str, Any], rates: dict[int, Any] |
         procs = sorted(procs, key=lambda p: -(rates.get(p["pid"]) or (0.0, None))[0])
     hidden = 0
     if max_rows is not None and len(procs) > max_rows:
-        hidden, procs = len(procs) - max_rows, procs[:max_rows]
+        keep = max(1, max_rows - 1)  # and one row saying how many more
+        hidden, procs = len(procs) - keep, procs[:keep]
     rows: list[tuple[Sequence[str], str | None]] = []
     blank = ["", ""] if rates is not None else []
     for p in procs:

@@ -205,3 +205,37 @@ def test_top_json_lines(ops_server: Server) -> None:
     assert r.returncode == 0, r.stderr
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(lines) == 2 and {p["pid"] for p in lines[-1]["processes"]} == set(ops_server.worker_pids())
+
+
+def test_top_with_more_workers_than_lines_still_fits_24_lines() -> None:
+    """20 live processes with stats slots on one arena: top shows the busiest that fit and
+    says how many more, and the arena's lines stay on screen."""
+    from fraiseshm.arena import Arena
+
+    name = f"/fraiseshm-top-{os.getpid()}"
+    arena = Arena.create(name, size=8 << 20, max_entry=64 << 10, shards=2)
+    child = ("import sys; from fraiseshm.arena import Arena, Counter; a = Arena.attach(sys.argv[1]); "
+             "a.register_process(); a.incr(Counter.REQUESTS, int(sys.argv[2])); print('ready', flush=True); "
+             "sys.stdin.read()")
+    procs = [subprocess.Popen([sys.executable, "-c", child, name, str(1000 * (i + 1))], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for i in range(20)]
+    pane = None
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        pane = Pane([str(CLI), "top", "--interval", "0.3"], {"FRAISESHM_ARENA_NAME": name})
+        screen = pane.wait_for(lambda s: re.search(r"^\s*\+\d+", s, re.M) and "listener:" in s,
+                               "top's '+N more' row and its arena lines")
+    finally:
+        if pane is not None:
+            pane.close()
+        for p in procs:
+            p.communicate()  # closes stdin: the child's read() ends and it exits; closes stdout
+        arena.close()
+        Arena.unlink(name)
+    lines = screen.rstrip("\n").split("\n")
+    assert len(lines) <= 24 and "…" not in screen, screen
+    shown = [line for line in lines if re.match(r"\s*\d+\s", line)]
+    more = int(re.search(r"^\s*\+(\d+)", screen, re.M).group(1))
+    assert len(shown) + more == 20 and len(shown) >= 5, screen
+    assert re.search(r"^total\s", screen, re.M) and "arena" in screen, screen
