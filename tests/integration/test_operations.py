@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,12 +187,23 @@ def test_stats_and_top_fit_an_80x24_tmux_pane(ops_server: Server, capsys: pytest
         pane.close()
     _check_fits(stats, pids)
 
-    pane = Pane([str(CLI), "top", "--interval", "0.3"], env)
+    stop = threading.Event()
+
+    def load() -> None:  # traffic while top watches: its req/s column shows it
+        with ops_server.client() as c:
+            while not stop.is_set():
+                graphql(c, USER_QUERY, {"id": "00000000-0000-0000-0000-000000000001"})
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    pane = Pane([str(CLI), "top", "--interval", "0.5"], env)
     try:
-        top = pane.wait_for(lambda s: re.search(r"req/s", s) and all(
-            re.search(rf"^\s*{pid}\s+\d", s, re.M) for pid in pids), "fraiseshm top with rates")
+        top = pane.wait_for(lambda s: re.search(r"^total\s+[1-9]", s, re.M) and all(
+            re.search(rf"^\s*{pid}\s+\d", s, re.M) for pid in pids), "fraiseshm top with rates under load")
     finally:
         pane.close()
+        stop.set()
+        loader.join()
     _check_fits(top, pids)
     assert "cpu" in top.split("\n", 2)[1].split()
     with capsys.disabled():  # the captures the issue asks for, in the test log
