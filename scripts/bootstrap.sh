@@ -34,6 +34,8 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
   # Debian's postgresql package starts a system cluster we do not use.
   command -v pg_ctlcluster >/dev/null && (pg_lsclusters -h 2>/dev/null | awk '{print $1, $2}' | while read -r v c; do pg_ctlcluster "$v" "$c" stop || true; done) || true
+  # Debian's prometheus package (installed for promtool) starts a server we do not use either.
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 fi
 
 stamp=".venv/.installed-${extras//,/-}"
