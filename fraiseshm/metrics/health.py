@@ -221,7 +221,7 @@ def assess(
                 f"arena {_pct(now.fill_ratio)} full and evicting {evictions_per_s:,.1f} entries/s"
             )
             advice.append("the working set does not fit: raise FRAISESHM_ARENA_SIZE (and the size of /dev/shm, "
-                          "`df -h /dev/shm`) and restart; or lower default_ttl / @cache(ttl:) of rarely read "
+                          "`df -h /dev/shm`) and restart; or lower FRAISESHM_DEFAULT_TTL / @cache(ttl:) of rarely read "
                           "types (runbook docs/runbooks/arena-full.md)")
     if baseline is not None:
         wiped = (now.lock_wipes - baseline.lock_wipes) + (now.corruption_wipes - baseline.corruption_wipes)

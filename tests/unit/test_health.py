@@ -142,6 +142,17 @@ def test_every_advice_names_a_runbook_that_exists_and_no_jargon() -> None:
     for page in pages:
         assert (root / page).is_file(), page
     assert "Phase" not in source and "17B" not in source
+    # the settings and commands the advice names are real
+    import msgspec
+
+    from fraiseshm.cli import build_parser
+    from fraiseshm.config import Settings
+
+    fields = {f.name for f in msgspec.structs.fields(Settings)}
+    for name in re.findall(r"FRAISESHM_([A-Z0-9_]+)", source):
+        assert name.lower() in fields, name
+    for command in re.findall(r"`fraiseshm ([^`]+)`", source):
+        build_parser().parse_args(command.replace("DSN", "postgresql://x").split())
 
 
 def test_ring_baseline_is_the_newest_sample_a_window_old() -> None:
