@@ -13,8 +13,6 @@
 #   worker  imports fraiseshm.http.asgi:app after fork, attaches the arena and
 #           opens its asyncpg pool in the ASGI lifespan startup.
 
-import logging
-
 from fraiseshm.config import load_settings
 
 _settings = load_settings()
@@ -42,14 +40,12 @@ loglevel = _settings.log_level
 accesslog = None
 errorlog = "-"
 
-logging.basicConfig(
-    level=_settings.log_level.upper(),
-    format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-)
-# Control characters a client sent (an operationName with a newline...) never forge a log line.
-from fraiseshm.logs import install as _install_log_hygiene  # noqa: E402
+# One handler for every logger, gunicorn's included: text or JSON lines (log_format),
+# each line of a request with its request id, control characters a client sent
+# (an operationName with a newline...) escaped so they never forge a line.
+from fraiseshm.logs import gunicorn_logconfig  # noqa: E402
 
-_install_log_hygiene()
+logconfig_dict = gunicorn_logconfig(_settings)
 
 _state = {}
 

@@ -1,7 +1,7 @@
 """The `fraiseshm` command: attach to a live arena by name and look, check or act.
 
     fraiseshm [--arena NAME] stats [--json]     per-process and arena figures
-    fraiseshm [--arena NAME] top [--interval S] live per-process view (rich)
+    fraiseshm [--arena NAME] top [--interval S] live per-process view, fits the terminal; --json: JSON lines
     fraiseshm [--arena NAME] check              fsck of every layout invariant; exit 1 on problems
     fraiseshm [--arena NAME] invalidate TAG...  e.g. r:public.tb_user:42  t:public.tb_post  query:users
     fraiseshm [--arena NAME] flush              invalidate everything
@@ -31,9 +31,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from fraiseshm.arena import Arena
 from fraiseshm.arena.layout import LAYOUT_VERSION
@@ -61,6 +63,16 @@ def _attach(name: str) -> Arena:
         ) from None
 
 
+def _count(n: int) -> str:
+    """Exact below 100,000, then 3 significant figures (123.5M): the exact value is in --json."""
+    if n < 100_000:
+        return f"{n:,}"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -69,51 +81,125 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-# --- stats ------------------------------------------------------------------------
+# --- tables that fit the terminal -----------------------------------------------------
 
-_COLUMNS = {  # counter: column header (short: the table fits 80 columns)
-    "requests": "req", "hits": "hit", "misses": "miss", "bypasses": "bypass", "db_executions": "db",
-    "mutations": "mut", "cascade_failures": "cfail", "coalesce_followed": "follow",
-    "coalesce_takeovers": "takeover", "invalidations": "inval", "evictions": "evict", "errors": "err",
-}
+class Column:
+    """A table column: header, priority (1 = kept longest), and how its cells may shrink."""
+
+    __slots__ = ("header", "priority", "justify", "wrap")
+
+    def __init__(self, header: str, priority: int, justify: str = "right", wrap: bool = False) -> None:
+        self.header, self.priority, self.justify, self.wrap = header, priority, justify, wrap
 
 
-def _stats_table(figs: dict[str, Any], rates: dict[int, float] | None = None) -> Table:
-    table = Table(title=f"fraiseshm arena {figs['name']}: {figs['workers']} live processes", title_justify="left")
-    table.add_column("pid", justify="right")
-    if rates is not None:
-        table.add_column("req/s", justify="right")
-        table.add_column("cpu", justify="right")
-    for header in _COLUMNS.values():
-        table.add_column(header, justify="right")
-    table.add_column("hit%", justify="right")
-    for p in figs["processes"]:
-        row = [str(p["pid"])]
-        if rates is not None:
-            r = rates.get(p["pid"])
-            row += [f"{r[0]:,.0f}" if r else "-", _pct(r[1]) if r and r[1] is not None else "-"]
-        row += [f"{p['counters'][c]:,}" for c in _COLUMNS] + [_pct(p["hit_rate"])]
-        table.add_row(*row)
-    archived = figs["archived"]
-    if any(archived[c] for c in _COLUMNS):
-        table.add_row("exited", *([""] * 2 if rates is not None else []),
-                      *[f"{archived[c]:,}" for c in _COLUMNS], _pct(figures.hit_rate(archived)), style="dim")
-    table.add_row("total", *([""] * 2 if rates is not None else []),
-                  *[f"{figs['totals'][c]:,}" for c in _COLUMNS], _pct(figs["hit_rate"]), style="bold")
+_WRAP_MIN = 12  # columns of a wrapping cell, at least: narrower folds every few characters
+_GAP = 2  # columns between two cells (SIMPLE_HEAD, collapsed padding)
+
+
+def fit_table(console: Console, columns: Sequence[Column], rows: Sequence[tuple[Sequence[str], str | None]],
+              title: str) -> Table:
+    """A rich Table that fits console.width: cells of wrapping columns (long text) fold
+    into the room left, and while even that is too wide the lowest-priority column is
+    dropped; the caption says which (--json has them all). Numbers and other short
+    cells are never cut ("15…" helps nobody)."""
+    natural = [max([len(c.header), *(len(cells[i]) for cells, _ in rows)]) for i, c in enumerate(columns)]
+    shown = list(range(len(columns)))
+
+    def width() -> int:
+        return sum(min(natural[i], _WRAP_MIN) if columns[i].wrap else natural[i] for i in shown) \
+            + _GAP * (len(shown) - 1)
+
+    while width() > console.width and len(shown) > 1:
+        shown.remove(max(shown, key=lambda i: (columns[i].priority, i)))
+    table = Table(title=title, title_justify="left", caption_justify="left", pad_edge=False,
+                  box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for i in shown:
+        c = columns[i]
+        table.add_column(c.header, justify=c.justify, no_wrap=not c.wrap,  # type: ignore[arg-type]
+                         overflow="fold" if c.wrap else "ellipsis", ratio=1 if c.wrap else None,
+                         min_width=min(natural[i], _WRAP_MIN) if c.wrap else natural[i])
+    for cells, style in rows:
+        table.add_row(*[Text(cells[i]) for i in shown], style=style)  # Text: a "[" in a cell is not markup
+    dropped = [columns[i].header for i in range(len(columns)) if i not in shown]
+    if dropped:
+        table.caption = f"hidden at {console.width} columns: {' '.join(dropped)} (--json has all)"
     return table
 
 
-def _arena_lines(figs: dict[str, Any]) -> str:
+# --- stats ------------------------------------------------------------------------
+
+# counter: (column header, priority); the lower the priority, the longer it stays at narrow widths
+_COLUMNS = {
+    "requests": ("req", 1), "hits": ("hit", 2), "misses": ("miss", 2), "db_executions": ("db", 3),
+    "evictions": ("evict", 3), "cascade_failures": ("cfail", 3), "errors": ("err", 3), "mutations": ("mut", 4),
+    "bypasses": ("bypass", 5), "coalesce_followed": ("follow", 5), "invalidations": ("inval", 6),
+    "coalesce_takeovers": ("takeover", 7),
+}
+
+
+def _stats_table(console: Console, figs: dict[str, Any], rates: dict[int, Any] | None = None,
+                 max_rows: int | None = None) -> Table:
+    """Per-process rows, then exited and total; rates (top): req/s and cpu per pid.
+    max_rows: at most that many process rows (top on a short terminal: busiest first)."""
+    columns = [Column("pid", 0, "right")]
+    if rates is not None:
+        columns += [Column("req/s", 1), Column("cpu", 2)]
+    columns += [Column(h, prio) for h, prio in _COLUMNS.values()]
+    columns.append(Column("hit%", 1))
+    procs = figs["processes"]
+    if rates is not None:
+        procs = sorted(procs, key=lambda p: -(rates.get(p["pid"]) or (0.0, None))[0])
+    hidden = 0
+    if max_rows is not None and len(procs) > max_rows:
+        keep = max(1, max_rows - 1)  # and one row saying how many more
+        hidden, procs = len(procs) - keep, procs[:keep]
+    rows: list[tuple[Sequence[str], str | None]] = []
+    blank = ["", ""] if rates is not None else []
+    for p in procs:
+        row = [str(p["pid"])]
+        if rates is not None:
+            r = rates.get(p["pid"])
+            row += [f"{r[0]:,.0f}" if r else "-", f"{r[1]:.2f}" if r and r[1] is not None else "-"]
+        rows.append(([*row, *[_count(p["counters"][c]) for c in _COLUMNS], _pct(p["hit_rate"])], None))
+    if hidden:
+        rows.append(([f"+{hidden}", *blank, *[""] * len(_COLUMNS), ""], "dim"))
+    archived = figs["archived"]
+    if any(archived[c] for c in _COLUMNS):
+        rows.append((["exited", *blank, *[_count(archived[c]) for c in _COLUMNS],
+                      _pct(figures.hit_rate(archived))], "dim"))
+    total_rate = [f"{sum(r[0] for r in rates.values()):,.0f}", ""] if rates else blank
+    rows.append((["total", *total_rate, *[_count(figs["totals"][c]) for c in _COLUMNS], _pct(figs["hit_rate"])],
+                 "bold"))
+    title = f"fraiseshm {figs['name']}: {figs['workers']} processes"
+    return fit_table(console, columns, rows, title)
+
+
+def _arena_lines(figs: dict[str, Any]) -> Text:
+    """The arena in short lines that wrap at word boundaries on a narrow terminal."""
     lat = figs["latency"]
     mean = lat["sum_seconds"] / lat["count"] * 1e3 if lat["count"] else 0.0
-    return (
-        f"arena {_mib(figs['used_bytes'])} used of {_mib(figs['capacity_bytes'])} "
-        f"({_pct(figs['fill_ratio'])}), {figs['entries']:,} entries, sequence {figs['global_seq']:,}, "
-        f"oldest entry {figs['oldest_entry_age_seconds']:.0f} s, lock wipes {figs['lock_wipes']}, "
-        f"checksum failures {figs['checksum_failures']}\n"
-        f"database executions {lat['count']:,}, mean {mean:.2f} ms"
-        + ("" if figs["linked"] else "\n[bold red]segment is UNLINKED from /dev/shm[/]")
+    text = Text(
+        f"arena {_mib(figs['used_bytes'])} of {_mib(figs['capacity_bytes'])} ({_pct(figs['fill_ratio'])}), "
+        f"{figs['entries']:,} entries, oldest {figs['oldest_entry_age_seconds']:.0f} s, seq {figs['global_seq']:,}\n"
+        f"db executions {lat['count']:,}, mean {mean:.2f} ms; wipes {figs['lock_wipes']} lock, "
+        f"{figs.get('corruption_wipes', 0)} corrupt; checksum failures {figs['checksum_failures']}\n"
+        + _listener_words(figs)
     )
+    if not figs["linked"]:
+        text.append("\nsegment is UNLINKED from /dev/shm", style="bold red")
+    return text
+
+
+def _listener_words(figs: dict[str, Any]) -> str:
+    pid, heard = figs.get("listener_pid"), figs.get("listener")
+    if pid is None:
+        return "listener: none (plain-SQL writes are not invalidated)"
+    words = f"listener: pid {pid}"
+    if heard is not None and heard["heard"]:
+        mean = heard["lag_sum_seconds"] / heard["heard"] * 1e3
+        words += (f", heard {_count(heard['heard'])} changes, lag mean {mean:.1f} ms, "
+                  f"last {heard['last_lag_seconds'] * 1e3:.1f} ms")
+    return words
 
 
 def cmd_stats(arena: Arena, args: argparse.Namespace, console: Console) -> int:
@@ -121,37 +207,64 @@ def cmd_stats(arena: Arena, args: argparse.Namespace, console: Console) -> int:
     if args.json:
         sys.stdout.write(json.dumps(figs, indent=2, sort_keys=True) + "\n")
         return 0
-    console.print(_stats_table(figs))
-    console.print(_arena_lines(figs))
+    console.print(_stats_table(console, figs))
+    console.print(_arena_lines(figs), highlight=False)
     return 0
 
 
+def _rates(prev: dict[str, Any], now: dict[str, Any], dt: float) -> dict[int, Any]:
+    """pid -> (req/s, cpu cores) between two reads; pids new since prev have none."""
+    before = {p["pid"]: p for p in prev["processes"]}
+    rates: dict[int, Any] = {}
+    for p in now["processes"]:
+        b = before.get(p["pid"])
+        if b is None:
+            continue
+        cpu = None
+        if p["cpu_seconds"] is not None and b["cpu_seconds"] is not None:
+            cpu = (p["cpu_seconds"] - b["cpu_seconds"]) / dt
+        rates[p["pid"]] = ((p["counters"]["requests"] - b["counters"]["requests"]) / dt, cpu)
+    return rates
+
+
+_TOP_CHROME = 11  # lines of top around the process rows: title, header, rule, exited, total, caption, arena
+
+
 def cmd_top(arena: Arena, args: argparse.Namespace, console: Console) -> int:
-    """Per-process rates between two reads of the arena, refreshed every --interval seconds."""
+    """Per-process rates between two reads of the arena, refreshed every --interval seconds;
+    --json: one JSON object per refresh (JSON lines) for scripts."""
     prev, prev_t = figures.read(arena), time.monotonic()
     rounds = 0
-    with Live(_stats_table(prev, {}), console=console, auto_refresh=False, screen=False) as live:
-        try:
-            while args.iterations == 0 or rounds < args.iterations:
-                time.sleep(args.interval)  # the refresh period itself, not a synchronisation
-                now, now_t = figures.read(arena), time.monotonic()
-                dt = now_t - prev_t
-                before = {p["pid"]: p for p in prev["processes"]}
-                rates: dict[int, Any] = {}
-                for p in now["processes"]:
-                    b = before.get(p["pid"])
-                    if b is None:
-                        continue
-                    cpu = None
-                    if p["cpu_seconds"] is not None and b["cpu_seconds"] is not None:
-                        cpu = (p["cpu_seconds"] - b["cpu_seconds"]) / dt
-                    rates[p["pid"]] = ((p["counters"]["requests"] - b["counters"]["requests"]) / dt, cpu)
-                live.update(_stats_table(now, rates), refresh=True)
-                prev, prev_t = now, now_t
-                rounds += 1
-        except KeyboardInterrupt:
-            pass
-    console.print(_arena_lines(prev))
+
+    def view(figs: dict[str, Any], rates: dict[int, Any]) -> Group:
+        max_rows = max(1, console.height - _TOP_CHROME)
+        return Group(_stats_table(console, figs, rates, max_rows=max_rows), _arena_lines(figs))
+
+    live = None if args.json else Live(view(prev, {}), console=console, auto_refresh=False, screen=False,
+                                       vertical_overflow="crop")
+    try:
+        if live is not None:
+            live.start(refresh=True)
+        while args.iterations == 0 or rounds < args.iterations:
+            time.sleep(args.interval)  # the refresh period itself, not a synchronisation
+            now, now_t = figures.read(arena), time.monotonic()
+            rates = _rates(prev, now, now_t - prev_t)
+            if live is not None:
+                live.update(view(now, rates), refresh=True)
+            else:
+                out = {"interval_seconds": round(now_t - prev_t, 3), "workers": now["workers"],
+                       "hit_rate": now["hit_rate"], "fill_ratio": now["fill_ratio"],
+                       "processes": [{"pid": pid, "requests_per_second": round(r[0], 1),
+                                      "cpu": None if r[1] is None else round(r[1], 3)} for pid, r in rates.items()]}
+                sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")
+                sys.stdout.flush()
+            prev, prev_t = now, now_t
+            rounds += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if live is not None:
+            live.stop()
     return 0
 
 
@@ -235,14 +348,40 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     if not rows:
         console.print(f"no cascade failures recorded in {AUDIT_TABLE}")
         return 0
-    table = Table(title=f"recent cascade failures ({len(rows)})", title_justify="left")
     shown = [c for c in _TABLE_COLUMNS if c in cols] or cols  # the full rows: --json
-    for c in shown:
-        table.add_column(c, overflow="fold")
-    for r in rows:
-        table.add_row(*[str(r.get(c, "")) for c in shown])
-    console.print(table)
+    columns = [Column(c, *_AUDIT_LAYOUT.get(c, (9, "left", True))) for c in shown]
+    cells: list[tuple[Sequence[str], str | None]] = [([_audit_cell(c, r.get(c)) for c in shown], None) for r in rows]
+    console.print(fit_table(console, columns, cells, f"recent cascade failures ({len(rows)})"))
     return 0
+
+
+# column: (priority, justify, may wrap); mutation, time and verdict say what happened
+_AUDIT_LAYOUT = {"at": (1, "left", False), "mutation": (1, "left", False), "verdict": (2, "left", False),
+                 "details": (3, "left", True), "tags": (4, "left", True), "transaction_id": (5, "right", False),
+                 "id": (6, "right", False)}
+
+
+def _audit_cell(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    text = str(value)
+    if column in _TIME_COLUMNS and len(text) >= 19:
+        return text[5:19].replace("T", " ")  # "12-01 17:24:04": the year and sub-seconds are in --json
+    if column in ("tags", "details"):  # jsonb: words that wrap at spaces rather than one long token
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            return text
+        return _words(decoded)
+    return text
+
+
+def _words(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(_words(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_words(v)}" for k, v in value.items()) or "-"
+    return str(value)
 
 
 # --- schema check -------------------------------------------------------------------------------
@@ -373,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("top", help="live per-process view")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="one JSON object per refresh (JSON lines), no table")
     sub.add_parser("check", help="fsck of the arena's invariants; exit 1 on problems")
     p = sub.add_parser("invalidate", help="invalidate tags (r:public.tb_user:42, t:public.tb_post, query:users)")
     p.add_argument("tags", nargs="+", metavar="TAG")

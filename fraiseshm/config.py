@@ -50,6 +50,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_json_depth: Annotated[int, Meta(ge=2, le=500)] = 64  # nesting of JSON in bodies, variables, tokens
     honour_no_cache: bool = False  # a client's Cache-Control: no-cache revalidates (coalesced); false: ignored
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (fraiseshm/logs.py)
+    request_id_header: str = "X-Request-ID"  # request id taken from this header when sane, else made; echoed
     expose_worker_header: bool = False  # add X-Fraiseshm-Worker: <pid> (diagnosis, tests)
 
     # --- PostgreSQL ----------------------------------------------------------
@@ -106,6 +108,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     audit_enabled: bool = True  # verify each cascade against the triggers' record and write the audit trail
     audit_flush_interval: Annotated[float, Meta(gt=0, le=60)] = 0.05  # seconds audit records wait to be batched
     audit_queue_max: Annotated[int, Meta(ge=100, le=10_000_000)] = 100_000  # audit records buffered per worker
+    health_min_queries: PositiveInt = 200  # /health judges the hit rate only on at least this many queries in its window
     cascade_failure_window: Annotated[float, Meta(ge=1, le=86_400)] = 300.0  # seconds the failure rate spans
 
     # --- writes from anywhere --------------------------------------------------
@@ -183,6 +186,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ConfigError("jwt_role_claim needs db_roles: the roles a token may ask for")
         if self.scope_header and not re.fullmatch(r"[A-Za-z0-9-]+", self.scope_header):
             raise ConfigError(f"scope_header: {self.scope_header!r} is not a header name")
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", self.request_id_header):
+            raise ConfigError(f"request_id_header: {self.request_id_header!r} is not a header name")
 
     def identity_configured(self) -> bool:
         """A verified identity exists: a signed token, or a header a trusted gateway sets."""

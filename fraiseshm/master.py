@@ -20,6 +20,7 @@ from fraiseshm.config import ENV_PREFIX, Settings
 from fraiseshm.db.embedded import EmbeddedCluster
 from fraiseshm.errors import SchemaError, StartupFailed
 from fraiseshm.graphql.check import load_and_check, log_result
+from fraiseshm.metrics import listener_board
 
 log = logging.getLogger("fraiseshm.master")
 
@@ -43,6 +44,7 @@ class Master:
             name = self.arena.name
             self.arena.close()
             Arena.unlink(name)
+            listener_board.unlink(name)
             self.arena = None
             log.info("arena %s unlinked", name)
         if self.bells is not None:

@@ -25,6 +25,7 @@ from fraiseshm.graphql.check import bound_schema, load_and_check, log_result, re
 from fraiseshm.graphql.schema import ServedSchema
 from fraiseshm.graphql.limits import Limits
 from fraiseshm.identity import check_private_types
+from fraiseshm.metrics import listener_board
 from fraiseshm.service import GraphQLService
 
 log = logging.getLogger("fraiseshm.runtime")
@@ -118,6 +119,7 @@ class Runtime:
                 connect_timeout=s.db_connect_timeout,
                 secret=s.notify_secret,
                 max_age=s.notify_max_age,
+                on_heard=listener_board.recorder(s.arena_name),
             )
             self.listener.start()
             if self.listener.elected:

@@ -14,6 +14,11 @@ command -v gcc >/dev/null || need_apt+=(gcc)
 command -v make >/dev/null || need_apt+=(make)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 python3 -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' || need_apt+=(python3-dev)
+if [[ ",$extras," == *",test,"* ]]; then
+  # operations (issue 19): promtool checks the alert rules, tmux gives `fraiseshm top` an 80x24 pane
+  command -v promtool >/dev/null || need_apt+=(prometheus)
+  command -v tmux >/dev/null || need_apt+=(tmux)
+fi
 if [[ ",$extras," == *",perf,"* ]]; then
   command -v redis-server >/dev/null || need_apt+=(redis-server)
   command -v wrk >/dev/null || need_apt+=(wrk)
@@ -31,6 +36,8 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
   # Debian's postgresql package starts a system cluster we do not use.
   command -v pg_ctlcluster >/dev/null && (pg_lsclusters -h 2>/dev/null | awk '{print $1, $2}' | while read -r v c; do pg_ctlcluster "$v" "$c" stop || true; done) || true
+  # Debian's prometheus package (installed for promtool) starts a server we do not use either.
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 fi
 
 stamp=".venv/.installed-${extras//,/-}"

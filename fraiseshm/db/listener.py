@@ -92,12 +92,14 @@ class Listener:
         secret: str = "",
         max_age: float = 600.0,
         clock: Callable[[], float] = time.time,  # wall clock: payloads carry the database's epoch time
+        on_heard: Callable[[float, float], None] | None = None,  # (lag seconds, heard at): the metrics' board
     ) -> None:
         self._dsn = dsn
         self._secret = secret  # hex; "" = read fraiseshm.notify_key on connect
         self._key: bytes | None = bytes.fromhex(secret) if secret else None
         self.max_age = max_age  # seconds a signed payload's timestamp may be off
         self._clock = clock
+        self._on_heard = on_heard
         self._seen: OrderedDict[str, float] = OrderedDict()  # MAC -> its payload's timestamp
         self.rejected: Counter[str] = Counter()  # reason -> notifications ignored
         self._rejected_unlogged = 0
@@ -234,6 +236,8 @@ class Listener:
             self._reject("replayed", pid)
             return
         self._remember(mac, signed.ts, now)
+        if self._on_heard is not None:
+            self._on_heard(now - signed.ts, now)
         if signed.flush is not None:
             # INVARIANT: no entry built by an old view definition may be served.
             self.arena.flush()

@@ -15,11 +15,13 @@ import falcon
 import falcon.asgi
 
 from fraiseshm.config import Settings
+from fraiseshm.logs import request_id_var
 from fraiseshm.http.admin import add_admin_routes
 from fraiseshm.http.errors import install_error_handlers
 from fraiseshm.http.graphql_resource import GraphQLResource
 from fraiseshm.http.health import HealthResource
 from fraiseshm.http.metrics_resource import MetricsResource
+from fraiseshm.http.request_id import request_id
 from fraiseshm.runtime import Runtime
 
 log = logging.getLogger("fraiseshm.http")
@@ -48,15 +50,34 @@ class _WorkerHeader:
         resp.set_header("X-Fraiseshm-Worker", self.pid)
 
 
+class _RequestId:
+    """The request id (the client's header when sane, else made) for the logs of the
+    request and the response header of the same name."""
+
+    def __init__(self, header: str) -> None:
+        self.header = header
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        rid = request_id(req.get_header(self.header))
+        request_id_var.set(rid)  # this request's task; cleared in process_response
+        resp.set_header(self.header, rid)
+
+    async def process_response(self, _req: Any, _resp: Any, _resource: Any, _ok: bool) -> None:
+        # a keep-alive connection may run its next request in the same task
+        request_id_var.set(None)
+
+
 def create_app(settings: Settings, runtime: Runtime | None = None) -> falcon.asgi.App:
     runtime = runtime or Runtime(settings)
-    middleware: list[Any] = [_Lifespan(runtime)]
+    middleware: list[Any] = [_Lifespan(runtime), _RequestId(settings.request_id_header)]
     if settings.expose_worker_header:
         middleware.append(_WorkerHeader())  # instantiated per worker: the app is imported after fork
     app = falcon.asgi.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/graphql", GraphQLResource(runtime))
-    app.add_route("/health", HealthResource(runtime))
+    health = HealthResource(runtime)
+    app.add_middleware(health)  # after _Lifespan: seeds its window once the runtime started
+    app.add_route("/health", health)
     app.add_route("/metrics", MetricsResource(runtime))
     add_admin_routes(app, runtime)
     install_error_handlers(app)

@@ -1,12 +1,15 @@
-"""GET /health: ok / degraded / failing, with reasons and scaling advice.
+"""GET /health: ok / degraded / failing, with reasons and advice an operator can act on.
 
 The verdict is fraiseshm.metrics.health.assess() over the arena's host-wide
-figures; rates come from this worker's bounded ring of earlier /health reads
-(the first call after start has no rates, only lifetime ratios). 200 for ok
-and degraded (still serving), 503 for failing.
+figures; rates come from this worker's bounded ring of samples, seeded at the
+worker's start (so the first call already measures a real window) and then
+one per /health read. 200 for ok and degraded (still serving), 503 for failing.
 """
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import falcon.asgi
 import msgspec
@@ -17,9 +20,29 @@ from fraiseshm.runtime import Runtime
 
 
 class HealthResource:
+    """Also a falcon middleware: process_startup seeds the ring once the worker's runtime started."""
+
     def __init__(self, runtime: Runtime, ring: SampleRing | None = None) -> None:
         self.runtime = runtime
-        self.ring = ring or SampleRing()
+        self.ring = ring if ring is not None else SampleRing()  # an empty ring is falsy (__len__)
+        s = runtime.settings
+        self.thresholds = Thresholds(cascade_failure_ratio=s.cascade_failure_threshold,
+                                     min_queries=s.health_min_queries)
+
+    def _figures(self) -> dict[str, Any] | None:
+        arena = self.runtime.arena
+        if arena is not None and hasattr(arena, "stats"):  # perf/ stores without stats have none
+            return figures.read(arena)
+        return None
+
+    def _sample(self, figs: dict[str, Any] | None) -> Sample:
+        if figs is None:
+            return Sample(self.ring.now(), {})
+        return Sample.of(self.ring.now(), figs, wall=time.time(), thresholds=self.thresholds,
+                         listener_expected=self.runtime.settings.listen_changes)
+
+    async def process_startup(self, _scope: dict[str, Any], _event: dict[str, Any]) -> None:
+        self.ring.push(self._sample(self._figures()))
 
     async def on_get(self, _req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         rt = self.runtime
@@ -27,18 +50,14 @@ class HealthResource:
         db_error = None
         if db is None or not await db.ping():
             db_error = db.last_error if db is not None else "worker not started"
-        arena = rt.arena
-        linked = True
-        figs = None
-        if arena is not None and hasattr(arena, "stats"):  # perf/ stores without stats have none
-            figs = figures.read(arena)
-            linked = figs["linked"]
-        th = Thresholds(cascade_failure_ratio=rt.settings.cascade_failure_threshold)
+        figs = self._figures()
+        sample = self._sample(figs)
         if figs is not None:
-            sample = Sample.of(self.ring.now(), figs)
-            verdict = assess(sample, self.ring.push(sample), th, database_error=db_error, arena_linked=linked)
+            verdict = assess(sample, self.ring.push(sample), self.thresholds, database_error=db_error,
+                             arena_linked=figs["linked"])
         else:
-            verdict = assess(Sample(self.ring.now(), {}), None, th, database_error=db_error, cache_enabled=False)
+            verdict = assess(sample, self.ring.push(sample), self.thresholds, database_error=db_error,
+                             cache_enabled=False)
         resp.status = verdict.http_status
         resp.content_type = "application/json"
         resp.cache_control = ["no-store"]

@@ -12,6 +12,17 @@ Families, by name (exposition adds ``_total`` to counters):
     fraiseshm_db_execution_seconds                     histogram, host
     fraiseshm_worker_hit_ratio{worker}, fraiseshm_hit_ratio, fraiseshm_worker_cpu_seconds_total{worker}
     fraiseshm_arena_*                                  size, used, fill, entries, sequence, ...
+    fraiseshm_worker_start_time_seconds{worker}, fraiseshm_master_start_time_seconds
+                                                       a worker much younger than its master was restarted
+    fraiseshm_listener_up                              1 while a process of the host holds the listener
+                                                       election (absent when listen_changes is off)
+    fraiseshm_listener_lag_seconds (summary), fraiseshm_listener_last_lag_seconds
+                                                       change notification -> invalidation, host-wide
+    fraiseshm_database_up                              the answering worker's ping of PostgreSQL
+    fraiseshm_cascade_failure_threshold                Settings.cascade_failure_threshold, for alert rules
+
+deploy/prometheus/ alerts on these names and deploy/grafana/ charts them; a
+test checks every name there against a live server's /metrics.
 
 Per-process counters of a worker that exited vanish with it (Prometheus's
 rate() handles a series that ends); its counts stay in the host totals.
@@ -27,6 +38,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -92,6 +104,25 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
     yield per_h
     yield _histogram("fraiseshm_db_execution_seconds", doc + ", all processes", [], [], stats["latency"])
 
+    start = GaugeMetricFamily("fraiseshm_worker_start_time_seconds", "process start, seconds since the epoch",
+                              labels=["worker"])
+    for p in procs:
+        if p.get("started_at") is not None:
+            start.add_metric([str(p["pid"])], p["started_at"])
+    yield start
+    if stats.get("master_started_at") is not None:
+        yield GaugeMetricFamily("fraiseshm_master_start_time_seconds",
+                                "start of the processes' common parent (the gunicorn master), seconds since the epoch",
+                                value=stats["master_started_at"])
+    heard = stats.get("listener")
+    if heard is None and stats.get("listener_pid") is not None:  # elected, nothing heard yet
+        heard = {"heard": 0, "lag_sum_seconds": 0.0, "last_lag_seconds": 0.0}
+    if heard is not None:
+        yield SummaryMetricFamily("fraiseshm_listener_lag_seconds",
+                                  "seconds from a change's trigger to its invalidation, verified notifications",
+                                  count_value=heard["heard"], sum_value=heard["lag_sum_seconds"])
+        yield GaugeMetricFamily("fraiseshm_listener_last_lag_seconds", "lag of the latest change notification",
+                                value=heard["last_lag_seconds"])
     ratio = GaugeMetricFamily("fraiseshm_worker_hit_ratio", "hits / (hits + misses + bypasses), per live process",
                               labels=["worker"])
     cpu = CounterMetricFamily("fraiseshm_worker_cpu_seconds", "user + system CPU of the process", labels=["worker"])
@@ -134,21 +165,43 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
 
 
 class ArenaCollector(Collector):
-    """Reads the arena at scrape time; ``arena`` is a callable so a worker can pass its current one."""
+    """Reads the arena at scrape time; ``arena`` is a callable so a worker can pass its current one.
 
-    def __init__(self, arena: Callable[[], Arena | None]) -> None:
+    listener_expected: Settings.listen_changes (no fraiseshm_listener_up otherwise);
+    database_up: the answering worker's last ping (None: not measured, no series);
+    cascade_failure_threshold: exported so alert rules follow the configured value."""
+
+    def __init__(self, arena: Callable[[], Arena | None], *, listener_expected: bool = True,
+                 database_up: Callable[[], bool | None] = lambda: None,
+                 cascade_failure_threshold: float | None = None) -> None:
         self._arena = arena
+        self._listener_expected = listener_expected
+        self._database_up = database_up
+        self._cascade_failure_threshold = cascade_failure_threshold
 
     def collect(self) -> Iterator[Metric]:
         arena = self._arena()
         yield GaugeMetricFamily("fraiseshm_cache_enabled", "1 when the shared arena is attached",
                                 value=0.0 if arena is None else 1.0)
+        up = self._database_up()
+        if up is not None:
+            yield GaugeMetricFamily("fraiseshm_database_up", "1 when the answering worker reached PostgreSQL",
+                                    value=1.0 if up else 0.0)
+        if self._cascade_failure_threshold is not None:
+            yield GaugeMetricFamily("fraiseshm_cascade_failure_threshold",
+                                    "cascade failures per mutation above which fraiseshm alerts (setting)",
+                                    value=self._cascade_failure_threshold)
         if arena is not None:
-            yield from families(_figures.read(arena))
+            stats = _figures.read(arena)
+            yield from families(stats)
+            if self._listener_expected:
+                yield GaugeMetricFamily("fraiseshm_listener_up",
+                                        "1 while a process of this host holds the change listener election",
+                                        value=0.0 if stats.get("listener_pid") is None else 1.0)
 
 
-def registry_for(arena: Callable[[], Arena | None]) -> CollectorRegistry:
-    """A private registry (not the global one) holding only the arena collector."""
+def registry_for(arena: Callable[[], Arena | None], **options: Any) -> CollectorRegistry:
+    """A private registry (not the global one) holding only the arena collector (options: ArenaCollector's)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ArenaCollector(arena))
+    registry.register(ArenaCollector(arena, **options))
     return registry

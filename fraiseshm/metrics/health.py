@@ -1,11 +1,17 @@
 """Health verdict and scaling advice: a pure function of measured figures and thresholds.
 
-The thresholds are the design's breaking points (shared/SEED-phase-17A.md,
-"Breaking Points"): read QPS 20,000 and mutation QPS 5,000 for one primary,
-hit rate 75 % below which field-level caching pays, the cascade failure ratio
-from Settings. Rates need a window: each worker keeps a small bounded ring of
-(monotonic time, totals) samples, one per /health call, and compares the
-newest with the newest sample at least ``window`` old (or the oldest it has).
+The thresholds are the design's breaking points: read QPS 20,000 and
+mutation QPS 5,000 for one primary, a hit rate below 75 % (judged only on at
+least ``min_queries`` queries in the window, Settings.health_min_queries),
+the cascade failure ratio from Settings, an arena that is full and evicting,
+shards wiped, the change listener absent, workers restarted. Rates need a
+window: each worker keeps a small bounded ring of (monotonic time, totals)
+samples, seeded when the worker starts and then one per /health call, and
+compares the newest with the newest sample at least ``window`` old (or the
+oldest it has): from the first second the window is real.
+
+Every reason comes with advice an operator can act on: the setting to change
+or the command to run, and the runbook page (docs/runbooks/) that says more.
 
     ok        serving, nothing to act on (advice may still say what comes next)
     degraded  serving, but a figure is past its threshold: reasons say which
@@ -27,13 +33,15 @@ OK, DEGRADED, FAILING = "ok", "degraded", "failing"
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    min_hit_rate: float = 0.75  # below: consider field-level caching
+    min_hit_rate: float = 0.75  # below: look at what misses (runbook low-hit-rate)
     read_qps_limit: float = 20_000.0  # one primary's breaking point: add read replicas
     mutation_qps_limit: float = 5_000.0  # idem for writes
     near: float = 0.8  # "near" a limit = at this share of it: advice before it breaks
     fill_high: float = 0.9  # arena fill ratio above which evictions mean it is too small
     cascade_failure_ratio: float = 0.0005  # Settings.cascade_failure_threshold
-    min_queries: int = 20  # no hit-rate verdict on fewer queries in the window
+    min_queries: int = 200  # no hit-rate verdict on fewer queries in the window (Settings.health_min_queries)
+    restart_grace: float = 60.0  # seconds after the master's start during which a new worker is not a restart
+    restart_horizon: float = 900.0  # seconds a restarted worker keeps the verdict degraded
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +53,28 @@ class Sample:
     fill_ratio: float = 0.0
     lock_wipes: int = 0
     workers: int = 0
+    corruption_wipes: int = 0
+    restarted_workers: int = 0  # live workers started after the master's start-up, lately (restart_horizon)
+    listener: bool | None = None  # a process of this host LISTENs for changes; None: not expected
 
     @classmethod
-    def of(cls, t: float, figures: Mapping[str, Any]) -> Sample:
-        return cls(t, dict(figures["totals"]), figures["fill_ratio"], figures["lock_wipes"], figures["workers"])
+    def of(cls, t: float, figures: Mapping[str, Any], *, wall: float, thresholds: Thresholds,
+           listener_expected: bool = True) -> Sample:
+        """wall: time.time() now (process start times are wall-clock)."""
+        return cls(t, dict(figures["totals"]), figures["fill_ratio"], figures["lock_wipes"], figures["workers"],
+                   figures.get("corruption_wipes", 0), restarted_workers(figures, wall, thresholds),
+                   (figures.get("listener_pid") is not None) if listener_expected else None)
+
+
+def restarted_workers(figures: Mapping[str, Any], wall: float, th: Thresholds) -> int:
+    """Live processes started more than restart_grace after the master and less than
+    restart_horizon ago: gunicorn replaced a worker that died or was killed."""
+    master = figures.get("master_started_at")
+    if master is None:
+        return 0
+    return sum(1 for p in figures["processes"]
+               if p.get("started_at") is not None and p["started_at"] - master > th.restart_grace
+               and wall - p["started_at"] < th.restart_horizon)
 
 
 @dataclass(slots=True)
@@ -122,11 +148,16 @@ def assess(
     if database_error is not None:
         failing = True
         reasons.append(f"database unreachable: {database_error}")
-        advice.append("check PostgreSQL (is it up? network? max_connections?); cached reads are still served")
+        advice.append("cached reads are still served, misses and mutations fail: check that PostgreSQL runs "
+                      "and accepts connections from this host at FRAISESHM_DATABASE_DSN (`pg_isready -d DSN`), "
+                      "and its max_connections against workers x FRAISESHM_POOL_MAX_SIZE "
+                      "(runbook docs/runbooks/database-down.md)")
     if cache_enabled and not arena_linked:
         failing = True
         reasons.append("arena unlinked from /dev/shm: new workers no longer share this cache")
-        advice.append("restart the service; set RemoveIPC=no or run as a system user")
+        advice.append("restart the service (`systemctl restart fraiseshm`); to keep it from happening again run it "
+                      "as a system user or set RemoveIPC=no in /etc/systemd/logind.conf "
+                      "(runbook docs/runbooks/arena-unlinked.md)")
 
     base_totals: Mapping[str, int] = baseline.totals if baseline is not None else {}
     delta = {k: v - base_totals.get(k, 0) for k, v in now.totals.items()}
@@ -139,6 +170,8 @@ def assess(
         "mutations": delta.get("mutations", 0),
         "cascade_failures": delta.get("cascade_failures", 0),
         "evictions": delta.get("evictions", 0),
+        "restarted_workers": now.restarted_workers,
+        "listener": now.listener,
     }
     queries = figures["queries"]
     hit_rate = delta.get("hits", 0) / queries if queries else None
@@ -147,8 +180,10 @@ def assess(
     if cache_enabled and hit_rate is not None and queries >= th.min_queries and hit_rate < th.min_hit_rate:
         reasons.append(f"hit rate {_pct(hit_rate)} over {queries} queries is below {_pct(th.min_hit_rate)}")
         advice.append(
-            "consider field-level caching (Phase 17B), longer @cache TTLs, or fewer no-cache clients; "
-            "check the misses are not many distinct variables of one query"
+            "see what misses with `fraiseshm stats` (per worker hit%, evictions, bypasses): many distinct "
+            "variables of one query, short @cache(ttl:) on hot types, invalidations by frequent writes, or "
+            "evictions (raise FRAISESHM_ARENA_SIZE); clients sending Cache-Control: no-cache bypass the cache "
+            "only when FRAISESHM_HONOUR_NO_CACHE=true (runbook docs/runbooks/low-hit-rate.md)"
         )
 
     mutations = figures["mutations"]
@@ -160,7 +195,9 @@ def assess(
             f"cascade failure ratio {ratio:.4%} ({failures} of {mutations} mutations) "
             f"is above {th.cascade_failure_ratio:.4%}"
         )
-        advice.append("run `fraiseshm audit` to see which mutations omit entities from their cascade")
+        advice.append("run `fraiseshm audit --dsn DSN` to see which mutations leave changed rows out of their "
+                      "cascade, then fix those PostgreSQL functions; meanwhile the cache invalidates their whole "
+                      "types (correct, fewer hits) (runbook docs/runbooks/cascade-failures.md)")
 
     if dt > 0:
         read_qps = (delta.get("requests", 0) - mutations) / dt
@@ -173,17 +210,37 @@ def assess(
                 reasons.append(f"{what} QPS {qps:,.0f} is above the single-primary limit {limit:,.0f}")
             if qps >= th.near * limit:
                 advice.append(
-                    f"{what} QPS {qps:,.0f} is near {limit:,.0f}: add PostgreSQL read replicas"
-                    + (" (and keep request coalescing on)" if what == "mutation" else "")
+                    f"{what} QPS {qps:,.0f} is near {limit:,.0f}, what one PostgreSQL primary serves: "
+                    + ("add read replicas for the misses and keep FRAISESHM_COALESCE=true"
+                       if what == "read" else
+                       "batch writes in fewer mutations or shard the writes; replicas do not take mutations")
+                    + " (runbook docs/runbooks/qps-limits.md)"
                 )
         if cache_enabled and now.fill_ratio >= th.fill_high and figures["evictions"] > 0:
             reasons.append(
                 f"arena {_pct(now.fill_ratio)} full and evicting {evictions_per_s:,.1f} entries/s"
             )
-            advice.append("raise FRAISESHM_ARENA_SIZE (the working set does not fit; /dev/shm must hold it)")
-        if baseline is not None and now.lock_wipes > baseline.lock_wipes:
-            reasons.append(f"{now.lock_wipes - baseline.lock_wipes} arena shard(s) wiped after a worker died holding a lock")
-            advice.append("look for SIGKILLed or timed-out workers in the gunicorn log")
+            advice.append("the working set does not fit: raise FRAISESHM_ARENA_SIZE (and the size of /dev/shm, "
+                          "`df -h /dev/shm`) and restart; or lower FRAISESHM_DEFAULT_TTL / @cache(ttl:) of rarely read "
+                          "types (runbook docs/runbooks/arena-full.md)")
+    if baseline is not None:
+        wiped = (now.lock_wipes - baseline.lock_wipes) + (now.corruption_wipes - baseline.corruption_wipes)
+        if wiped > 0:
+            reasons.append(f"{wiped} arena shard(s) wiped (a worker died holding a lock, or shared memory "
+                           "was found inconsistent)")
+            advice.append("look for killed or timed-out workers in the log (`journalctl -u fraiseshm | grep -i "
+                          "'timeout\\|killed\\|wiped'`), then run `fraiseshm check` (runbook docs/runbooks/shard-wipe.md)")
+    if now.restarted_workers:
+        reasons.append(f"{now.restarted_workers} worker(s) restarted in the last {th.restart_horizon / 60:.0f} minutes")
+        advice.append("find why gunicorn replaced them in the log (`journalctl -u fraiseshm | grep -i "
+                      "'worker\\|timeout\\|signal'`): a timeout means a request outlived FRAISESHM_WORKER_TIMEOUT, "
+                      "a SIGKILL from the kernel means memory ran out (runbook docs/runbooks/worker-restarts.md)")
+    if cache_enabled and now.listener is False:
+        reasons.append("no process of this host listens for changes: writes made outside the API "
+                       "(plain SQL) do not invalidate the cache")
+        advice.append("restart the service (`systemctl restart fraiseshm`): the first worker takes the listener "
+                      "over; check FRAISESHM_LISTEN_CHANGES=true and the log for 'listener' "
+                      "(runbook docs/runbooks/listener-gone.md)")
 
     status = FAILING if failing else (DEGRADED if reasons else OK)
     return Verdict(status, reasons, advice, figures)

@@ -136,6 +136,23 @@ def test_audit_says_when_the_table_is_absent_and_lists_failures(pg_cluster: Embe
             ("deleteUser", {"detail": "Post:7 not in cascade"})]
         r = cli("audit", "--dsn", pg_cluster.dsn_of(trail))
         assert r.returncode == 0 and "deleteUser" in r.stdout and "updateUser" not in r.stdout
+
+        # issue 19: readable at 80 columns: long tags and details wrap, nothing is cut
+        tags = json.dumps([f"r:public.tb_post:{i:08d}" for i in range(12)])
+        pg_cluster.psql(
+            "INSERT INTO fraiseshm.audit (mutation, transaction_id, duration_ms, verdict, failure, tags, details) "
+            f"VALUES ('deleteUserAndEverythingTheyWrote', '987654321', 3.0, 'unlisted', true, '{tags}', "
+            "'{\"unlisted\": [\"r:public.tb_comment:123456789\", \"r:public.tb_comment:123456790\"]}')",
+            database=trail,
+        )
+        r = cli("audit", "--dsn", pg_cluster.dsn_of(trail), env={"COLUMNS": "80"})
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert all(len(line) <= 80 for line in lines) and "…" not in r.stdout, r.stdout
+        folded = "".join(line.strip() for line in lines)
+        assert "deleteUserAndEverythingTheyWrote" in folded.replace(" ", "").replace("│", ""), r.stdout
+        header = lines[1].split()
+        assert header[:3] == ["at", "mutation", "verdict"], r.stdout  # the highest priorities first
     finally:
         for db in (empty, trail):
             pg_cluster.psql(f"DROP DATABASE IF EXISTS {db}", database="postgres")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fraiseshm.metrics.health import DEGRADED, FAILING, OK, Sample, SampleRing, Thresholds, assess
 
-TH = Thresholds()
+TH = Thresholds(min_queries=20)
 ZERO = dict.fromkeys(("requests", "hits", "misses", "bypasses", "mutations", "cascade_failures", "evictions"), 0)
 
 
@@ -17,18 +17,27 @@ def test_fresh_server_is_ok() -> None:
     assert (v.status, v.reasons, v.http_status) == (OK, [], 200)
 
 
-def test_low_hit_rate_degrades_with_field_level_advice() -> None:
+def test_low_hit_rate_degrades_with_advice_an_operator_can_act_on() -> None:
     base = Sample(0.0, totals())
     now = Sample(10.0, totals(requests=100, hits=50, misses=50))
     v = assess(now, base, TH)
     assert v.status == DEGRADED and v.http_status == 200
-    assert "hit rate 50.0 %" in v.reasons[0] and "field-level caching" in v.advice[0]
+    assert "hit rate 50.0 %" in v.reasons[0]
+    assert "fraiseshm stats" in v.advice[0] and "FRAISESHM_ARENA_SIZE" in v.advice[0]
+    assert "docs/runbooks/low-hit-rate.md" in v.advice[0]
     assert v.figures["hit_rate"] == 0.5 and v.figures["read_qps"] == 10.0
 
 
 def test_bypasses_count_as_queries_not_hits() -> None:
     v = assess(Sample(1.0, totals(requests=40, bypasses=40)), Sample(0.0, totals()), TH)
     assert v.status == DEGRADED and v.figures["hit_rate"] == 0.0
+
+
+def test_default_minimum_sample_ignores_a_few_hand_made_queries() -> None:
+    # issue 19: 29 hand-made queries turned /health degraded; the default needs 200
+    assert assess(Sample(30.0, totals(misses=29, hits=0)), Sample(0.0, totals()), Thresholds()).status == OK
+    assert assess(Sample(30.0, totals(misses=199)), Sample(0.0, totals()), Thresholds()).status == OK
+    assert assess(Sample(30.0, totals(misses=200)), Sample(0.0, totals()), Thresholds()).status == DEGRADED
 
 
 def test_hit_rate_needs_enough_queries_and_is_windowed() -> None:
@@ -92,6 +101,58 @@ def test_full_arena_that_evicts_says_raise_the_size() -> None:
 def test_lock_wipes_in_the_window_degrade() -> None:
     v = assess(Sample(5.0, totals(), lock_wipes=2), Sample(0.0, totals(), lock_wipes=1), TH)
     assert v.status == DEGRADED and "1 arena shard(s) wiped" in v.reasons[0]
+    assert "fraiseshm check" in v.advice[0]
+    v = assess(Sample(5.0, totals(), corruption_wipes=3), Sample(0.0, totals(), corruption_wipes=1), TH)
+    assert v.status == DEGRADED and "2 arena shard(s) wiped" in v.reasons[0]
+
+
+def test_worker_restarts_degrade_for_a_while() -> None:
+    figs = {"totals": totals(), "fill_ratio": 0.0, "lock_wipes": 0, "workers": 2, "master_started_at": 1000.0,
+            "processes": [{"pid": 1, "started_at": 1001.0}, {"pid": 2, "started_at": 1500.0}],
+            "listener_pid": 1}
+    # the worker started 500 s after its master was restarted; 100 s ago: degraded
+    v = assess(Sample.of(1.0, figs, wall=1600.0, thresholds=TH), None, TH)
+    assert v.status == DEGRADED and v.reasons == ["1 worker(s) restarted in the last 15 minutes"]
+    assert "FRAISESHM_WORKER_TIMEOUT" in v.advice[0] and "worker-restarts.md" in v.advice[0]
+    # 15 minutes later: ok again; the workers of the start-up never count
+    assert assess(Sample.of(1.0, figs, wall=2500.0, thresholds=TH), None, TH).status == OK
+    figs["processes"][1]["started_at"] = 1030.0
+    assert assess(Sample.of(1.0, figs, wall=1100.0, thresholds=TH), None, TH).status == OK
+
+
+def test_absent_listener_degrades_only_when_one_is_expected() -> None:
+    figs = {"totals": totals(), "fill_ratio": 0.0, "lock_wipes": 0, "workers": 2, "master_started_at": None,
+            "processes": [], "listener_pid": None}
+    v = assess(Sample.of(1.0, figs, wall=0.0, thresholds=TH), None, TH)
+    assert v.status == DEGRADED and "listens for changes" in v.reasons[0]
+    assert "FRAISESHM_LISTEN_CHANGES" in v.advice[0] and "listener-gone.md" in v.advice[0]
+    assert assess(Sample.of(1.0, figs, wall=0.0, thresholds=TH, listener_expected=False), None, TH).status == OK
+    figs["listener_pid"] = 42
+    assert assess(Sample.of(1.0, figs, wall=0.0, thresholds=TH), None, TH).status == OK
+
+
+def test_every_advice_names_a_runbook_that_exists_and_no_jargon() -> None:
+    from pathlib import Path
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    source = (root / "fraiseshm/metrics/health.py").read_text()
+    pages = set(re.findall(r"docs/runbooks/[a-z0-9-]+\.md", source))
+    assert len(pages) >= 8, pages
+    for page in pages:
+        assert (root / page).is_file(), page
+    assert "Phase" not in source and "17B" not in source
+    # the settings and commands the advice names are real
+    import msgspec
+
+    from fraiseshm.cli import build_parser
+    from fraiseshm.config import Settings
+
+    fields = {f.name for f in msgspec.structs.fields(Settings)}
+    for name in re.findall(r"FRAISESHM_([A-Z0-9_]+)", source):
+        assert name.lower() in fields, name
+    for command in re.findall(r"`fraiseshm ([^`]+)`", source):
+        build_parser().parse_args(command.replace("DSN", "postgresql://x").split())
 
 
 def test_ring_baseline_is_the_newest_sample_a_window_old() -> None:
@@ -113,3 +174,44 @@ def test_ring_is_bounded() -> None:
     assert len(ring) == 4
     # with a window longer than the history, the oldest kept sample is the baseline
     assert ring.push(Sample(100.0, totals())).t == 96.0  # noqa: PLR2004
+
+
+def test_health_endpoint_measures_a_real_window_from_its_first_call() -> None:
+    """issue 19: window_seconds read 0.0 right after start. The ring is seeded in the
+    ASGI lifespan startup, so the first /health measures since then (clock injected)."""
+    import asyncio
+    import os
+
+    import falcon.asgi
+    from falcon import testing
+
+    from fraiseshm.arena import Arena, Counter
+    from fraiseshm.config import load_settings
+    from fraiseshm.http.health import HealthResource
+    from fraiseshm.runtime import Runtime
+
+    name = f"/fraiseshm-health-{os.getpid()}"
+    arena = Arena.create(name, size=8 << 20, max_entry=64 << 10, shards=2)
+    try:
+        arena.register_process()
+        runtime = Runtime(load_settings(environ={"FRAISESHM_LISTEN_CHANGES": "false"}))
+        runtime.arena = arena  # the worker's attachment; no database: /health says so
+        clock = [100.0]
+        health = HealthResource(runtime, ring=SampleRing(clock=lambda: clock[0]))
+        app = falcon.asgi.App()
+        app.add_middleware(health)
+        app.add_route("/health", health)
+
+        async def first_call() -> dict:
+            async with testing.ASGIConductor(app) as conductor:  # runs the lifespan startup
+                clock[0] = 101.0
+                arena.incr(Counter.REQUESTS, 50)
+                return (await conductor.simulate_get("/health")).json
+
+        body = asyncio.run(first_call())
+        assert body["figures"]["window_seconds"] == 1.0
+        assert body["figures"]["read_qps"] == 50.0
+        assert body["reasons"] == ["database unreachable: worker not started"]
+    finally:
+        arena.close()
+        Arena.unlink(name)

@@ -88,5 +88,11 @@ def test_deploy_file_loads(path: Path) -> None:
         assert lines and all(line.split()[0] in {"u", "g", "m", "r"} for line in lines)
     elif path.parent.name == "nginx":
         assert "upstream" in text
+    elif path.suffix in (".yml", ".yaml", ".json"):  # prometheus rules and their tests, grafana dashboards
+        import json
+
+        import yaml
+
+        assert isinstance(json.loads(text) if path.suffix == ".json" else yaml.safe_load(text), dict)
     else:
         assert path.suffix in {".md", ".sql"}, f"{path}: no loader for this kind of file; add one here"
