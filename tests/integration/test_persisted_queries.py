@@ -83,7 +83,7 @@ def test_hash_only_unknown_then_registered_then_served_by_every_worker(apq: Serv
 
 
 def test_hashed_get_is_small_and_cacheable_downstream(apq: Server, pg_cluster: EmbeddedCluster) -> None:
-    uid = pg_cluster.psql("SELECT id FROM tb_user ORDER BY pk_user OFFSET 7 LIMIT 1").strip()
+    uid = pg_cluster.psql("SELECT id FROM tb_user ORDER BY pk_user OFFSET 192 LIMIT 1").strip()
     variables = {"id": uid}
     with apq.client() as c:
         c.post("/graphql", json={"query": USER, "variables": variables, "extensions": pq(USER)})
@@ -147,7 +147,7 @@ def test_other_hostile_shapes(apq: Server) -> None:
 
 
 def test_mutations_over_apq_post_only(apq: Server, pg_cluster: EmbeddedCluster) -> None:
-    uid = pg_cluster.psql("SELECT id FROM tb_user ORDER BY pk_user OFFSET 9 LIMIT 1").strip()
+    uid = pg_cluster.psql("SELECT id FROM tb_user ORDER BY pk_user OFFSET 194 LIMIT 1").strip()
     with apq.client() as c:
         r = c.post("/graphql", json={"query": RENAME, "variables": {"id": uid, "name": "apq"}, "extensions": pq(RENAME)})
         assert r.json()["data"]["updateUser"]["success"]
