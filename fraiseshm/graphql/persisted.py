@@ -142,7 +142,7 @@ class PersistedQueries:
         persisted = _persisted_extension(extensions)
         if persisted is None:
             if not query:
-                raise PersistedQueryError("the request has no 'query' (and no persistedQuery extension)",
+                raise PersistedQueryError("the request is not a GraphQL request: no 'query' and no persistedQuery extension",
                                           BAD_EXTENSION, 400)
             if self.only and sha256_hex(query) not in self.manifest:
                 raise PersistedQueryError("this server runs registered operations only "

@@ -42,7 +42,7 @@ def split(body: bytes, max_items: int, max_json_depth: int) -> list[bytes]:
     raws = [bytes(item) for item in items]
     for i, raw in enumerate(raws):
         if raw[:1] != b"{":
-            raise BatchError(f"batch item {i} is not a JSON object: a batch is an array of GraphQL requests")
+            raise BatchError(f"batch item {i} is not a GraphQL request: a batch is an array of JSON objects")
     return raws
 
 
