@@ -203,7 +203,7 @@ class GraphQLService:
 
     async def handle(
         self,
-        query: str,
+        query: str | None,  # None or "": a persisted query's hash names it (extensions)
         operation_name: str | None,
         variables: dict[str, Any] | None,
         meta: RequestMeta,
