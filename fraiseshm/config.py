@@ -54,6 +54,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     request_id_header: str = "X-Request-ID"  # request id taken from this header when sane, else made; echoed
     expose_worker_header: bool = False  # add X-Fraiseshm-Worker: <pid> (diagnosis, tests)
 
+    # --- HTTP surface: persisted queries, batching, GraphiQL (docs/ARCHITECTURE.md, "The HTTP surface") --
+    automatic_persisted_queries: bool = True  # Apollo's APQ: a sha256 hash in place of the query text
+    persisted_queries_file: str = ""  # registered operations: Apollo's manifest or {"<sha256>": "<query>"}
+    persisted_queries_only: bool = False  # allow-list: run only persisted_queries_file's operations
+    max_batch_size: Annotated[int, Meta(ge=0, le=1000)] = 10  # requests in one JSON array body; 0 = no batches
+    graphiql: bool = True  # GET /graphql with Accept: text/html serves GraphiQL (assets in the package)
+
     # --- PostgreSQL ----------------------------------------------------------
     database_dsn: str = "embedded"  # postgres://... or "embedded" (private cluster)
     embedded_dir: str = ""  # data directory of the embedded cluster; "" = per-checkout temp dir
@@ -160,6 +167,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 f"statement_timeout_ms ({self.statement_timeout_ms}) must be at most request_timeout "
                 f"({self.request_timeout}s) in milliseconds"
             )
+        if self.persisted_queries_only and not self.persisted_queries_file:
+            raise ConfigError("persisted_queries_only needs persisted_queries_file: the operations it may run")
         self._check_identity()
 
     def _check_identity(self) -> None:

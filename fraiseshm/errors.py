@@ -115,6 +115,19 @@ class JSONTooDeep(RequestError):
     """JSON in a body, in variables or in a token nests deeper than max_json_depth."""
 
 
+class PersistedQueryError(RequestError):
+    """A persisted query cannot run: unknown hash, hash mismatch, not in the allow-list, APQ off."""
+
+    def __init__(self, message: str, code: str, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class BatchError(RequestError):
+    """A batch (a JSON array of requests) is malformed, empty or larger than max_batch_size."""
+
+
 class RequestTimeout(FraiseshmError, TimeoutError):
     """A request ran past its deadline (request_timeout); its database work was cancelled."""
 

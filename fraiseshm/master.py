@@ -18,8 +18,9 @@ from fraiseshm.arena import Arena
 from fraiseshm.coalesce.doorbell import Doorbells
 from fraiseshm.config import ENV_PREFIX, Settings
 from fraiseshm.db.embedded import EmbeddedCluster
-from fraiseshm.errors import SchemaError, StartupFailed
+from fraiseshm.errors import ConfigError, SchemaError, StartupFailed
 from fraiseshm.graphql.check import load_and_check, log_result
+from fraiseshm.graphql.persisted import load_manifest
 from fraiseshm.metrics import listener_board
 
 log = logging.getLogger("fraiseshm.master")
@@ -72,6 +73,17 @@ def _check_schema(settings: Settings) -> None:
     log_result(result)
 
 
+def _check_persisted(settings: Settings) -> None:
+    """A manifest of registered operations that does not load stops the start (workers load it too)."""
+    if settings.persisted_queries_file:
+        try:
+            manifest = load_manifest(settings.persisted_queries_file)
+        except ConfigError as exc:
+            raise StartupFailed(str(exc)) from None
+        log.info("%d registered operations in %s%s", len(manifest), settings.persisted_queries_file,
+                 " (allow-list: only these run)" if settings.persisted_queries_only else "")
+
+
 def start_master(settings: Settings, _log: object = None) -> Master:
     started = None
     if settings.database_dsn == "embedded":
@@ -84,6 +96,7 @@ def start_master(settings: Settings, _log: object = None) -> Master:
         log.info("embedded PostgreSQL ready at %s", dsn)
     try:
         _check_schema(settings)
+        _check_persisted(settings)
     except BaseException:
         if started is not None:
             started.stop()

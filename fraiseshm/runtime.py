@@ -24,6 +24,7 @@ from fraiseshm.graphql.execute import Executor
 from fraiseshm.graphql.check import bound_schema, load_and_check, log_result, recheck
 from fraiseshm.graphql.schema import ServedSchema
 from fraiseshm.graphql.limits import Limits
+from fraiseshm.graphql.persisted import PersistedQueries, load_manifest
 from fraiseshm.identity import check_private_types
 from fraiseshm.metrics import listener_board
 from fraiseshm.service import GraphQLService
@@ -126,8 +127,11 @@ class Runtime:
                 # The host's first listener: serve only once LISTEN is up, so that no
                 # worker caches a result before the listener's start-up flush.
                 await self.listener.wait_listening(s.db_connect_timeout)
+        persisted = PersistedQueries(
+            self.arena, automatic=s.automatic_persisted_queries, only=s.persisted_queries_only, ttl=s.default_ttl,
+            manifest=load_manifest(s.persisted_queries_file) if s.persisted_queries_file else None)
         self._service = GraphQLService(s, self.served, executor, self.arena, coalescer=self.coalescer,
-                                       on_cascade=self.auditor)
+                                       on_cascade=self.auditor, persisted=persisted)
         if s.schema_recheck_interval > 0:
             self._recheck = asyncio.get_running_loop().create_task(self._recheck_views(s.schema_recheck_interval),
                                                                     name="fraiseshm-schema-recheck")

@@ -39,11 +39,13 @@ from fraiseshm.errors import (
     JSONTooDeep,
     LimitExceeded,
     MutationFailed,
+    PersistedQueryError,
     RequestTimeout,
 )
 from fraiseshm.graphql.deps import Dependencies
 from fraiseshm.graphql.execute import ExecutionContext, Executor, GraphQLRequestError, MutationCall, Prepared
 from fraiseshm.graphql.limits import fanout
+from fraiseshm.graphql.persisted import PersistedQueries
 from fraiseshm.graphql.schema import RootMutation, ServedSchema
 from fraiseshm import _native, jsondepth
 from fraiseshm.identity import ANONYMOUS, Identity
@@ -58,7 +60,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 class _PostBody(msgspec.Struct):
-    query: str
+    query: str | None = None  # None: a persisted query names it (extensions.persistedQuery)
     operationName: str | None = None  # noqa: N815 - wire name
     variables: dict[str, Any] | None = None
     extensions: dict[str, Any] | None = None
@@ -124,6 +126,7 @@ class GraphQLService:
         *,
         coalescer: Coalescer[Reply] | None = None,
         on_cascade: Callable[[RootMutation, Any, CascadePlan, int | None, MutationCall, Changes | None], None] | None = None,
+        persisted: PersistedQueries | None = None,
     ) -> None:
         self.settings = settings
         self.served = served
@@ -131,6 +134,8 @@ class GraphQLService:
         self.arena = arena
         self.coalescer = coalescer
         self.on_cascade = on_cascade  # audit hook: (mutation, response, plan, seq, call, changes)
+        self.persisted = persisted or PersistedQueries(
+            arena, automatic=settings.automatic_persisted_queries, ttl=settings.default_ttl)
         self._counted = arena if settings.stats_enabled else None  # per-request counters; failures always count
         self._posted: dict[bytes, tuple[Prepared, dict[str, Any] | None, bytes]] = {}
         self._posted_bytes = 0
@@ -170,7 +175,8 @@ class GraphQLService:
             return self._bad_request(f"request body is not a GraphQL request: {exc}", meta)
         except msgspec.DecodeError as exc:
             return self._bad_request(f"request body is not valid JSON: {exc}", meta)
-        return await self.handle(request.query, request.operationName, request.variables, meta, body=body)
+        return await self.handle(request.query, request.operationName, request.variables, meta, body=body,
+                                 extensions=request.extensions)
 
     def _decode(self, body: bytes) -> _PostBody:
         depth = self.settings.max_json_depth
@@ -181,28 +187,36 @@ class GraphQLService:
 
     async def get(self, params: dict[str, str], meta: RequestMeta) -> Reply:
         query = params.get("query")
-        if not query:
+        if not query and not params.get("extensions"):
             return self._bad_request("GET /graphql needs a 'query' parameter", meta)
-        variables = None
-        if params.get("variables"):
-            try:
-                variables = jsondepth.decode(_decode_variables, params["variables"], "variables", self.settings.max_json_depth)
-            except JSONTooDeep as exc:
-                return self._bad_request(str(exc), meta)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                return self._bad_request(f"'variables' is not a JSON object: {exc}", meta)
-        return await self.handle(query, params.get("operationName") or None, variables, meta)
+        decoded: dict[str, dict[str, Any] | None] = {"variables": None, "extensions": None}
+        for name in decoded:
+            if params.get(name):
+                try:
+                    decoded[name] = jsondepth.decode(_decode_variables, params[name], name, self.settings.max_json_depth)
+                except JSONTooDeep as exc:
+                    return self._bad_request(str(exc), meta)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    return self._bad_request(f"'{name}' is not a JSON object: {exc}", meta)
+        return await self.handle(query, params.get("operationName") or None, decoded["variables"], meta,
+                                 extensions=decoded["extensions"])
 
     async def handle(
         self,
-        query: str,
+        query: str | None,  # None or "": a persisted query's hash names it (extensions)
         operation_name: str | None,
         variables: dict[str, Any] | None,
         meta: RequestMeta,
         body: bytes | None = None,
+        extensions: dict[str, Any] | None = None,
     ) -> Reply:
         if self._counted is not None:
             self._counted.incr(Counter.REQUESTS)
+        try:  # the text to run: the request's own, or the one its persistedQuery hash names
+            resolved = self.persisted.resolve(query, extensions)
+        except PersistedQueryError as exc:
+            return self._persisted_error(exc, meta)
+        query = resolved.query
         try:
             prepared = self.executor.cached(query, operation_name)
             if prepared is None:
@@ -217,6 +231,8 @@ class GraphQLService:
         except GraphQLRequestError as exc:
             log.info("rejected GraphQL document: %s", exc)
             return self._request_errors([e.formatted for e in exc.errors], meta)
+        if resolved.register is not None:  # verified, and compiled: every worker may run it now
+            self.persisted.register(resolved.register, query)
         variables = used_variables(variables, prepared.variable_names)
         if prepared.cost is not None and prepared.cost.variable_pages:
             try:  # page sizes given as variables: the fan-out limit is checked with their values
@@ -494,6 +510,12 @@ class GraphQLService:
             extensions.setdefault("code", "GRAPHQL_PARSE_FAILED" if syntax else "GRAPHQL_VALIDATION_FAILED")
         status = 400 if meta.media_type == GRAPHQL_RESPONSE else 200
         return Reply(status, _encode({"errors": errors}), meta.media_type, statuses=(200, 400))
+
+    def _persisted_error(self, exc: PersistedQueryError, meta: RequestMeta) -> Reply:
+        log.info("persisted query refused: %s", exc)
+        reply = error_reply(exc.status, str(exc), meta.media_type, code=exc.code)
+        reply.headers["Cache-Control"] = "no-store"  # a hashed GET's 404 must not be kept by a CDN
+        return reply
 
     def _bad_request(self, message: str, meta: RequestMeta) -> Reply:
         log.info("bad request: %s", message)

@@ -18,6 +18,10 @@ if [[ ",$extras," == *",test,"* ]]; then
   # operations (issue 19): promtool checks the alert rules, tmux gives `fraiseshm top` an 80x24 pane
   command -v promtool >/dev/null || need_apt+=(prometheus)
   command -v tmux >/dev/null || need_apt+=(tmux)
+  # the browser tests: Debian's Chromium driven by playwright-core (tests/browser, `npm ci`)
+  [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
+  command -v node >/dev/null || need_apt+=(nodejs)
+  command -v npm >/dev/null || need_apt+=(npm)
 fi
 if [[ ",$extras," == *",perf,"* ]]; then
   command -v redis-server >/dev/null || need_apt+=(redis-server)

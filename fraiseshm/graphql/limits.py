@@ -17,6 +17,17 @@ what is under it by its page size (its ``limit`` argument, a variable's value,
 or the argument's default), a list without a ``limit`` (a relation nested in
 a view's JSON) by NESTED_LIST_ESTIMATE. A document whose page sizes are
 variables is re-checked with each request's variables (``fanout``).
+
+Introspection (``__schema``, ``__type``) is bounded by its own rule, not by
+max_depth: its answer is the schema's, whatever the data, so depth costs only
+what the selection spells out. The standard introspection query nests 14
+levels (``types > fields > args > type > ofType`` x 9) and is answered and
+cached under the default limits; an introspection subtree may nest
+MAX_INTROSPECTION_DEPTH levels, and its lists that lead back to types
+(``fields``, ``interfaces``, ``possibleTypes``, ``inputFields``) may nest
+MAX_INTROSPECTION_LISTS deep (graphql-js's MaxIntrospectionDepthRule): the
+``fields { type { fields { type ...`` cycle, whose answer grows as the
+schema's size to the power of the nesting, is refused before validation.
 """
 
 from __future__ import annotations
@@ -49,6 +60,9 @@ from fraiseshm.errors import LimitExceeded
 NESTED_LIST_ESTIMATE = 10  # rows assumed for a list nested in a view's JSON (no limit argument)
 DEFAULT_PAGE = 20  # rows of a list field whose limit argument has no default (the resolvers' own)
 MAX_TYPE_FIELDS = 10  # `__type(name:)` lookups per document (GraphiQL asks a few)
+MAX_INTROSPECTION_DEPTH = 20  # nesting under __schema/__type (the standard query: 14; type_depth 15: 20)
+MAX_INTROSPECTION_LISTS = 2  # nesting of introspection lists that lead back to types (standard query: 1)
+_TYPE_LISTS = frozenset(("fields", "interfaces", "possibleTypes", "inputFields"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +144,12 @@ def check_document(
     if walk.type_fields > MAX_TYPE_FIELDS:
         raise LimitExceeded(f"__type is asked {walk.type_fields} times; the limit is {MAX_TYPE_FIELDS}",
                             "introspection")
+    if walk.introspection_depth > MAX_INTROSPECTION_DEPTH:
+        raise LimitExceeded(f"introspection is nested {walk.introspection_depth} levels deep; "
+                            f"the limit is {MAX_INTROSPECTION_DEPTH}", "introspection")
+    if walk.introspection_lists > MAX_INTROSPECTION_LISTS:
+        raise LimitExceeded(f"introspection nests fields/interfaces/possibleTypes/inputFields "
+                            f"{walk.introspection_lists} deep; the limit is {MAX_INTROSPECTION_LISTS}", "introspection")
     root_fields = walk.root_fields
     if totals.fields > limits.max_fields:
         raise LimitExceeded(
@@ -168,6 +188,7 @@ class _Totals:
     depth: int
     rows: int
     roots: int  # fields directly in this selection set (through fragments): root fields at the top
+    lists: int = 0  # nesting of introspection lists leading back to types (_TYPE_LISTS)
 
 
 _EMPTY = _Totals(0, 0, 0, 0)
@@ -194,6 +215,8 @@ class _Walk:
         self.active: set[str] = set()
         self.schema_fields = 0  # counted once per distinct node: memoised fragments count once
         self.type_fields = 0
+        self.introspection_depth = 0  # deepest __schema/__type subtree, the field itself included
+        self.introspection_lists = 0
         self.root_fields = 0
         self.variable_pages = False
 
@@ -205,7 +228,7 @@ class _Walk:
     def selection_set(self, selection_set: SelectionSetNode | None, parent: Any) -> _Totals:
         if selection_set is None:
             return _EMPTY
-        fields = depth = rows = roots = 0
+        fields = depth = rows = roots = lists = 0
         for selection in selection_set.selections:
             if isinstance(selection, FieldNode):
                 sub = self.field(selection, parent)
@@ -225,7 +248,8 @@ class _Walk:
             fields += sub.fields
             depth = max(depth, sub.depth)
             rows += sub.rows
-        return _Totals(fields, depth, rows, roots)
+            lists = max(lists, sub.lists)
+        return _Totals(fields, depth, rows, roots, lists)
 
     def spread(self, name: str) -> _Totals:
         totals = self.memo.get(name)
@@ -247,9 +271,17 @@ class _Walk:
                 self.schema_fields += 1
             elif name == "__type":
                 self.type_fields += 1
-            # Introspection is bounded by the schema itself: count its fields, not its depth or rows.
+            # Introspection is bounded by its own rule (module docstring): its fields count,
+            # its depth and lists are checked apart, and neither adds to the operation's depth or rows.
             inner = self.selection_set(node.selection_set, None)
+            self.introspection_depth = max(self.introspection_depth, 1 + inner.depth)
+            self.introspection_lists = max(self.introspection_lists, inner.lists)
             return _Totals(1 + inner.fields, 0, 0, 0)
+        if parent is None or parent.name.startswith("__"):
+            # under __schema/__type, typed fragments (on __Type) included; or an unknown field,
+            # which validation refuses
+            inner = self.selection_set(node.selection_set, _introspection_type(parent, name))
+            return _Totals(1 + inner.fields, 1 + inner.depth, 0, 0, inner.lists + (name in _TYPE_LISTS))
         field_def = parent.fields.get(name) if isinstance(parent, (GraphQLObjectType, GraphQLInterfaceType)) else None
         field_type = field_def.type if field_def is not None else None
         named = get_named_type(field_type) if field_type is not None else None
@@ -277,6 +309,12 @@ class _Walk:
                 return max(0, given) if isinstance(given, int) else _as_int(given, field_def)
             return _as_int(None, field_def)
         return _as_int(None, field_def)
+
+
+def _introspection_type(parent: Any, name: str) -> Any:
+    """The named type of an introspection field (for the fragments spread under it)."""
+    field_def = parent.fields.get(name) if isinstance(parent, GraphQLObjectType) else None
+    return get_named_type(field_def.type) if field_def is not None else None
 
 
 def _as_int(value: Any, field_def: Any) -> int:

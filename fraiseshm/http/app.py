@@ -18,6 +18,7 @@ from fraiseshm.config import Settings
 from fraiseshm.logs import request_id_var
 from fraiseshm.http.admin import add_admin_routes
 from fraiseshm.http.errors import install_error_handlers
+from fraiseshm.http.graphiql import GraphiQL, add_graphiql_routes
 from fraiseshm.http.graphql_resource import GraphQLResource
 from fraiseshm.http.health import HealthResource
 from fraiseshm.http.metrics_resource import MetricsResource
@@ -74,7 +75,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> falcon.asg
         middleware.append(_WorkerHeader())  # instantiated per worker: the app is imported after fork
     app = falcon.asgi.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
-    app.add_route("/graphql", GraphQLResource(runtime))
+    graphiql = GraphiQL.load("/graphql") if settings.graphiql else None
+    app.add_route("/graphql", GraphQLResource(runtime, graphiql))
+    if graphiql is not None:
+        add_graphiql_routes(app, graphiql)
     health = HealthResource(runtime)
     app.add_middleware(health)  # after _Lifespan: seeds its window once the runtime started
     app.add_route("/health", health)

@@ -1,4 +1,11 @@
-"""POST/GET /graphql per the GraphQL-over-HTTP specification."""
+"""POST/GET /graphql per the GraphQL-over-HTTP specification.
+
+Besides single requests: a POST body that is a JSON array is a batch
+(fraiseshm/http/batch.py); a persisted query's hash rides in ``extensions``
+(POST body or GET parameter, fraiseshm/graphql/persisted.py); a browser's GET
+(Accept: text/html) gets GraphiQL (fraiseshm/http/graphiql.py) unless the
+``graphiql`` setting is off.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,9 @@ import falcon
 import falcon.asgi
 
 from fraiseshm.errors import BodyTooLarge
+from fraiseshm.http import batch
 from fraiseshm.http.errors import graphql_error
+from fraiseshm.http.graphiql import GraphiQL, wants_html
 from fraiseshm.identity import Verifier
 from fraiseshm.runtime import Runtime
 from fraiseshm.service import GRAPHQL_RESPONSE, JSON, Reply, RequestMeta
@@ -32,9 +41,11 @@ def _response_media_type(accept: str | None) -> str | None:
 
 
 class GraphQLResource:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, graphiql: GraphiQL | None = None) -> None:
         self.runtime = runtime
+        self.graphiql = graphiql  # None: the setting is off, a browser's GET is answered as any GET
         settings = runtime.settings
+        self.max_batch = settings.max_batch_size
         self.max_body = settings.max_body_bytes
         self.request_timeout = settings.request_timeout
         self.verifier = Verifier(settings)
@@ -81,14 +92,21 @@ class GraphQLResource:
         if content_type not in (JSON, GRAPHQL_RESPONSE):
             return graphql_error(resp, 415, f"Content-Type must be {JSON}, got {content_type or 'none'}", "UNSUPPORTED_MEDIA_TYPE")
         body = await self._read_body(req)
+        if batch.is_batch(body):
+            return _send(resp, await batch.answer(self.runtime.service, body, meta, self.max_batch))
         _send(resp, await self.runtime.service.post(body, meta))
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        if self.graphiql is not None and wants_html(req.get_header("Accept")):
+            return self.graphiql.serve_page(resp)
         meta = self._meta(req, "GET")
         if meta is None:
             return graphql_error(resp, 406, f"Accept must allow {GRAPHQL_RESPONSE} or {JSON}", "NOT_ACCEPTABLE")
         params: dict[str, Any] = {k: v if isinstance(v, str) else v[-1] for k, v in req.params.items()}
-        _send(resp, await self.runtime.service.get(params, meta))
+        reply = await self.runtime.service.get(params, meta)
+        if self.graphiql is not None:  # a browser gets the page at this URL: shared caches must tell them apart
+            reply.headers["Vary"] = ", ".join(filter(None, (reply.headers.get("Vary"), "Accept")))
+        _send(resp, reply)
 
 
 def _send(resp: falcon.asgi.Response, reply: Reply) -> None:
