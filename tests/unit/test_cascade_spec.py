@@ -132,3 +132,14 @@ def test_a_failed_cascade_covers_the_types_the_server_widened_to() -> None:
     assert out["typeInvalidations"] == [{"typename": "Post", "affectedCount": None},
                                         {"typename": "User", "affectedCount": None}]
     assert out["metadata"]["truncated"] is False
+
+
+def test_error_codes_outside_the_enum_become_internal_error_with_a_domain_code() -> None:
+    parsed = parse({"success": False, "data": None, "errors": [
+        {"message": "too low", "code": "INSUFFICIENT_FUNDS", "field": "amount"},
+        {"message": "m", "code": "billing.bad code"},
+        {"message": "m", "code": "CONFLICT", "domainCode": "PROMOTIONS.COUPON_ALREADY_REDEEMED"}]})
+    assert [(e["code"], e["domainCode"], e["path"]) for e in parsed.errors] == [
+        ("INTERNAL_ERROR", "INSUFFICIENT_FUNDS", ["input", "amount"]),
+        ("INTERNAL_ERROR", None, None),  # never a domainCode outside the spec's pattern
+        ("CONFLICT", "PROMOTIONS.COUPON_ALREADY_REDEEMED", None)]
