@@ -117,6 +117,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     audit_queue_max: Annotated[int, Meta(ge=100, le=10_000_000)] = 100_000  # audit records buffered per worker
     health_min_queries: PositiveInt = 200  # /health judges the hit rate only on at least this many queries in its window
     cascade_failure_window: Annotated[float, Meta(ge=1, le=86_400)] = 300.0  # seconds the failure rate spans
+    # graphql-cascade size limits of a response's cascade (the spec's defaults); what is cut is
+    # covered by typeInvalidations, whole types at a time (fraiseshm/cascade/spec.py)
+    cascade_max_updated: PositiveInt = 500  # updated entities listed
+    cascade_max_deleted: PositiveInt = 100  # deleted entities listed
+    cascade_max_bytes: Annotated[int, Meta(ge=1024)] = 5 * MiB  # serialized cascade, bytes
+    cascade_max_invalidations: PositiveInt = 200  # query invalidation hints (then broader ones)
 
     # --- writes from anywhere --------------------------------------------------
     listen_changes: bool = True  # one worker per host LISTENs fraiseshm_changes and invalidates

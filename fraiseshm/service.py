@@ -26,6 +26,7 @@ import msgspec
 from graphql import ExecutionResult, GraphQLError
 
 from fraiseshm.arena import Arena, Counter
+from fraiseshm.cascade import spec
 from fraiseshm.cascade.changes import Changes, parse_setting, verify
 from fraiseshm.cascade.tags import CascadePlan, plan_invalidation, wide_tags
 from fraiseshm.coalesce.coalescer import Coalescer, Filled
@@ -43,6 +44,7 @@ from fraiseshm.errors import (
     RequestTimeout,
 )
 from fraiseshm.graphql.deps import Dependencies
+from fraiseshm.graphql.hints import query_hints
 from fraiseshm.graphql.execute import ExecutionContext, Executor, GraphQLRequestError, MutationCall, Prepared
 from fraiseshm.graphql.limits import fanout
 from fraiseshm.graphql.persisted import PersistedQueries
@@ -143,6 +145,8 @@ class GraphQLService:
         self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraiseshm-compile")
         self._refreshing: set[asyncio.Task[Any]] = set()  # stale-while-revalidate refreshes
         self._query_names = served.query_names
+        self._cascade_limits = spec.Limits(settings.cascade_max_updated, settings.cascade_max_deleted,
+                                           settings.cascade_max_bytes, settings.cascade_max_invalidations)
         self.rebound()
 
     def rebound(self) -> None:
@@ -440,16 +444,18 @@ class GraphQLService:
         reply.headers["Cache-Control"] = "no-store"
         return reply
 
-    async def _apply_cascade(self, mutation: RootMutation, response: Any, call: MutationCall) -> None:
+    async def _apply_cascade(self, mutation: RootMutation, response: Any, call: MutationCall) -> dict[str, Any] | None:
         """Runs after the function committed and before the response is encoded.
 
         The cascade is checked against what the change triggers recorded in the
         same transaction (fraiseshm/cascade/changes.py), and every recorded item
         (derived parents included) is invalidated too; a failure is repaired
-        here, before the response, by the wider invalidation.
+        here, before the response, by the wider invalidation. Returns the
+        field's graphql-cascade payload (None: the response was unreadable).
         """
+        parsed = spec.parse(response)
         plan = plan_invalidation(
-            response,
+            parsed,
             touches=mutation.touches,
             query_names=self._query_names,
             tables=self._tables,
@@ -475,8 +481,19 @@ class GraphQLService:
                 arena.incr(Counter.CASCADE_FAILURES)
         if plan.is_failure:
             log.error("cascade failure in %s (%s): %s; invalidated %s", mutation.field, plan.verdict, plan.detail, sorted(plan.tags))
+        plan.spec = self._spec_cascade(mutation, parsed, plan, call)
         if self.on_cascade is not None:
             self.on_cascade(mutation, response, plan, seq, call, changes)
+        return spec.to_payload(parsed, plan.spec) if isinstance(response, dict) else None
+
+    def _spec_cascade(self, mutation: RootMutation, parsed: spec.Parsed, plan: CascadePlan,
+                      call: MutationCall) -> dict[str, Any]:
+        """The response's cascade: the function's, in the spec's shape, with the root queries
+        the invalidated tags reach; a failure tells the client to drop the types it widened to."""
+        cover = mutation.touches if plan.is_failure else ()
+        hints = query_hints(self.served, plan.tags, flush=plan.flush, deleted=plan.deleted, created=plan.created)
+        return spec.to_cascade(parsed, hints=hints, cover=cover, limits=self._cascade_limits,
+                               walk=self.served.walk, transaction_id=call.transaction_id)
 
     # --- replies ------------------------------------------------------------------
 

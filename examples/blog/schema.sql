@@ -8,7 +8,7 @@
 --                 snake_case (the server camelCases them), so one root field is
 --                 one SQL query and never N+1.
 --   fn_<verb>_<entity>(input jsonb) RETURNS jsonb
---                 mutations; each builds its graphql-cascade v0.1 response in
+--                 mutations; each builds its graphql-cascade response in
 --                 SQL with the kit's fraiseshm.cascade_* helpers, in the
 --                 mutation's own transaction. SECURITY DEFINER (search_path
 --                 pinned): the server's role needs EXECUTE on them, no table
@@ -311,7 +311,11 @@ BEGIN
         jsonb_build_array(fraiseshm.cascade_deleted('User', v_id))
             || v_deleted_posts || v_deleted_comments,
         fraiseshm.cascade_invalidations('users', 'posts', 'comments'),
-        CASE WHEN v_deleted_posts = '[]' AND v_deleted_comments = '[]' THEN 1 ELSE 2 END);
+        CASE WHEN v_deleted_posts = '[]' AND v_deleted_comments = '[]' THEN 1 ELSE 2 END,
+        -- The user's private drafts (examples/blog/private.sql) go by ON DELETE CASCADE: row-level
+        -- security hides them from this function, so the cascade covers their type instead.
+        CASE WHEN to_regclass('tb_draft') IS NULL THEN '[]'::jsonb
+             ELSE '[{"typename": "Draft"}]'::jsonb END);
 END
 $$;
 

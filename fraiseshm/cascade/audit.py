@@ -108,7 +108,8 @@ class Auditor:
         self._wall_clock = wall_clock
 
     def __call__(self, mutation: Any, response: Any, plan: Any, seq: int | None, call: Any, changes: Any) -> None:
-        cascade = response.get("cascade") if isinstance(response, dict) else None
+        # As the function returned it (any dialect: FraiseQL v1 puts it under _cascade).
+        cascade = response.get("cascade", response.get("_cascade")) if isinstance(response, dict) else None
         details = describe(plan, changes)
         if plan.flush:
             details["flush"] = True

@@ -1,14 +1,16 @@
 """A mutation response's graphql-cascade -> the cache tags it invalidates.
 
-The cascade arrives as the JSONB the PostgreSQL function built (snake_case
-keys). Tags name tables and keys (fraiseshm/graphql/deps.py): every updated or
+The cascade arrives parsed (fraiseshm/cascade/spec.py ``parse``: any dialect,
+the server's own truncation not yet applied, so every entity the function
+listed is here). Tags name tables and keys (fraiseshm/graphql/deps.py): every updated or
 deleted entity of type T bumps ``r:<root table of T's view>:<id>`` and
 ``t:<root table>`` (no list survives a change of its membership). Query
 invalidations map onto the schema's root fields: EXACT one, PREFIX/PATTERN
 those that match, ALL a flush. A cascade that is missing or malformed is a
 failure: the safe wider invalidation, ``w:`` + ``t:`` of every table in the
-read sets of the types the mutation touches. A truncated cascade bumps what it
-lists plus that wider invalidation for the types that were cut.
+read sets of the types the mutation touches. A cascade's typeInvalidations
+(a function that truncated, or could not list a bulk change) bump what it lists
+plus that wider invalidation for the types it names.
 
 ``tables`` maps each @view type to its root table, ``wide`` to its wider
 invalidation (fraiseshm/graphql/deps.py Binding.table / Binding.wide).
@@ -21,38 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import msgspec
-
-
-class _Updated(msgspec.Struct):
-    typename: str = msgspec.field(name="__typename")
-    id: str | int  # any key type: text in tags either way
-    operation: Literal["CREATED", "UPDATED", "DELETED"]
-
-
-class _Deleted(msgspec.Struct):
-    typename: str = msgspec.field(name="__typename")
-    id: str | int  # any key type: text in tags either way
-
-
-class _Invalidation(msgspec.Struct):
-    scope: Literal["EXACT", "PREFIX", "PATTERN", "ALL"]
-    strategy: Literal["INVALIDATE", "REFETCH", "REMOVE"] = "INVALIDATE"
-    query_name: str | None = None
-    query_pattern: str | None = None
-
-
-class _Metadata(msgspec.Struct):
-    transaction_id: str | int | None = None
-    truncated: bool = False
-    truncated_types: list[str] | None = None
-
-
-class _Cascade(msgspec.Struct):
-    updated: list[_Updated]
-    deleted: list[_Deleted]
-    invalidations: list[_Invalidation]
-    metadata: _Metadata
+from fraiseshm.cascade.spec import Parsed
 
 
 # unlisted: PostgreSQL changed entities the cascade does not name (fraiseshm/cascade/changes.py)
@@ -71,6 +42,9 @@ class CascadePlan:
     entities: set[str] = field(default_factory=set)  # "r:<table>:<id>" of the entities the cascade names
     cut_types: set[str] = field(default_factory=set)  # types a truncated cascade did not list in full
     unlisted: set[str] = field(default_factory=set)  # changed in PostgreSQL, absent from the cascade
+    deleted: set[tuple[str, str]] = field(default_factory=set)  # (typename, id) the cascade deletes
+    created: set[tuple[str, str]] = field(default_factory=set)  # (typename, id) the cascade creates
+    spec: dict[str, Any] | None = None  # the spec-shaped cascade the response carries (fraiseshm/cascade/spec.py)
 
     @property
     def is_failure(self) -> bool:
@@ -86,7 +60,7 @@ def wide_tags(types: Iterable[str], wide: Mapping[str, Iterable[str]]) -> set[st
 
 
 def plan_invalidation(
-    response: Any,
+    parsed: Parsed,
     *,
     touches: Sequence[str],
     query_names: Sequence[str],
@@ -97,24 +71,20 @@ def plan_invalidation(
     plan = CascadePlan()
     fallback = wide_tags(touches, wide)
 
-    if not isinstance(response, dict):
-        plan.verdict, plan.detail, plan.tags = "malformed", "response is not a JSON object", fallback
+    if parsed.problem is not None:
+        plan.verdict, plan.detail, plan.tags = "malformed", parsed.problem, fallback
         return plan
-    raw = response.get("cascade")
-    if raw is None:
-        if response.get("success") is False:
-            plan.verdict = "not_applied"  # a refused mutation changed nothing
+    cascade = parsed.cascade
+    if cascade is None:
+        if not parsed.success or not parsed.changed:
+            plan.verdict = "not_applied"  # a refused mutation (or a FraiseQL no-op) changed nothing
             return plan
         plan.verdict, plan.detail, plan.tags = "missing", "response has no cascade", fallback
         return plan
-    try:
-        cascade = msgspec.convert(raw, _Cascade)
-    except msgspec.ValidationError as exc:
-        plan.verdict, plan.detail, plan.tags = "malformed", str(exc), fallback
-        return plan
 
-    plan.transaction_id = None if cascade.metadata.transaction_id is None else str(cascade.metadata.transaction_id)
+    plan.transaction_id = cascade.transaction_id
     unknown = {e.typename for e in [*cascade.updated, *cascade.deleted]} - set(tables)
+    unknown |= set(cascade.type_invalidations) - set(tables)
     if unknown:
         plan.verdict = "malformed"
         plan.detail = f"cascade names unknown types {sorted(unknown)}"
@@ -127,12 +97,16 @@ def plan_invalidation(
         plan.entities.add(ref)
         plan.tags.add(ref)
         plan.tags.add("t:" + table)
+    plan.deleted = {(e.typename, e.id) for e in cascade.deleted}
+    plan.created = {(e.typename, e.id) for e in cascade.updated if e.operation == "CREATED"}
 
     for inv in cascade.invalidations:
         if inv.scope == "ALL":
             plan.flush = True
             continue
-        name = inv.query_name or inv.query_pattern or ""
+        name = inv.query_name or inv.query_pattern
+        if name is None:
+            continue  # a queryHash alone names a client's document: the r:/t: tags cover the server's entries
         if inv.scope == "EXACT":
             matched = [q for q in query_names if q == name]
         elif inv.scope == "PREFIX":
@@ -141,10 +115,11 @@ def plan_invalidation(
             matched = [q for q in query_names if fnmatch.fnmatchcase(q, name)]
         plan.tags.update("query:" + q for q in matched)
 
-    if cascade.metadata.truncated:
-        cut = cascade.metadata.truncated_types or list(touches)
+    if cascade.type_invalidations:
+        # Types the cascade covers wholesale (truncated, or a bulk change it could not list).
+        cut = [t for t in cascade.type_invalidations if t in tables]
         plan.cut_types.update(cut)
         plan.tags |= wide_tags(cut, wide)
         if plan.verdict == "ok":
-            plan.verdict, plan.detail = "truncated", f"cascade truncated; wide invalidation of {sorted(cut)}"
+            plan.verdict, plan.detail = "truncated", f"cascade covers {sorted(cut)} by type; wide invalidation of them"
     return plan

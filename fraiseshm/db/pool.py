@@ -237,7 +237,8 @@ class Database:
     async def call_function(self, function: str, payload: dict[str, Any], *, session: RequestSession | None = None) -> Any:
         """SELECT fn($1::jsonb) in its own transaction; committed when this returns."""
         return await self._on_connection(
-            lambda conn: conn.fetchval(f"SELECT {function}($1::jsonb)", payload), function, session
+            # to_jsonb: a jsonb response unchanged, a composite (FraiseQL's mutation_response) as an object
+            lambda conn: conn.fetchval(f"SELECT to_jsonb({function}($1::jsonb))", payload), function, session
         )
 
     async def call_mutation(
@@ -253,7 +254,7 @@ class Database:
         if sql is None:
             sql = self._mutation_sql[function] = (
                 f"WITH m AS MATERIALIZED (SELECT {function}($1::jsonb) AS r) "
-                "SELECT r, current_setting('fraiseshm.changes', true), txid_current_if_assigned()::text FROM m"
+                "SELECT to_jsonb(r), current_setting('fraiseshm.changes', true), txid_current_if_assigned()::text FROM m"
             )
         row = await self._on_connection(lambda conn: conn.fetchrow(sql, payload), function, session)
         return row[0], row[1], row[2]

@@ -21,7 +21,7 @@ sees the views' definitions change (``view_definitions``), never per request:
   ``relrowsecurity``, whether the kit's change triggers are attached
   (triggers whose function lives in schema ``fraiseshm``) and the column the
   kit names its rows by (``fraiseshm.tracked_tables()``);
-- each mutation function: whether ``fn(jsonb) RETURNS jsonb`` exists.
+- each mutation function: whether ``fn(jsonb)`` exists, returning jsonb or a composite.
 
 Queries go through ``fetch_column`` (fraiseshm/db/pool.py Database) and return
 one jsonb value each, so this module never sees asyncpg.
@@ -85,7 +85,7 @@ class View:
 class Function:
     name: str
     exists: bool  # some function of that name exists
-    signature_ok: bool  # name(jsonb) RETURNS jsonb exists
+    signature_ok: bool  # name(jsonb) exists, returning jsonb or a composite type
     found: tuple[str, ...]  # the signatures that exist under that name ("fn(text) -> integer")
 
 
@@ -355,7 +355,9 @@ WHERE c.oid = ANY ($1::bigint[]::oid[])
 _FUNCTION = """
 SELECT jsonb_build_object(
     'ok', to_regprocedure($1 || '(jsonb)') IS NOT NULL
-          AND (SELECT prorettype = 'jsonb'::regtype FROM pg_proc WHERE oid = to_regprocedure($1 || '(jsonb)')),
+          -- jsonb, or a composite (FraiseQL's mutation_response: the server reads it as to_jsonb(row))
+          AND (SELECT p.prorettype = 'jsonb'::regtype OR t.typtype = 'c'
+               FROM pg_proc p JOIN pg_type t ON t.oid = p.prorettype WHERE p.oid = to_regprocedure($1 || '(jsonb)')),
     'found', (SELECT coalesce(jsonb_agg(p.oid::regprocedure::text || ' -> ' || format_type(p.prorettype, NULL)), '[]'::jsonb)
               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
               WHERE p.proname = split_part($1, '.', -1)

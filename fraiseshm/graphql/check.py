@@ -12,7 +12,7 @@ of a servable key type matching the root field's argument and a ``jsonb``
 id comes from) is determinable and the id is a single-column key of it; every
 table the view reads carries the kit's change triggers (a table without them
 is named: its writes could not invalidate); every @function exists as
-``fn(jsonb) RETURNS jsonb``. Warnings (logged, not fatal): a view that is not
+``fn(jsonb)`` returning jsonb or a composite. Warnings (logged, not fatal): a view that is not
 ``security_invoker`` over a table with row-level security.
 
 On success the schema is bound (fraiseshm/graphql/deps.py ``bind``): key
@@ -153,7 +153,8 @@ def examine(served: ServedSchema, catalog: Catalog) -> CheckResult:
         if fn is None or not fn.exists:
             problem(f"{at}: no function {mutation.function} in the database (search_path)")
         elif not fn.signature_ok:
-            problem(f"{at}: needs {mutation.function}(jsonb) RETURNS jsonb; the database has "
+            problem(f"{at}: needs {mutation.function}(jsonb) returning jsonb or a composite type "
+                    "(FraiseQL's mutation_response); the database has "
                     f"{', '.join(fn.found)}")
     return result
 

@@ -4,7 +4,8 @@ Prepared documents are kept in a bounded per-worker LRU keyed by the query
 text: a hot query is parsed and validated once per worker. Root query fields
 run one SQL statement each; root mutation fields call their PostgreSQL
 function and hand the response to ``context.on_mutation`` (the cache layer
-invalidates from the cascade there, after commit and before the response).
+invalidates from the cascade there, after commit and before the response, and
+returns the field's graphql-cascade payload: fraiseshm/cascade/spec.py).
 
 Arguments are bound with the PostgreSQL type of the column they compare to
 (read from the catalog at start: fraiseshm/graphql/catalog.py): sent as text
@@ -35,6 +36,7 @@ from graphql import (
     validate,
 )
 
+from fraiseshm.cascade import spec
 from fraiseshm.db.pool import Database
 from fraiseshm.errors import LimitExceeded, RequestError
 from fraiseshm.graphql.deps import Binding, Dependencies
@@ -77,7 +79,8 @@ class MutationCall:
 @dataclass(slots=True)
 class ExecutionContext:
     deps: Dependencies
-    on_mutation: Callable[[RootMutation, Any, MutationCall], Awaitable[None]] | None = None
+    # invalidates from the cascade; returns the field's payload (None: the response was unreadable)
+    on_mutation: Callable[[RootMutation, Any, MutationCall], Awaitable[dict[str, Any] | None]] | None = None
     record_changes: bool = True  # read what the triggers recorded (invalidation, cascade verification)
 
 
@@ -325,10 +328,13 @@ class Executor:
                 response, changes, txid = await self.db.call_function(mutation.function, _to_snake(input)), None, None
             call = MutationCall(changes, txid, time.perf_counter() - started)
             if context.on_mutation is not None:
-                await context.on_mutation(mutation, response, call)
-            if not isinstance(response, dict):
-                raise GraphQLError(f"{mutation.function} returned {type(response).__name__}, not a JSON object")
-            return response
+                payload = await context.on_mutation(mutation, response, call)
+            else:
+                parsed = spec.parse(response)
+                payload = None if not isinstance(response, dict) else spec.to_payload(parsed, spec.to_cascade(parsed))
+            if payload is None:
+                raise GraphQLError(f"{mutation.function} returned {type(response).__name__}, not a JSON object or composite")
+            return payload
 
         return resolve
 

@@ -13,7 +13,9 @@ Conventions (see fraiseshm/graphql/cascade.graphql for the directives):
   every other argument filters the view column ``snake_case(arg)``, bound
   with that column's PostgreSQL type.
 - ``@function(name: "fn_x", touches: [...])`` on a mutation field calls
-  ``fn_x(input jsonb) RETURNS jsonb`` (a graphql-cascade response).
+  ``fn_x(input jsonb)``, returning a graphql-cascade response as jsonb or
+  FraiseQL's mutation_response (fraiseshm/cascade/spec.py reads both).
+- ``cascadeInfo`` (graphql-cascade version discovery) is added to Query.
 - ``@cache(ttl: seconds, private: bool)`` on a type sets its TTL and privacy.
 - JSONB keys are snake_case; GraphQL fields are camelCase. Every field reads
   ``source[snake_case(field)]``.
@@ -46,10 +48,17 @@ from graphql import (
 from graphql.execution.values import get_directive_values
 from graphql.language import Node as AstNode
 
+from fraiseshm.cascade.spec import DEPRECATED_FEATURES, SPEC_VERSION, SUPPORTED_VERSIONS
 from fraiseshm.errors import SchemaError
 
 if TYPE_CHECKING:
     from fraiseshm.graphql.deps import Binding
+
+# graphql-cascade version discovery: a root field the server adds to the user's Query.
+VERSION_DISCOVERY = "\nextend type Query {\n  cascadeInfo: CascadeInfo!\n}\n"
+# The built-in types a mutation payload's cascade and errors resolve from spec-shaped dicts.
+CASCADE_TYPES = frozenset({"CascadeUpdates", "CascadeMetadata", "TypeInvalidation", "UpdatedEntity", "DeletedEntity",
+                           "QueryInvalidation", "CascadeError", "CascadeInfo"})
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
@@ -157,7 +166,7 @@ def load_schema(sdl_path: str | Path) -> ServedSchema:
 def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
     builtin = builtin_sdl() + "\n"
     first_line = builtin.count("\n")
-    full_sdl = builtin + user_sdl
+    full_sdl = builtin + user_sdl + VERSION_DISCOVERY
     try:
         schema = build_schema(full_sdl)
     except GraphQLError as exc:
@@ -199,6 +208,9 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
     if query_type is None:
         raise SchemaError(f"{source}: no Query type")
     for name, fdef in query_type.fields.items():
+        if name == "cascadeInfo":
+            fdef.resolve = _resolve_cascade_info
+            continue
         at = served.where(served.line_of(fdef.ast_node))
         named, is_list = _unwrap_list(fdef.type)
         entity = served.entities.get(getattr(named, "name", ""))
@@ -270,10 +282,10 @@ def _attach_field_resolvers(schema: GraphQLSchema) -> None:
         if not isinstance(gtype, GraphQLObjectType):
             continue
         for fname, fdef in gtype.fields.items():
-            if fname == "typeName":
-                fdef.resolve = _resolve_typename
-            elif gtype.name == "UpdatedEntity" and fname == "entity":
+            if gtype.name == "UpdatedEntity" and fname == "entity":
                 fdef.resolve = _resolve_cascade_entity
+            elif gtype.name in CASCADE_TYPES:
+                fdef.resolve = _key_resolver(fname)  # the spec-shaped dict: camelCase keys
             else:
                 fdef.resolve = _key_resolver(snake_case(fname))
 
@@ -285,15 +297,24 @@ def _key_resolver(key: str):  # noqa: ANN202 - graphql resolver signature
     return resolve
 
 
-def _resolve_typename(source: Any, _info: Any) -> Any:
-    return source.get("__typename")
+def _snake_keys(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_snake_keys(v) for v in value]
+    if isinstance(value, dict):
+        return {snake_case(k): _snake_keys(v) for k, v in value.items()}
+    return value
 
 
 def _resolve_cascade_entity(source: Any, _info: Any) -> Any:
+    """The spec dict's entity is GraphQL-shaped (camelCase, fraiseshm/cascade/spec.py); the
+    entity types read snake_case keys like every view's `data`."""
     entity = source.get("entity")
-    if isinstance(entity, dict) and "__typename" not in entity:
-        entity = {**entity, "__typename": source.get("__typename")}
-    return entity
+    return _snake_keys(entity) if isinstance(entity, dict) else entity
+
+
+def _resolve_cascade_info(_source: Any, _info: Any) -> dict[str, Any]:
+    return {"version": SPEC_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS),
+            "experimentalFeatures": [], "deprecatedFeatures": list(DEPRECATED_FEATURES)}
 
 
 def _resolve_node_type(value: Any, _info: Any, _type: Any) -> str | None:

@@ -49,12 +49,12 @@ def _mutation(field: str, input_type: str) -> str:
 
 CREATE_USER = _mutation("createUser", "CreateUserInput")
 UPDATE_USER = _mutation("updateUser", "UpdateUserInput")
-DELETE_USER = _mutation("deleteUser", "DeleteInput")
+DELETE_USER = _mutation("deleteUser", "DeleteUserInput")
 CREATE_POST = _mutation("createPost", "CreatePostInput")
 UPDATE_POST = _mutation("updatePost", "UpdatePostInput")
-DELETE_POST = _mutation("deletePost", "DeleteInput")
+DELETE_POST = _mutation("deletePost", "DeletePostInput")
 CREATE_COMMENT = _mutation("createComment", "CreateCommentInput")
-DELETE_COMMENT = _mutation("deleteComment", "DeleteInput")
+DELETE_COMMENT = _mutation("deleteComment", "DeleteCommentInput")
 
 
 async def _mutate(client: httpx.AsyncClient, query: str, field: str, input: dict[str, Any]) -> dict[str, Any]:  # noqa: A002

@@ -63,7 +63,7 @@ UPDATE_PRODUCT = _m("updateProduct", "UpdateProductInput")
 SET_CATEGORIES = _m("setProductCategories", "SetProductCategoriesInput")
 CREATE_ORDER = _m("createOrder", "CreateOrderInput", ORDER_DATA)
 ADD_ITEM = _m("addOrderItem", "AddOrderItemInput", ORDER_DATA)
-DELETE_ORDER = _m("deleteOrder", "DeleteInput")
+DELETE_ORDER = _m("deleteOrder", "DeleteOrderInput")
 
 
 def cents(value: Any) -> int:

@@ -29,7 +29,6 @@ CHANNEL = "fraiseshm_changes"
 SENTINEL = "fraiseshm_test_sentinel"
 TIMEOUT = 10.0  # seconds to wait for a notification before failing
 
-UPDATED_LIMIT, DELETED_LIMIT = 500, 100
 TABLE_TYPES = {"public.tb_user": "User", "public.tb_post": "Post", "public.tb_comment": "Comment"}
 
 USER_KEYS = {"id", "name", "email", "created_at", "posts"}
@@ -134,9 +133,8 @@ def assert_success(result: dict[str, Any]) -> None:
     assert result["success"] is True, result["errors"]
     assert result["errors"] == []
     meta = result["cascade"]["metadata"]
-    assert set(meta) == {
-        "timestamp", "transaction_id", "depth", "affected_count", "truncated", "original_count", "truncated_types",
-    }
+    assert set(meta) == {"timestamp", "transaction_id", "depth", "affected_count", "truncated"}
+    assert meta["truncated"] is False  # the server applies the size limits (fraiseshm/cascade/spec.py)
     assert int(meta["transaction_id"]) > 0
     assert meta["timestamp"].endswith("Z")
     for entry in result["cascade"]["updated"]:
@@ -320,8 +318,8 @@ def test_create_user_cascade_and_notification(pg_dsn: str) -> None:
             assert cascade["deleted"] == []
             assert cascade["invalidations"] == [{"query_name": "users", "strategy": "INVALIDATE", "scope": "PREFIX"}]
             meta = cascade["metadata"]
-            assert (meta["depth"], meta["affected_count"], meta["original_count"]) == (1, 1, 1)
-            assert (meta["truncated"], meta["truncated_types"]) == (False, [])
+            assert (meta["depth"], meta["affected_count"], meta["truncated"]) == (1, 1, False)
+            assert cascade["type_invalidations"] == []
             payloads = await listener.for_tx(meta["transaction_id"])
             assert len(payloads) == 1
             assert tags_of(payloads) == {"t:public.tb_user", f"r:public.tb_user:{user['id']}"}
@@ -419,7 +417,7 @@ def test_delete_user_lists_everything_it_removed(pg_dsn: str) -> None:
             assert [c["id"] for c in entity["comments"]] == [survivor["id"]]
             assert entity == await conn.fetchval("SELECT data FROM v_post WHERE id = $1::uuid", friends_post["id"])
             meta = cascade["metadata"]
-            assert (meta["affected_count"], meta["original_count"], meta["depth"]) == (11, 11, 2)
+            assert (meta["affected_count"], meta["depth"]) == (11, 2)
             assert meta["truncated"] is False
             assert {i["query_name"] for i in cascade["invalidations"]} == {"users", "posts", "comments"}
 
@@ -436,10 +434,10 @@ def test_delete_user_lists_everything_it_removed(pg_dsn: str) -> None:
     asyncio.run(main())
 
 
-def test_delete_user_truncates_beyond_spec_limits(pg_dsn: str) -> None:
+def test_delete_user_lists_everything_however_many(pg_dsn: str) -> None:
     """150 posts with a comment each (301 deletions) and comments on 600 other
-    posts (600 updates): the response keeps 100 deleted and 500 updated entries
-    and says what it cut; the database deletes everything."""
+    posts (600 updates): the function lists every one (the server, not SQL,
+    applies the configurable size limits: tests/integration/test_cascade_spec.py)."""
 
     async def main() -> None:
         async with connect(pg_dsn) as conn:
@@ -466,16 +464,14 @@ def test_delete_user_truncates_beyond_spec_limits(pg_dsn: str) -> None:
             result = await call(conn, "fn_delete_user", {"id": big["id"]})
             assert_success(result)
             cascade = result["cascade"]
-            assert len(cascade["deleted"]) == DELETED_LIMIT
-            assert len(cascade["updated"]) == UPDATED_LIMIT
+            assert len(cascade["deleted"]) == 1 + 150 + 150 + 600
+            assert len(cascade["updated"]) == 600
             assert cascade["deleted"][0] == {**cascade["deleted"][0], "__typename": "User", "id": big["id"]}
             assert all(u["entity"] is not None and u["__typename"] == "Post" for u in cascade["updated"])
             meta = cascade["metadata"]
-            assert meta["truncated"] is True
             # deleted: the user, 150 posts, 150 comments on them, 600 comments elsewhere; updated: 600 posts
-            assert meta["original_count"] == (1 + 150 + 150 + 600) + 600
-            assert meta["affected_count"] == meta["original_count"]
-            assert meta["truncated_types"] == ["Comment", "Post"]
+            assert meta["affected_count"] == (1 + 150 + 150 + 600) + 600
+            assert cascade["type_invalidations"] == [{"typename": "Draft"}]  # drafts go by ON DELETE CASCADE
             assert await counts(conn) == (before[0] - 1, before[1] - 150, before[2] - 750)
             # nothing was cut from the database, only from the response
             assert await conn.fetchval(

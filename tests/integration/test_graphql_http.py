@@ -151,8 +151,8 @@ DELETE_USER = """
 mutation($id: ID!) { deleteUser(input: {id: $id}) {
   success errors { code message }
   cascade {
-    updated { typeName id operation entity { __typename id } }
-    deleted { typeName id deletedAt }
+    updated { typename id operation entity { __typename id } }
+    deleted { typename id deletedAt }
     invalidations { queryName strategy scope }
     metadata { transactionId affectedCount truncated }
   } } }
@@ -185,13 +185,13 @@ def test_delete_user_cascade_lists_removed_posts_and_comments(http: httpx.Client
     assert r.status_code == 200, r.text
     result = r.json()["data"]["deleteUser"]
     assert result["success"] is True
-    deleted = {(d["typeName"], d["id"]) for d in result["cascade"]["deleted"]}
+    deleted = {(d["typename"], d["id"]) for d in result["cascade"]["deleted"]}
     assert ("User", uid) in deleted
     assert {("Post", p) for p in posts} <= deleted
     assert {("Comment", c) for c in comments} <= deleted
     assert int(result["cascade"]["metadata"]["transactionId"]) > 0
     for updated in result["cascade"]["updated"]:
-        assert updated["entity"]["__typename"] == updated["typeName"]
+        assert updated["entity"]["__typename"] == updated["typename"]
     # the user is gone for every later read
     r = graphql(http, USER_QUERY, {"id": uid})
     assert r.json()["data"]["user"] is None

@@ -8,6 +8,7 @@ import pytest
 
 from fraiseshm.cascade.audit import FailureWindow
 from fraiseshm.cascade.changes import Changes, parse_payload, parse_setting, table_of, verify
+from fraiseshm.cascade.spec import parse
 from fraiseshm.cascade.tags import plan_invalidation
 from fraiseshm.errors import CascadeError
 
@@ -57,12 +58,13 @@ def _response(updated: list[tuple[str, Any]], tx: str = "77", truncated: list[st
     return {"success": True, "errors": [], "data": None, "cascade": {
         "updated": [{"__typename": t, "id": i, "operation": "UPDATED"} for t, i in updated],
         "deleted": [], "invalidations": [],
-        "metadata": {"transaction_id": tx, "truncated": truncated is not None, "truncated_types": truncated},
+        "type_invalidations": [{"typename": t} for t in truncated or ()],
+        "metadata": {"transaction_id": tx, "truncated": truncated is not None},
     }}
 
 
 def _verify(response: Any, recorded: str, tx: str | None = "77", touches: tuple[str, ...] = ("Order",)):
-    plan = plan_invalidation(response, touches=touches, query_names=("orders",), tables=TABLES, wide=WIDE)
+    plan = plan_invalidation(parse(response), touches=touches, query_names=("orders",), tables=TABLES, wide=WIDE)
     return verify(plan, parse_setting(recorded, tx), touches=touches, tables=TABLES, wide=WIDE)
 
 

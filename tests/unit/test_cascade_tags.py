@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fraiseshm.cascade.spec import parse
 from fraiseshm.cascade.tags import plan_invalidation
 
 QUERIES = ("users", "user", "posts", "post", "comments", "comment")
@@ -20,7 +21,7 @@ def _response(**cascade: Any) -> dict[str, Any]:
 
 
 def _plan(response: Any, touches: tuple[str, ...] = ("User",)):
-    return plan_invalidation(response, touches=touches, query_names=QUERIES, tables=TABLES, wide=WIDE)
+    return plan_invalidation(parse(response), touches=touches, query_names=QUERIES, tables=TABLES, wide=WIDE)
 
 
 def test_entities_bump_their_row_and_table_tags_never_type_names() -> None:
@@ -65,7 +66,8 @@ def test_a_refused_mutation_without_cascade_is_not_a_failure() -> None:
 def test_truncated_cascade_widens_to_the_cut_types() -> None:
     plan = _plan(_response(
         deleted=[{"__typename": "Comment", "id": "c1", "deleted_at": "x"}],
-        metadata={"transaction_id": 5, "truncated": True, "truncated_types": ["Comment"]},
+        type_invalidations=[{"typename": "Comment", "affected_count": 900}],
+        metadata={"transaction_id": 5, "truncated": True},
     ))
     assert plan.verdict == "truncated" and not plan.is_failure
     assert {"r:public.tb_comment:c1"} | WIDE["Comment"] <= plan.tags

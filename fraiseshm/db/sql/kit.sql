@@ -504,22 +504,24 @@ RETURN (
 );
 
 -- The successful response. updated and deleted are arrays of the entries
--- above, in the order to report them. Applies the specification's limits:
--- at most 500 updated and 100 deleted entries, the rest cut with
--- metadata.truncated, original_count and truncated_types. Entities are read
--- (one query per view, `WHERE id = ANY(...)` in the view's id type) for the
--- entries kept only.
+-- above, in the order to report them, every one of them: the server applies
+-- the graphql-cascade size limits (its settings cascade_max_*), after it has
+-- invalidated every entry. Entities are read one query per view,
+-- `WHERE id = ANY(...)` in the view's id type.
+-- type_invalidations: [{"typename": T}] for types the function changed but
+-- cannot list (rows it cannot see, e.g. deleted by a foreign key's ON DELETE
+-- CASCADE under row-level security).
+DROP FUNCTION IF EXISTS fraiseshm.cascade_response(jsonb, jsonb, jsonb, jsonb, int);  -- before 6 arguments
 CREATE OR REPLACE FUNCTION fraiseshm.cascade_response(
     data jsonb,
     updated jsonb DEFAULT '[]',
     deleted jsonb DEFAULT '[]',
     invalidations jsonb DEFAULT '[]',
-    depth int DEFAULT 1
+    depth int DEFAULT 1,
+    type_invalidations jsonb DEFAULT '[]'
 ) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    max_updated CONSTANT int := 500;
-    max_deleted CONSTANT int := 100;
     n_updated int := jsonb_array_length(updated);
     n_deleted int := jsonb_array_length(deleted);
     ts text := fraiseshm.iso8601(now());
@@ -529,12 +531,11 @@ DECLARE
     found jsonb;
     kept_updated jsonb;
     kept_deleted jsonb;
-    cut_types jsonb;
 BEGIN
     FOR v IN
         SELECT (e->>'view')::oid::regclass AS view, array_agg(e->>'id') AS ids
         FROM jsonb_array_elements(updated) WITH ORDINALITY AS t(e, ord)
-        WHERE ord <= max_updated AND e ? 'view'
+        WHERE e ? 'view'
         GROUP BY 1
     LOOP
         SELECT format_type(atttypid, atttypmod) INTO id_type
@@ -556,27 +557,13 @@ BEGIN
                    'entity', entities -> ((e->>'view') || '/' || (e->>'id')))
                ORDER BY ord), '[]'::jsonb)
     INTO kept_updated
-    FROM jsonb_array_elements(updated) WITH ORDINALITY AS t(e, ord)
-    WHERE ord <= max_updated;
+    FROM jsonb_array_elements(updated) WITH ORDINALITY AS t(e, ord);
 
     SELECT coalesce(jsonb_agg(
                jsonb_build_object('__typename', e->>'__typename', 'id', e->>'id', 'deleted_at', ts)
                ORDER BY ord), '[]'::jsonb)
     INTO kept_deleted
-    FROM jsonb_array_elements(deleted) WITH ORDINALITY AS t(e, ord)
-    WHERE ord <= max_deleted;
-
-    SELECT coalesce(jsonb_agg(DISTINCT typename ORDER BY typename), '[]'::jsonb)
-    INTO cut_types
-    FROM (
-        SELECT e->>'__typename' AS typename
-        FROM jsonb_array_elements(updated) WITH ORDINALITY AS t(e, ord)
-        WHERE ord > max_updated
-        UNION ALL
-        SELECT e->>'__typename'
-        FROM jsonb_array_elements(deleted) WITH ORDINALITY AS t(e, ord)
-        WHERE ord > max_deleted
-    ) cut;
+    FROM jsonb_array_elements(deleted) WITH ORDINALITY AS t(e, ord);
 
     RETURN jsonb_build_object(
         'success', true,
@@ -586,14 +573,13 @@ BEGIN
             'updated', kept_updated,
             'deleted', kept_deleted,
             'invalidations', invalidations,
+            'type_invalidations', type_invalidations,
             'metadata', jsonb_build_object(
                 'timestamp', ts,
                 'transaction_id', txid_current()::text,
                 'depth', depth,
                 'affected_count', n_updated + n_deleted,
-                'truncated', n_updated > max_updated OR n_deleted > max_deleted,
-                'original_count', n_updated + n_deleted,
-                'truncated_types', cut_types)));
+                'truncated', false)));
 END
 $$;
 
@@ -612,14 +598,13 @@ RETURN jsonb_build_object(
         'updated', '[]'::jsonb,
         'deleted', '[]'::jsonb,
         'invalidations', '[]'::jsonb,
+        'type_invalidations', '[]'::jsonb,
         'metadata', jsonb_build_object(
             'timestamp', fraiseshm.iso8601(now()),
             'transaction_id', txid_current_if_assigned()::text,
             'depth', 0,
             'affected_count', 0,
-            'truncated', false,
-            'original_count', 0,
-            'truncated_types', '[]'::jsonb)));
+            'truncated', false)));
 
 -- ===========================================================================
 -- The server's role
