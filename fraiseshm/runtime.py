@@ -19,6 +19,7 @@ from fraiseshm.config import Settings
 from fraiseshm.db.audit import AuditWriter
 from fraiseshm.db.listener import Listener
 from fraiseshm.db.pool import Database
+from fraiseshm.db.replicas import LsnBoard, ReplicaSet
 from fraiseshm.errors import DatabaseUnavailable
 from fraiseshm.graphql.execute import Executor
 from fraiseshm.graphql.check import bound_schema, load_and_check, log_result, recheck
@@ -58,6 +59,8 @@ class Runtime:
         self.audit: AuditWriter | None = None
         self.auditor: Auditor | None = None
         self.listener: Listener | None = None
+        self.replicas: ReplicaSet | None = None
+        self.board: LsnBoard | None = None
         self._recheck: asyncio.Task[None] | None = None
 
     @property
@@ -80,7 +83,9 @@ class Runtime:
             max_size=s.pool_max_size,
             connect_timeout=s.db_connect_timeout,
             statement_timeout_ms=s.statement_timeout_ms,
+            transaction_pooler=s.db_transaction_pooler,
         )
+        self._start_replicas()
         executor = Executor(self.served, self.db, max_depth=s.max_query_depth, max_documents=s.max_document_cache,
                             limits=limits_from(s), max_document_cache_bytes=s.max_document_cache_bytes)
         type_map = self.served.schema.type_map
@@ -106,18 +111,20 @@ class Runtime:
                 queue_max=s.audit_queue_max,
                 flush_interval=s.audit_flush_interval,
                 connect_timeout=s.db_connect_timeout,
+                transaction_pooler=s.db_transaction_pooler,
             )
             self.audit.start()
             self.auditor = Auditor(self.audit.submit, FailureWindow(s.cascade_failure_window, s.cascade_failure_threshold))
         if s.listen_changes and self._store_factory is None and self.arena is not None:
             self.listener = Listener(
-                s.database_dsn,
+                s.listener_dsn or s.database_dsn,
                 self.arena,
                 retry_interval=s.listener_retry_interval,
                 keepalive=s.listener_keepalive,
                 connect_timeout=s.db_connect_timeout,
                 secret=s.notify_secret,
                 max_age=s.notify_max_age,
+                board=self.board,
             )
             self.listener.start()
             if self.listener.elected:
@@ -125,11 +132,23 @@ class Runtime:
                 # worker caches a result before the listener's start-up flush.
                 await self.listener.wait_listening(s.db_connect_timeout)
         self._service = GraphQLService(s, self.served, executor, self.arena, coalescer=self.coalescer,
-                                       on_cascade=self.auditor)
+                                       on_cascade=self.auditor, replicas=self.replicas)
         if s.schema_recheck_interval > 0:
             self._recheck = asyncio.get_running_loop().create_task(self._recheck_views(s.schema_recheck_interval),
                                                                     name="fraiseshm-schema-recheck")
         log.info("worker ready: schema %s, cache %s", s.schema_sdl, "on" if self.arena else "off")
+
+    def _start_replicas(self) -> None:
+        """Misses may read replicas; mutations record their commit's WAL position (issue 18)."""
+        s = self.settings
+        if not s.replica_dsns or self.db is None:
+            return
+        self.board = LsnBoard.open(s.arena_name, s.replica_lsn_slots)
+        self.board.register()
+        self.db.track_commit_lsn = True
+        self.replicas = ReplicaSet.from_settings(s, self.db, self.board)
+        self.db.replicas = self.replicas
+        self.replicas.start()
 
     async def _recheck_views(self, interval: float) -> None:
         """Every interval: did a served view's SQL change under us? (fraiseshm/graphql/check.py recheck)"""
@@ -156,8 +175,14 @@ class Runtime:
         if self.audit is not None:
             await self.audit.stop()
             self.audit = None
+        if self.replicas is not None:
+            await self.replicas.stop()
+            self.replicas = None
         if self.db is not None:
             await self.db.close()
+        if self.board is not None:
+            self.board.close()
+            self.board = None
         if self.coalescer is not None:
             self.coalescer.close()
             self.coalescer.bells.close()
