@@ -67,7 +67,7 @@ def _check_schema(settings: Settings) -> None:
     try:
         _served, result = asyncio.run(
             load_and_check(settings.schema_sdl, settings.database_dsn, connect_timeout=settings.db_connect_timeout,
-                           request_role=settings.db_role))
+                           request_role=settings.db_role, transaction_pooler=settings.db_transaction_pooler))
     except SchemaError as exc:
         raise StartupFailed(str(exc)) from None  # gunicorn prints it once: "Error: ..."
     log_result(result)

@@ -75,7 +75,8 @@ class Runtime:
         # did not come from that master (tests, tools) checks by itself.
         self.served = bound_schema(s.schema_sdl, s.database_dsn)
         if self.served is None:
-            self.served, result = await load_and_check(s.schema_sdl, s.database_dsn, connect_timeout=s.db_connect_timeout)
+            self.served, result = await load_and_check(s.schema_sdl, s.database_dsn, connect_timeout=s.db_connect_timeout,
+                                                       transaction_pooler=s.db_transaction_pooler)
             log_result(result)
         self.db = Database(
             s.database_dsn,
