@@ -185,3 +185,41 @@ def test_replica_stopped_and_started_under_load(primary: EmbeddedCluster, replic
         assert len(bad) <= 8, bad  # at most the requests in flight at the stop (4 readers x 2 workers)
         assert during["primary"] > before["primary"]  # reads moved to the primary
         assert after["replica"] > during["replica"]  # ... and came back to the replica
+
+
+def test_a_miss_behind_waits_for_replay_within_the_bound(primary: EmbeddedCluster, replica: StreamingReplica) -> None:
+    """replica_wait: the read after a mutation waits for the 500 ms replay and is then
+    served by the replica (the commit's position is one the replica reaches)."""
+    user_id = primary.psql("SELECT id FROM tb_user ORDER BY id LIMIT 1 OFFSET 1").strip()
+    env = replica_env(replica, FRAISESHM_LISTEN_CHANGES="false", FRAISESHM_REPLICA_WAIT="3")
+    with Server(primary.dsn, workers=1, env=env, tag="rwait") as server, server.client() as c:
+        _wait_replica_up(c)
+        for i in range(3):
+            name = f"wait-{i}-{time.monotonic_ns()}"
+            assert graphql(c, UPDATE, {"id": user_id, "name": name}).json()["data"]["updateUser"]["success"]
+            t0 = time.monotonic()
+            assert graphql(c, USER, {"id": user_id}).json()["data"]["user"]["name"] == name
+            waited = time.monotonic() - t0
+            assert waited < 3, waited
+        t = totals(server)
+        assert t["waited"] == 3 and t["behind"] == 3, t
+
+
+def test_a_promoted_replica_leaves_rotation(primary: EmbeddedCluster) -> None:
+    """A replica promoted to a primary of its own (diverging data) is never read again."""
+    r = StreamingReplica(primary, 0).create()
+    try:
+        ids = primary.psql("SELECT id FROM tb_user ORDER BY id").split()
+        with Server(primary.dsn, workers=1, env=replica_env(r), tag="rprom") as server, server.client() as c:
+            assert _wait_replica_up(c)["state"] == "up"
+            r.promote()
+            assert _wait_replica_up(c, want="promoted")["state"] == "promoted"
+            before = totals(server)
+            for uid in ids[:5]:
+                assert graphql(c, USER, {"id": uid}).status_code == 200
+            after = totals(server)
+            assert after["replica"] == before["replica"] and after["primary"] == before["primary"] + 5
+            health = c.get("/health").json()
+            assert health["status"] == "degraded" and any("no read replica" in x for x in health["reasons"]), health
+    finally:
+        r.destroy()
