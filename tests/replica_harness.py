@@ -66,6 +66,8 @@ class StreamingReplica:
         )
         if result.returncode != 0:
             raise RuntimeError(f"pg_basebackup failed (exit {result.returncode}): {result.stderr.strip()}")
+        for stale in cluster.data_dir.glob(".s.PGSQL.*"):  # the primary's socket lock, copied along
+            stale.unlink()
         with open(cluster.data_dir / "postgresql.auto.conf", "a") as conf:
             conf.write(f"recovery_min_apply_delay = '{self.apply_delay_ms}ms'\n"
                        "hot_standby = on\n"

@@ -236,7 +236,11 @@ class Database:
         try:
             async with pool.acquire() as conn:
                 if before is not None:
-                    await before(conn)
+                    if self.transaction_pooler:  # its own transaction: see __init__
+                        async with conn.transaction():
+                            await before(conn)
+                    else:
+                        await before(conn)
                 if self.transaction_pooler:
                     result = await self._in_transaction(conn, work, session or RequestSession(), self._statement_timeout_ms)
                 elif session is None or not session.scoped:

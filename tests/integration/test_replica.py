@@ -164,25 +164,29 @@ def test_replica_stopped_and_started_under_load(primary: EmbeddedCluster, replic
             try:
                 time.sleep(1.0)  # load before the stop
                 before = totals(server)
+                stop_sent = time.monotonic()
                 replica.stop()
                 down = _wait_replica_up(c, want="down")
                 stopped_at = time.monotonic()
                 time.sleep(1.0)  # load while it is down
                 during = totals(server)
-                replica.start()
+                restarted = time.monotonic()
+                replica.start()  # returns once the replica accepts connections
+                started = time.monotonic() - restarted
                 up = _wait_replica_up(c, timeout=30)
-                recovered = time.monotonic() - stopped_at
+                recovered = time.monotonic() - restarted
                 time.sleep(1.5)  # load after it is back (past the apply delay)
                 after = totals(server)
             finally:
                 stop.set()
                 for t in threads:
                     t.join()
-        print(f"down: {down['state']}; back: {up['state']} {recovered:.2f}s after the stop was seen; "
+        print(f"down: {down['state']} (seen {stopped_at - stop_sent:.2f}s after pg_ctl stop); back: {up['state']} "
+              f"{recovered:.2f}s after pg_ctl start (which took {started:.2f}s); "
               f"statuses {sorted(set(statuses))}, {len(statuses)} reads; before {before} during {during} after {after}")
         assert down["state"] == "down" and up["state"] == "up"
         bad = [s for s in statuses if s >= 500]
-        assert len(bad) <= 8, bad  # at most the requests in flight at the stop (4 readers x 2 workers)
+        assert len(bad) <= 4, bad  # at most the requests in flight at the stop (4 readers, one each)
         assert during["primary"] > before["primary"]  # reads moved to the primary
         assert after["replica"] > during["replica"]  # ... and came back to the replica
 
