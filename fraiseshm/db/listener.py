@@ -266,15 +266,23 @@ class Listener:
             self._invalidate(set(tags))
 
     def _invalidate(self, tags: set[str] | None) -> None:
-        """Invalidate tags (None: flush). With replicas, first the WAL position read on
-        the primary now, after the notification arrived, hence at or after its commit:
-        heard notifications are batched behind one such read."""
+        """Invalidate tags (None: flush). With replicas, also record the WAL position read
+        on the primary after the notification arrived, hence at or after its commit, and
+        then invalidate again: heard notifications are batched behind one such read."""
         if self.board is None:
             if tags is None:
                 self.arena.flush()
             else:
                 self.arena.invalidate(tags)
             return
+        # The arena at once too, so cached entries go as fast as without replicas; again
+        # after the board (below), for entries a replica filled in between: a result read
+        # in that window may be returned, like any read within the notification latency,
+        # but is not kept.
+        if tags is None:
+            self.arena.flush()
+        else:
+            self.arena.invalidate(tags)
         self._pending.append(tags)
         if self._draining is None or self._draining.done():
             self._draining = asyncio.get_running_loop().create_task(self._drain(), name="fraiseshm-listener-lsn")

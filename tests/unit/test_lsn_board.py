@@ -85,3 +85,24 @@ def test_attach_refuses_what_is_not_a_board(tmp_path: object) -> None:
             LsnBoard.attach(name)
     finally:
         os.unlink(path)
+
+
+def _described(states: list[str], replica: int, behind: int, primary: int) -> dict:
+    reads = replica + primary
+    return {"replicas": [{"name": f"r{i}", "state": s, "last_error": ""} for i, s in enumerate(states)],
+            "misses": {"replica": replica, "behind": behind, "primary": primary},
+            "replica_share": replica / reads if reads else None}
+
+
+def test_health_advice_follows_the_measured_figures() -> None:
+    from fraiseshm.db.replicas import ReplicaSet  # noqa: PLC0415
+
+    rs = ReplicaSet([], primary=None, board=None, max_lag=5, check_interval=1, wait=0)  # type: ignore[arg-type]
+    reasons, advice = rs.advice(_described(["down"], 0, 0, 100))
+    assert reasons == ["no read replica in rotation: every miss reads the primary"]
+    assert any("r0 is down" in a for a in advice)
+    reasons, advice = rs.advice(_described(["up"], 100, 400, 400))
+    assert not reasons and any("behind the invalidations" in a for a in advice)
+    reasons, advice = rs.advice(_described(["up", "up"], 990, 5, 10))
+    assert not reasons and any("add another replica" in a for a in advice)
+    assert rs.advice(_described(["up"], 50, 0, 50)) == ([], [])
