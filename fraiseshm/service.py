@@ -398,13 +398,13 @@ class GraphQLService:
         the miss started) is then in the result. Otherwise it is never stored nor
         returned: wait for replay (replica_wait) and read the replica again, else the primary."""
         replicas = self.replicas
-        route = ReadRoute(replica_ok=replicas is not None)
+        deps = Dependencies(self.settings.default_ttl, self.served)
+        if replicas is None:
+            return await self.executor.run(prepared, variables, ExecutionContext(deps=deps)), deps
+        route = ReadRoute()
         token = current_route.set(route)
         try:
-            deps = Dependencies(self.settings.default_ttl, self.served)
             result = await self.executor.run(prepared, variables, ExecutionContext(deps=deps))
-            if replicas is None:
-                return result, deps
             if route.replica is None:
                 replicas.count(C_PRIMARY)
                 return result, deps
