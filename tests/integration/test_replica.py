@@ -121,7 +121,7 @@ def test_misses_read_the_replica_when_nothing_changes(primary: EmbeddedCluster, 
 
 
 def _wait_replayed(primary: EmbeddedCluster, replica: StreamingReplica, timeout: float = 10.0) -> None:
-    target = primary.psql("SELECT pg_current_wal_insert_lsn()").strip()
+    target = primary.psql("SELECT pg_current_wal_lsn()").strip()  # written WAL: a position replay reaches
     deadline = time.monotonic() + timeout
     while replica.cluster.psql(f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn").strip() != "t":
         assert time.monotonic() < deadline, f"replica did not replay {target} in {timeout}s"
