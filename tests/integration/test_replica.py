@@ -227,3 +227,34 @@ def test_a_promoted_replica_leaves_rotation(primary: EmbeddedCluster) -> None:
             assert health["status"] == "degraded" and any("no read replica" in x for x in health["reasons"]), health
     finally:
         r.destroy()
+
+
+def test_a_replica_lagging_past_the_bound_leaves_rotation_and_comes_back(primary: EmbeddedCluster,
+                                                                         replica: StreamingReplica) -> None:
+    """Writes keep the 500 ms-late replica ~0.5 s behind: past replica_max_lag = 0.25 s
+    it is out of rotation (misses read the primary); writes stop, it catches up, it is back."""
+    uid = primary.psql("SELECT id FROM tb_user ORDER BY id LIMIT 1 OFFSET 2").strip()
+    env = replica_env(replica, FRAISESHM_REPLICA_MAX_LAG="0.25")
+    with Server(primary.dsn, workers=1, env=env, tag="rlag") as server, server.client() as c:
+        assert _wait_replica_up(c)["state"] == "up"
+        stop = threading.Event()
+
+        def writer() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                primary.psql(f"UPDATE tb_user SET name = 'lag {n}' WHERE id = '{uid}'")
+
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            lagging = _wait_replica_up(c, timeout=15, want="lagging")
+        finally:
+            stop.set()
+            t.join()
+        assert lagging["state"] == "lagging" and lagging["lag_seconds"] > 0.25, lagging
+        before = totals(server)
+        for i in range(3):
+            assert graphql(c, f"query($id: ID!) {{ l{i}: user(id: $id) {{ id }} }}", {"id": uid}).status_code == 200
+        assert totals(server)["replica"] == before["replica"]  # none read on the lagging replica
+        assert _wait_replica_up(c, timeout=15)["state"] == "up"  # caught up: back in rotation
