@@ -37,7 +37,7 @@ from typing import Any
 from fraiseshm import _native
 from fraiseshm.db.lsn import format_lsn, parse_lsn
 from fraiseshm.db.pool import Database, ReadRoute, RequestSession
-from fraiseshm.errors import DatabaseError, DatabaseUnavailable, FraiseshmError
+from fraiseshm.errors import DatabaseError, DatabaseUnavailable, FraiseshmError, ReplicaPromoted
 
 log = logging.getLogger("fraiseshm.replicas")
 
@@ -214,10 +214,6 @@ def _alive(pid: int) -> bool:
 # position read in the data statement itself could name a commit replayed after the
 # snapshot (docs/ARCHITECTURE.md). Read first, it is a lower bound of the snapshot.
 REPLAY_SQL = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
-
-
-class ReplicaPromoted(DatabaseError):
-    """The server behind a replica DSN is no longer in recovery: its data may have diverged."""
 
 
 UP, DOWN, LAGGING, PROMOTED = "up", "down", "lagging", "promoted"
