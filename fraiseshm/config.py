@@ -132,6 +132,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     notify_max_age: Annotated[float, Meta(ge=1, le=86_400)] = 600.0  # seconds a signed change notification stays acceptable
     schema_recheck_interval: Annotated[float, Meta(ge=0, le=3600)] = 10.0  # seconds between view-definition checks; 0 = off
 
+    # --- read replicas and poolers (docs/ARCHITECTURE.md, "Read replicas") ----------
+    replica_dsns: tuple[str, ...] = ()  # streaming replicas that serve misses; one server per DSN (a pooler per replica is fine)
+    replica_max_lag: Annotated[float, Meta(gt=0, le=3600)] = 5.0  # seconds of replay lag past which a replica leaves rotation
+    replica_check_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0  # seconds between a worker's checks of each replica
+    replica_wait: Annotated[float, Meta(ge=0, le=10)] = 0.0  # seconds a miss waits for replay before reading the primary; 0 = at once
+    replica_lsn_slots: Annotated[int, Meta(ge=1024, le=1 << 22)] = 1 << 16  # per-tag WAL positions shared by the workers
+    listener_dsn: str = ""  # LISTEN connection: direct or session-mode pooler; "" = database_dsn
+    db_transaction_pooler: bool = False  # database_dsn/replica_dsns are a transaction-mode pooler (PgBouncer): no named prepared statements, every statement in a transaction
+
     def effective_workers(self) -> int:
         return self.workers or (os.cpu_count() or 1)
 

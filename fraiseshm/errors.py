@@ -88,6 +88,10 @@ class DatabaseError(FraiseshmError):
     """A read failed inside PostgreSQL; the detail is in the log, not in the reply."""
 
 
+class ReplicaPromoted(DatabaseError):
+    """The server behind a replica DSN is no longer in recovery: its data may have diverged."""
+
+
 # --- requests ----------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from fraiseshm.arena import Arena
 from fraiseshm.coalesce.doorbell import Doorbells
 from fraiseshm.config import ENV_PREFIX, Settings
 from fraiseshm.db.embedded import EmbeddedCluster
+from fraiseshm.db.replicas import LsnBoard
 from fraiseshm.errors import ConfigError, SchemaError, StartupFailed
 from fraiseshm.graphql.check import load_and_check, log_result
 from fraiseshm.graphql.persisted import load_manifest
@@ -52,6 +53,8 @@ class Master:
             self.bells.close()
             Doorbells.unlink(self.settings.arena_name)
             self.bells = None
+        if self.settings.replica_dsns:
+            LsnBoard.unlink(self.settings.arena_name)
         if self.cluster is not None:
             self.cluster.stop()
             log.info("embedded PostgreSQL stopped (data kept in %s)", self.cluster.directory)
@@ -67,7 +70,7 @@ def _check_schema(settings: Settings) -> None:
     try:
         _served, result = asyncio.run(
             load_and_check(settings.schema_sdl, settings.database_dsn, connect_timeout=settings.db_connect_timeout,
-                           request_role=settings.db_role))
+                           request_role=settings.db_role, transaction_pooler=settings.db_transaction_pooler))
     except SchemaError as exc:
         raise StartupFailed(str(exc)) from None  # gunicorn prints it once: "Error: ..."
     log_result(result)
@@ -113,4 +116,7 @@ def start_master(settings: Settings, _log: object = None) -> Master:
         log.info("arena %s created: %d MiB", settings.arena_name, settings.arena_size >> 20)
         if settings.coalesce:
             bells = Doorbells.create(settings.arena_name)
+    if settings.replica_dsns:
+        LsnBoard.create(settings.arena_name, settings.replica_lsn_slots).close()  # zeroed: positions of this run only
+        log.info("read replicas: %s", ", ".join(settings.replica_dsns))
     return Master(settings=settings, arena=arena, bells=bells, cluster=started)

@@ -19,6 +19,7 @@ from fraiseshm.config import Settings
 from fraiseshm.db.audit import AuditWriter
 from fraiseshm.db.listener import Listener
 from fraiseshm.db.pool import Database
+from fraiseshm.db.replicas import LsnBoard, ReplicaSet
 from fraiseshm.errors import DatabaseUnavailable
 from fraiseshm.graphql.execute import Executor
 from fraiseshm.graphql.check import bound_schema, load_and_check, log_result, recheck
@@ -60,6 +61,8 @@ class Runtime:
         self.audit: AuditWriter | None = None
         self.auditor: Auditor | None = None
         self.listener: Listener | None = None
+        self.replicas: ReplicaSet | None = None
+        self.board: LsnBoard | None = None
         self._recheck: asyncio.Task[None] | None = None
 
     @property
@@ -74,7 +77,8 @@ class Runtime:
         # did not come from that master (tests, tools) checks by itself.
         self.served = bound_schema(s.schema_sdl, s.database_dsn)
         if self.served is None:
-            self.served, result = await load_and_check(s.schema_sdl, s.database_dsn, connect_timeout=s.db_connect_timeout)
+            self.served, result = await load_and_check(s.schema_sdl, s.database_dsn, connect_timeout=s.db_connect_timeout,
+                                                       transaction_pooler=s.db_transaction_pooler)
             log_result(result)
         self.db = Database(
             s.database_dsn,
@@ -82,7 +86,9 @@ class Runtime:
             max_size=s.pool_max_size,
             connect_timeout=s.db_connect_timeout,
             statement_timeout_ms=s.statement_timeout_ms,
+            transaction_pooler=s.db_transaction_pooler,
         )
+        self._start_replicas()
         executor = Executor(self.served, self.db, max_depth=s.max_query_depth, max_documents=s.max_document_cache,
                             limits=limits_from(s), max_document_cache_bytes=s.max_document_cache_bytes)
         type_map = self.served.schema.type_map
@@ -108,12 +114,13 @@ class Runtime:
                 queue_max=s.audit_queue_max,
                 flush_interval=s.audit_flush_interval,
                 connect_timeout=s.db_connect_timeout,
+                transaction_pooler=s.db_transaction_pooler,
             )
             self.audit.start()
             self.auditor = Auditor(self.audit.submit, FailureWindow(s.cascade_failure_window, s.cascade_failure_threshold))
         if s.listen_changes and self._store_factory is None and self.arena is not None:
             self.listener = Listener(
-                s.database_dsn,
+                s.listener_dsn or s.database_dsn,
                 self.arena,
                 retry_interval=s.listener_retry_interval,
                 keepalive=s.listener_keepalive,
@@ -121,6 +128,7 @@ class Runtime:
                 secret=s.notify_secret,
                 max_age=s.notify_max_age,
                 on_heard=listener_board.recorder(s.arena_name),
+                board=self.board,
             )
             self.listener.start()
             if self.listener.elected:
@@ -131,11 +139,23 @@ class Runtime:
             self.arena, automatic=s.automatic_persisted_queries, only=s.persisted_queries_only, ttl=s.default_ttl,
             manifest=load_manifest(s.persisted_queries_file) if s.persisted_queries_file else None)
         self._service = GraphQLService(s, self.served, executor, self.arena, coalescer=self.coalescer,
-                                       on_cascade=self.auditor, persisted=persisted)
+                                       on_cascade=self.auditor, persisted=persisted, replicas=self.replicas)
         if s.schema_recheck_interval > 0:
             self._recheck = asyncio.get_running_loop().create_task(self._recheck_views(s.schema_recheck_interval),
                                                                     name="fraiseshm-schema-recheck")
         log.info("worker ready: schema %s, cache %s", s.schema_sdl, "on" if self.arena else "off")
+
+    def _start_replicas(self) -> None:
+        """Misses may read replicas; mutations record their commit's WAL position (issue 18)."""
+        s = self.settings
+        if not s.replica_dsns or self.db is None:
+            return
+        self.board = LsnBoard.open(s.arena_name, s.replica_lsn_slots)
+        self.board.register()
+        self.db.track_commit_lsn = True
+        self.replicas = ReplicaSet.from_settings(s, self.db, self.board)
+        self.db.replicas = self.replicas
+        self.replicas.start()
 
     async def _recheck_views(self, interval: float) -> None:
         """Every interval: did a served view's SQL change under us? (fraiseshm/graphql/check.py recheck)"""
@@ -162,8 +182,14 @@ class Runtime:
         if self.audit is not None:
             await self.audit.stop()
             self.audit = None
+        if self.replicas is not None:
+            await self.replicas.stop()
+            self.replicas = None
         if self.db is not None:
             await self.db.close()
+        if self.board is not None:
+            self.board.close()
+            self.board = None
         if self.coalescer is not None:
             self.coalescer.close()
             self.coalescer.bells.close()

@@ -31,7 +31,9 @@ from fraiseshm.cascade.changes import Changes, parse_setting, verify
 from fraiseshm.cascade.tags import CascadePlan, plan_invalidation, wide_tags
 from fraiseshm.coalesce.coalescer import Coalescer, Filled
 from fraiseshm.config import Settings
-from fraiseshm.db.pool import RequestSession, current_session
+from fraiseshm.db.lsn import UNKNOWN
+from fraiseshm.db.pool import ReadRoute, RequestSession, current_route, current_session
+from fraiseshm.db.replicas import C_BEHIND, C_PRIMARY, C_REPLICA, C_WAITED, ReplicaSet
 from fraiseshm.errors import (
     CascadeError,
     DatabaseError,
@@ -129,7 +131,9 @@ class GraphQLService:
         coalescer: Coalescer[Reply] | None = None,
         on_cascade: Callable[[RootMutation, Any, CascadePlan, int | None, MutationCall, Changes | None], None] | None = None,
         persisted: PersistedQueries | None = None,
+        replicas: ReplicaSet | None = None,
     ) -> None:
+        self.replicas = replicas if replicas is not None and replicas.board is not None else None  # misses may read them
         self.settings = settings
         self.served = served
         self.executor = executor
@@ -370,12 +374,11 @@ class GraphQLService:
         """Run the query against PostgreSQL; store the result when it may be cached."""
         arena = self.arena
         fill_seq = arena.current_seq() if arena is not None else 0  # read BEFORE the database
-        deps = Dependencies(self.settings.default_ttl, self.served)
         started = time.perf_counter()
         session = current_session.set(self._session(meta))
         try:
             async with asyncio.timeout(self._time_left(meta)):
-                result = await self.executor.run(prepared, variables, ExecutionContext(deps=deps))
+                result, deps = await self._run_read(prepared, variables)
         except TimeoutError:
             reply = self._timeout(meta)
             return Filled(reply, fill_seq=fill_seq, ok=False, error=f"{reply.status} request timed out")
@@ -404,6 +407,48 @@ class GraphQLService:
             first = errors[0].get("message", "request failed") if errors else "request failed"
             error = f"{reply.status} {first}"
         return Filled(reply, fill_seq=fill_seq, ok=ok, error=error)
+
+    async def _run_read(self, prepared: Prepared, variables: dict[str, Any] | None) -> tuple[ExecutionResult, Dependencies]:
+        """Execute a read; with replicas, one whose result may be older than an invalidation
+        that preceded it is run again (docs/ARCHITECTURE.md, "Read replicas").
+
+        A result read on a replica is kept only if the replica had replayed, before the
+        data statement, every WAL position the board holds for the result's tags: every
+        invalidation of those tags recorded before this check (and so every one before
+        the miss started) is then in the result. Otherwise it is never stored nor
+        returned: wait for replay (replica_wait) and read the replica again, else the primary."""
+        replicas = self.replicas
+        deps = Dependencies(self.settings.default_ttl, self.served)
+        if replicas is None:
+            return await self.executor.run(prepared, variables, ExecutionContext(deps=deps)), deps
+        route = ReadRoute()
+        token = current_route.set(route)
+        try:
+            result = await self.executor.run(prepared, variables, ExecutionContext(deps=deps))
+            if route.replica is None:
+                replicas.count(C_PRIMARY)
+                return result, deps
+            needed = replicas.board.needed(deps.tags)
+            if route.replayed is not None and route.replayed >= needed:
+                replicas.count(C_REPLICA)
+                return result, deps
+            replicas.count(C_BEHIND)
+            if replicas.wait > 0 and await replicas.wait_for(route.replica, needed, replicas.wait):
+                replicas.count(C_WAITED)
+                again = ReadRoute(replica=route.replica)
+                current_route.set(again)
+                deps = Dependencies(self.settings.default_ttl, self.served)
+                result = await self.executor.run(prepared, variables, ExecutionContext(deps=deps))
+                if again.replica is None or (again.replayed is not None and again.replayed >= replicas.board.needed(deps.tags)):
+                    replicas.count(C_REPLICA if again.replica is not None else C_PRIMARY)
+                    return result, deps
+            current_route.set(ReadRoute(replica_ok=False))
+            deps = Dependencies(self.settings.default_ttl, self.served)
+            result = await self.executor.run(prepared, variables, ExecutionContext(deps=deps))
+            replicas.count(C_PRIMARY)
+            return result, deps
+        finally:
+            current_route.reset(token)
 
     def _session(self, meta: RequestMeta) -> RequestSession:
         """What PostgreSQL gets with every statement of this request (fraiseshm/db/pool.py)."""
@@ -435,9 +480,11 @@ class GraphQLService:
         # INVARIANT: a mutation is never cancelled from here: it may have committed, and its
         # cascade must then invalidate. Its statement_timeout holds it to the deadline.
         session = current_session.set(self._session(meta))
+        route = current_route.set(ReadRoute(replica_ok=False))  # call_mutation records its commit position
         try:
             result = await self.executor.run(prepared, variables, context)
         finally:
+            current_route.reset(route)
             current_session.reset(session)
         reply = self._result_reply(result, meta)
         reply.headers["X-Cache"] = "BYPASS"
@@ -469,6 +516,17 @@ class GraphQLService:
             plan.tags |= wide_tags(mutation.touches, self._wide)
         else:
             verify(plan, changes, touches=mutation.touches, tables=self._tables, wide=self._wide)
+        if self.replicas is not None:
+            # INVARIANT: the positions before the arena's invalidation: a miss that passes
+            # the arena's check (fill_seq after it) also sees them (fraiseshm/db/replicas.py).
+            route = current_route.get()
+            lsn = route.commit_lsn if route is not None and route.commit_lsn is not None else UNKNOWN
+            if route is not None:
+                route.commit_lsn = None
+            if plan.tags:
+                self.replicas.board.raise_tags(plan.tags, lsn)
+            if plan.flush:
+                self.replicas.board.raise_all(lsn)
         seq = None
         arena = self.arena
         if arena is not None:

@@ -22,6 +22,7 @@ if [[ ",$extras," == *",test,"* ]]; then
   [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
   command -v node >/dev/null || need_apt+=(nodejs)
   command -v npm >/dev/null || need_apt+=(npm)
+  command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || need_apt+=(pgbouncer)  # tests/replica_harness.py
 fi
 if [[ ",$extras," == *",perf,"* ]]; then
   command -v redis-server >/dev/null || need_apt+=(redis-server)

@@ -65,9 +65,9 @@ _UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.exceptions.InterfaceError
 
 async def ensure_schema(conn: asyncpg.Connection) -> None:
     """Create the audit table if missing; safe when several workers start at once."""
-    if await conn.fetchval("SELECT to_regclass($1)", AUDIT_TABLE) is not None:
-        return  # the kit made it: no DDL, so the server's role needs no CREATE right
-    async with conn.transaction():
+    async with conn.transaction():  # one transaction: a transaction-mode pooler keeps its server connection
+        if await conn.fetchval("SELECT to_regclass($1)", AUDIT_TABLE) is not None:
+            return  # the kit made it: no DDL, so the server's role needs no CREATE right
         await conn.execute(AUDIT_SQL.read_text())
 
 
@@ -91,8 +91,10 @@ class AuditWriter:
         flush_interval: float,
         batch_max: int = 1000,
         connect_timeout: float = 5.0,
+        transaction_pooler: bool = False,  # PgBouncer in transaction mode: each write in its own transaction
     ) -> None:
         self._dsn = dsn
+        self._pooled = transaction_pooler
         self.retention_rows = retention_rows
         self.queue_max = queue_max
         self.flush_interval = flush_interval  # seconds records wait to be batched
@@ -152,7 +154,8 @@ class AuditWriter:
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout,
-                                         server_settings={"application_name": "fraiseshm-audit"})
+                                         server_settings={"application_name": "fraiseshm-audit"},
+                                         statement_cache_size=0 if self._pooled else 100)
             try:
                 await ensure_schema(conn)
             except BaseException:
@@ -175,14 +178,22 @@ class AuditWriter:
             while self._buffer:
                 batch = self._buffer[: self.batch_max]
                 conn = await self._connection()
-                await conn.execute(_INSERT, *_columns(batch))
+                if self._pooled:
+                    async with conn.transaction():
+                        await conn.execute(_INSERT, *_columns(batch))
+                else:
+                    await conn.execute(_INSERT, *_columns(batch))
                 del self._buffer[: len(batch)]
                 total += len(batch)
                 self.written += len(batch)
                 self._since_trim += len(batch)
                 if self._since_trim >= self.trim_every:
                     self._since_trim = 0
-                    await conn.execute(_TRIM, self.retention_rows)
+                    if self._pooled:
+                        async with conn.transaction():
+                            await conn.execute(_TRIM, self.retention_rows)
+                    else:
+                        await conn.execute(_TRIM, self.retention_rows)
         return total
 
     async def stop(self, timeout: float = 5.0) -> None:

@@ -46,6 +46,7 @@ import msgspec
 
 from fraiseshm.arena import Arena
 from fraiseshm.db import kit
+from fraiseshm.db.lsn import primary_position
 from fraiseshm.errors import CascadeError
 
 try:  # the payload parser of fraiseshm.cascade.changes (issue 12, graphql side), once merged
@@ -93,7 +94,12 @@ class Listener:
         max_age: float = 600.0,
         clock: Callable[[], float] = time.time,  # wall clock: payloads carry the database's epoch time
         on_heard: Callable[[float, float], None] | None = None,  # (lag seconds, heard at): the metrics' board
+        board: Any = None,  # replicas.LsnBoard: each invalidation also records a WAL position
     ) -> None:
+        self.board = board
+        self._pending: list[set[str] | None] = []  # heard, waiting for their WAL position (None: a flush)
+        self._draining: asyncio.Task[None] | None = None
+        self._conn_lock = asyncio.Lock()  # one statement at a time on the listener's connection
         self._dsn = dsn
         self._secret = secret  # hex; "" = read fraiseshm.notify_key on connect
         self._key: bytes | None = bytes.fromhex(secret) if secret else None
@@ -205,6 +211,12 @@ class Listener:
         self.connects += 1
         # INVARIANT: after LISTEN, before anything else: whatever was sent while
         # nobody listened is unknown, so nothing cached before now may survive.
+        if self.board is not None:
+            # ... nor read from a replica that has not replayed up to now; this also
+            # covers notifications heard whose position could not be read.
+            async with self._conn_lock:
+                self.board.raise_all(await primary_position(conn.fetchrow))
+            self._pending.clear()
         self.arena.flush()
         self._listening.set()
         log.info("change listener: LISTEN %s (connection %d); arena flushed", CHANNEL, self.connects)
@@ -212,7 +224,8 @@ class Listener:
             try:
                 await asyncio.wait_for(lost.wait(), self.keepalive)
             except TimeoutError:
-                await conn.fetchval("SELECT 1", timeout=self.keepalive)
+                async with self._conn_lock:
+                    await conn.fetchval("SELECT 1", timeout=self.keepalive)
         raise ConnectionError("the listener connection was closed")
 
     def _on_notification(self, _conn: Any, pid: int, _channel: str, payload: str) -> None:
@@ -226,7 +239,7 @@ class Listener:
             signed = _decode_signed(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.error("signed change notification this fraiseshm cannot read (%s); flushing the arena", exc)
-            self.arena.flush()
+            self._invalidate(None)
             return
         now = self._clock()
         if abs(now - signed.ts) > self.max_age:
@@ -240,7 +253,7 @@ class Listener:
             self._on_heard(now - signed.ts, now)
         if signed.flush is not None:
             # INVARIANT: no entry built by an old view definition may be served.
-            self.arena.flush()
+            self._invalidate(None)
             log.warning("the database changed %s: arena flushed; every worker re-binds the schema within "
                         "schema_recheck_interval", signed.flush[:500])
             return
@@ -249,12 +262,59 @@ class Listener:
                 tags = parse_payload(body).tags()
             except CascadeError as exc:
                 log.error("%s; flushing the arena", exc)
-                self.arena.flush()
+                self._invalidate(None)
                 return
         else:
             tags = {t.removeprefix("+") for t in signed.tags}  # derived items are bumped alike
         if tags:
+            self._invalidate(set(tags))
+
+    def _invalidate(self, tags: set[str] | None) -> None:
+        """Invalidate tags (None: flush). With replicas, also record the WAL position read
+        on the primary after the notification arrived, hence at or after its commit, and
+        then invalidate again: heard notifications are batched behind one such read."""
+        if self.board is None:
+            if tags is None:
+                self.arena.flush()
+            else:
+                self.arena.invalidate(tags)
+            return
+        # The arena at once too, so cached entries go as fast as without replicas; again
+        # after the board (below), for entries a replica filled in between: a result read
+        # in that window may be returned, like any read within the notification latency,
+        # but is not kept.
+        if tags is None:
+            self.arena.flush()
+        else:
             self.arena.invalidate(tags)
+        self._pending.append(tags)
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.get_running_loop().create_task(self._drain(), name="fraiseshm-listener-lsn")
+
+    async def _drain(self) -> None:
+        while self._pending and self._conn is not None:
+            conn = self._conn
+            try:
+                async with self._conn_lock:
+                    lsn = await primary_position(conn.fetchrow)
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Kept pending: the reconnect raises every position to its own read, then flushes.
+                log.error("change listener: reading the WAL position failed (%s); the reconnect covers it", exc)
+                return
+            batch, self._pending = self._pending, []
+            tags: set[str] = set()
+            flush = False
+            for item in batch:
+                if item is None:
+                    flush = True
+                else:
+                    tags |= item
+            if flush:
+                self.board.raise_all(lsn)
+                self.arena.flush()
+            if tags:
+                self.board.raise_tags(tags, lsn)
+                self.arena.invalidate(tags)
 
     def _remember(self, mac: str, ts: float, now: float) -> None:
         seen = self._seen
@@ -289,6 +349,9 @@ class Listener:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._draining is not None:
+            self._draining.cancel()
+            self._draining = None
         await self._close_connection()
         if self._lock_fd >= 0:
             # Closing releases the lock (if held) for the next worker. A thread

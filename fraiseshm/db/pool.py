@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from fraiseshm.db.lsn import primary_position
 from fraiseshm.errors import DatabaseError, DatabaseUnavailable, MutationFailed, RequestTimeout
 
 log = logging.getLogger("fraiseshm.db")
@@ -62,6 +63,22 @@ class RequestSession:
         return self.claims is not None or self.headers is not None or self.role is not None
 
 
+@dataclass(slots=True)
+class ReadRoute:
+    """What one execution may use and did use, beyond the primary (fraiseshm/db/replicas.py).
+
+    Set by the service around a miss or a mutation (current_route); a mutable holder,
+    so what the statements record reaches the service whatever task ran them."""
+
+    replica_ok: bool = True  # False: every statement on the primary
+    replica: Any = None  # the replicas.Replica that served this miss's statements
+    replayed: int | None = None  # lowest replay position a replica statement saw
+    commit_lsn: int | None = None  # a mutation's WAL position read after its commit
+
+
+current_route: ContextVar[ReadRoute | None] = ContextVar("fraiseshm_read_route", default=None)
+
+
 # The request being served. Set by the service around execution, so resolvers need
 # not pass it along; an explicit session= argument wins.
 current_session: ContextVar[RequestSession | None] = ContextVar("fraiseshm_request_session", default=None)
@@ -76,8 +93,10 @@ def _identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def session_prelude(session: RequestSession) -> str:
-    """BEGIN and the transaction-local settings, one simple-protocol round trip."""
+def session_prelude(session: RequestSession, timeout_ms: int | None = None) -> str:
+    """BEGIN and the transaction-local settings, one simple-protocol round trip.
+    timeout_ms: the statement_timeout when the request has no deadline (a pooler
+    gets no session settings)."""
     parts = ["BEGIN"]
     if session.role is not None:
         parts.append(f"SET LOCAL ROLE {_identifier(session.role)}")
@@ -89,6 +108,8 @@ def session_prelude(session: RequestSession) -> str:
     if session.deadline is not None:
         left_ms = max(1, int((session.deadline - time.monotonic()) * 1000))
         settings.append(f"set_config('statement_timeout', '{left_ms}', true)")
+    elif timeout_ms is not None:
+        settings.append(f"set_config('statement_timeout', '{int(timeout_ms)}', true)")
     if settings:
         parts.append("SELECT " + ", ".join(settings))
     return "; ".join(parts)
@@ -104,6 +125,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _init_pooled_connection(conn: asyncpg.Connection) -> None:
+    async with conn.transaction():  # the codec's type introspection is two round trips too
+        await _init_connection(conn)
+
+
 class Database:
     """One asyncpg pool per worker process."""
 
@@ -116,6 +142,7 @@ class Database:
         connect_timeout: float = 5.0,
         statement_timeout_ms: int = 10_000,
         retry_interval: float = 0.5,
+        transaction_pooler: bool = False,
     ) -> None:
         self._dsn = dsn
         self._min_size = min_size
@@ -128,6 +155,19 @@ class Database:
         self._down_until = 0.0  # monotonic time before which we answer "down" at once
         self._last_error = ""
         self._mutation_sql: dict[str, str] = {}  # function -> its call_mutation statement
+        # Behind a transaction-mode pooler (PgBouncer): no named prepared statements, and
+        # every statement inside BEGIN ... COMMIT, because asyncpg prepares (Parse/Describe/
+        # Sync) and executes (Bind/Execute/Sync) in two round trips that the pooler may
+        # otherwise send to two server connections. Session settings go per transaction.
+        self.transaction_pooler = transaction_pooler
+        self.replicas: Any = None  # replicas.ReplicaSet: misses may read a replica (fetch_column)
+        self.track_commit_lsn = False  # call_mutation reads the WAL position after its commit
+
+    def sibling(self, dsn: str) -> Database:
+        """A Database for another server (a replica) with this one's options."""
+        return Database(dsn, min_size=self._min_size, max_size=self._max_size, connect_timeout=self._connect_timeout,
+                        statement_timeout_ms=self._statement_timeout_ms, retry_interval=self._retry_interval,
+                        transaction_pooler=self.transaction_pooler)
 
     @property
     def is_connected(self) -> bool:
@@ -147,14 +187,17 @@ class Database:
         async with self._creating:
             if self._pool is None:
                 try:
+                    pooled = self.transaction_pooler
                     self._pool = await asyncpg.create_pool(
                         self._dsn,
                         min_size=self._min_size,
                         max_size=self._max_size,
                         timeout=self._connect_timeout,
                         command_timeout=self._statement_timeout_ms / 1000 + 1,
-                        server_settings={"statement_timeout": str(self._statement_timeout_ms)},
-                        init=_init_connection,
+                        # PgBouncer refuses unknown startup parameters; pooled: SET LOCAL instead
+                        server_settings=None if pooled else {"statement_timeout": str(self._statement_timeout_ms)},
+                        statement_cache_size=0 if pooled else 100,
+                        init=_init_pooled_connection if pooled else _init_connection,
                     )
                 except _UNAVAILABLE as exc:
                     self._mark_down(exc)
@@ -177,6 +220,8 @@ class Database:
         work: Callable[[asyncpg.Connection], Awaitable[Any]],
         function: str | None = None,
         session: RequestSession | None = None,
+        before: Callable[[asyncpg.Connection], Awaitable[Any]] | None = None,
+        after: Callable[[asyncpg.Connection], Awaitable[Any]] | None = None,
     ) -> Any:
         """Run work on a pooled connection. A lost server becomes DatabaseUnavailable
         (and the pool is rebuilt on next use); an error raised inside PostgreSQL
@@ -190,9 +235,21 @@ class Database:
         session = session if session is not None else current_session.get()
         try:
             async with pool.acquire() as conn:
-                if session is None or not session.scoped:
-                    return await work(conn)
-                return await self._in_transaction(conn, work, session)
+                if before is not None:
+                    if self.transaction_pooler:  # its own transaction: see __init__
+                        async with conn.transaction():
+                            await before(conn)
+                    else:
+                        await before(conn)
+                if self.transaction_pooler:
+                    result = await self._in_transaction(conn, work, session or RequestSession(), self._statement_timeout_ms)
+                elif session is None or not session.scoped:
+                    result = await work(conn)
+                else:
+                    result = await self._in_transaction(conn, work, session)
+                if after is not None:
+                    await self._after_commit(conn, after)
+                return result
         except asyncpg.exceptions.OutdatedSchemaCacheError as exc:
             # A served view was replaced under a prepared statement inside a transaction
             # (asyncpg retries it by itself outside one): new connections, not "down".
@@ -213,10 +270,22 @@ class Database:
                 raise MutationFailed(f"{function} failed ({exc.__class__.__name__}, SQLSTATE {exc.sqlstate})") from exc
             raise DatabaseError(f"query failed ({exc.__class__.__name__}, SQLSTATE {exc.sqlstate})") from exc
 
+    async def _after_commit(self, conn: asyncpg.Connection, after: Callable[[asyncpg.Connection], Awaitable[Any]]) -> None:
+        # The work committed: whatever fails now must not turn it into an error (its
+        # cascade still has to invalidate); after() leaves its result unset instead.
+        try:
+            if self.transaction_pooler:
+                async with conn.transaction():
+                    await after(conn)
+            else:
+                await after(conn)
+        except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
+            log.error("reading the WAL position after a commit failed: %s: %s", type(exc).__name__, exc)
+
     @staticmethod
     async def _in_transaction(conn: asyncpg.Connection, work: Callable[[asyncpg.Connection], Awaitable[Any]],
-                              session: RequestSession) -> Any:
-        await conn.execute(session_prelude(session))
+                              session: RequestSession, timeout_ms: int | None = None) -> Any:
+        await conn.execute(session_prelude(session, timeout_ms))
         try:
             result = await work(conn)
         except Exception:  # a cancellation is left to the pool: release resets the connection
@@ -230,9 +299,29 @@ class Database:
         return result
 
     async def fetch_column(self, sql: str, args: Sequence[Any], *, session: RequestSession | None = None) -> list[Any]:
-        """Run a read; return the first column of every row."""
+        """Run a read; return the first column of every row. Inside a ReadRoute that
+        allows it, a replica answers (and the route records its replay position)."""
+        route = current_route.get()
+        if route is not None and route.replica_ok and self.replicas is not None:
+            values = await self.replicas.fetch_column(sql, args, session if session is not None else current_session.get(),
+                                                      route)
+            if values is not None:
+                return values
         rows = await self._on_connection(lambda conn: conn.fetch(sql, *args), session=session)
         return [row[0] for row in rows]
+
+    async def on_connection_after(self, before: Callable[[asyncpg.Connection], Awaitable[Any]],
+                                  work: Callable[[asyncpg.Connection], Awaitable[Any]],
+                                  session: RequestSession | None) -> Any:
+        """work on a pooled connection, after before() ran on it outside the request's transaction."""
+        return await self._on_connection(work, session=session, before=before)
+
+    async def fetchrow_plain(self, sql: str) -> Any:
+        """One row of a parameterless statement, no session, never routed (checks, positions)."""
+        return await self._on_connection(lambda conn: conn.fetchrow(sql), session=RequestSession())
+
+    async def fetchval_plain(self, sql: str) -> Any:
+        return (await self.fetchrow_plain(sql))[0]
 
     async def call_function(self, function: str, payload: dict[str, Any], *, session: RequestSession | None = None) -> Any:
         """SELECT fn($1::jsonb) in its own transaction; committed when this returns."""
@@ -256,8 +345,21 @@ class Database:
                 f"WITH m AS MATERIALIZED (SELECT {function}($1::jsonb) AS r) "
                 "SELECT to_jsonb(r), current_setting('fraiseshm.changes', true), txid_current_if_assigned()::text FROM m"
             )
-        row = await self._on_connection(lambda conn: conn.fetchrow(sql, payload), function, session)
+        if not self.track_commit_lsn:
+            row = await self._on_connection(lambda conn: conn.fetchrow(sql, payload), function, session)
+            return row[0], row[1], row[2]
+        route = current_route.get()
+        row = await self._on_connection(lambda conn: conn.fetchrow(sql, payload), function, session,
+                                        after=self._commit_position(route))
         return row[0], row[1], row[2]
+
+    @staticmethod
+    def _commit_position(route: ReadRoute | None) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+        async def after(conn: asyncpg.Connection) -> None:
+            lsn = await primary_position(conn.fetchrow)
+            if route is not None:
+                route.commit_lsn = lsn
+        return after
 
     async def ping(self) -> bool:
         try:

@@ -199,10 +199,10 @@ async def _warn_if_requests_bypass_rls(served: ServedSchema, fetch: Fetch, reque
 
 
 async def load_and_check(sdl: str, dsn: str, *, connect_timeout: float = 5.0,
-                         request_role: str = "") -> tuple[ServedSchema, CheckResult]:
+                         request_role: str = "", transaction_pooler: bool = False) -> tuple[ServedSchema, CheckResult]:
     """Load the SDL file, check it against the database at dsn, bind it; remember the catalog."""
     served = load_schema(sdl)
-    db = Database(dsn, min_size=1, max_size=1, connect_timeout=connect_timeout)
+    db = Database(dsn, min_size=1, max_size=1, connect_timeout=connect_timeout, transaction_pooler=transaction_pooler)
     try:
         result = await check_schema(served, db.fetch_column)
         await _warn_if_requests_bypass_rls(served, db.fetch_column, request_role, result)

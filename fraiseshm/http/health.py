@@ -15,7 +15,8 @@ import falcon.asgi
 import msgspec
 
 from fraiseshm.metrics import figures
-from fraiseshm.metrics.health import Sample, SampleRing, Thresholds, assess
+from fraiseshm.metrics.health import DEGRADED, OK, Sample, SampleRing, Thresholds, Verdict, assess
+from fraiseshm.db.replicas import ReplicaSet
 from fraiseshm.runtime import Runtime
 
 
@@ -58,7 +59,22 @@ class HealthResource:
         else:
             verdict = assess(sample, self.ring.push(sample), self.thresholds, database_error=db_error,
                              cache_enabled=False)
+        if rt.replicas is not None:
+            _replica_section(verdict, rt.replicas)
         resp.status = verdict.http_status
         resp.content_type = "application/json"
         resp.cache_control = ["no-store"]
         resp.data = msgspec.json.encode(verdict.as_dict())
+
+
+def _replica_section(verdict: Verdict, replicas: ReplicaSet) -> None:
+    """Each replica's state and lag (this worker's checks), misses by where they were
+    read (host-wide), and what the figures advise; no replica in rotation is degraded."""
+    described = replicas.describe()
+    reasons, advice = replicas.advice(described)
+    verdict.figures["replicas"] = described
+    verdict.advice.extend(advice)
+    if reasons:
+        verdict.reasons.extend(reasons)
+        if verdict.status == OK:
+            verdict.status = DEGRADED

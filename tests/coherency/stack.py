@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +91,13 @@ def run_variant(
     reads_per_write: int = 20,
     grace: float = 0.1,
     seed: int = 12,
+    env: dict[str, str] | None = None,
+    after: Callable[[Server], None] | None = None,
 ) -> Report:
-    env = {"FRAISESHM_SCHEMA_SDL": str(example.sdl), "FRAISESHM_LISTEN_CHANGES": "true" if variant.listen else "false"}
+    """env: more server settings (replicas, a pooler); after(server): called once the run
+    is over, while the server still runs (to read its figures)."""
+    env = {"FRAISESHM_SCHEMA_SDL": str(example.sdl), "FRAISESHM_LISTEN_CHANGES": "true" if variant.listen else "false",
+           **(env or {})}
     workload = example.workload()
     history = History(grace)
     with Server(dsn, workers=workers, env=env, tag=f"coh-{example.name}") as server:
@@ -103,4 +108,7 @@ def run_variant(
                              reads_per_write=reads_per_write, mutations=variant.mutations, sql=variant.sql,
                              variant=variant.name, seed=seed)
 
-        return asyncio.run(main())
+        report = asyncio.run(main())
+        if after is not None:
+            after(server)
+        return report

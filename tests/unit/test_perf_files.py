@@ -94,5 +94,10 @@ def test_deploy_file_loads(path: Path) -> None:
         import yaml
 
         assert isinstance(json.loads(text) if path.suffix == ".json" else yaml.safe_load(text), dict)
+    elif path.parent.name == "pgbouncer" and path.suffix == ".ini":
+        ini = configparser.ConfigParser(strict=True, interpolation=None, inline_comment_prefixes=(";",))
+        ini.read_string(text, source=str(path))  # duplicate keys or sections fail here
+        assert ini.get("pgbouncer", "pool_mode") == "transaction" and ini.options("databases")
+        assert all("pool_mode=" in ini.get("databases", db).replace(" ", "") for db in ini.options("databases"))
     else:
         assert path.suffix in {".md", ".sql"}, f"{path}: no loader for this kind of file; add one here"
