@@ -14,9 +14,9 @@ from typing import Any
 import falcon.asgi
 import msgspec
 
+from fraiseshm.db.replicas import ReplicaSet
 from fraiseshm.metrics import figures
 from fraiseshm.metrics.health import DEGRADED, OK, Sample, SampleRing, Thresholds, Verdict, assess
-from fraiseshm.db.replicas import ReplicaSet
 from fraiseshm.runtime import Runtime
 
 
