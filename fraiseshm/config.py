@@ -116,6 +116,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     notify_max_age: Annotated[float, Meta(ge=1, le=86_400)] = 600.0  # seconds a signed change notification stays acceptable
     schema_recheck_interval: Annotated[float, Meta(ge=0, le=3600)] = 10.0  # seconds between view-definition checks; 0 = off
 
+    # --- push (cascadeUpdates over WebSocket, fraiseshm/push/) -----------------
+    push_enabled: bool = True  # every worker LISTENs fraiseshm_cascades and serves /graphql/ws
+    push_queue_max: Annotated[int, Meta(ge=1, le=100_000)] = 256  # cascades queued per subscriber; past it the subscriber is closed
+    push_max_connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000  # subscriptions per worker
+    push_init_timeout: Annotated[float, Meta(gt=0, le=300)] = 10.0  # seconds a socket may take to send connection_init
+    push_entity_reads: Annotated[int, Meta(ge=0, le=10_000)] = 100  # rows of one plain-SQL change re-read for subscribers; more -> typeInvalidations
+
     def effective_workers(self) -> int:
         return self.workers or (os.cpu_count() or 1)
 

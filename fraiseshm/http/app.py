@@ -20,6 +20,7 @@ from fraiseshm.http.errors import install_error_handlers
 from fraiseshm.http.graphql_resource import GraphQLResource
 from fraiseshm.http.health import HealthResource
 from fraiseshm.http.metrics_resource import MetricsResource
+from fraiseshm.http.subscriptions import SubscriptionsResource
 from fraiseshm.runtime import Runtime
 
 log = logging.getLogger("fraiseshm.http")
@@ -56,6 +57,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> falcon.asg
     app = falcon.asgi.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/graphql", GraphQLResource(runtime))
+    app.add_route("/graphql/ws", SubscriptionsResource(runtime))  # cascadeUpdates (graphql-transport-ws)
     app.add_route("/health", HealthResource(runtime))
     app.add_route("/metrics", MetricsResource(runtime))
     add_admin_routes(app, runtime)

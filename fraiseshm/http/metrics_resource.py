@@ -11,12 +11,14 @@ import falcon.asgi
 from prometheus_client.exposition import choose_encoder
 
 from fraiseshm.metrics.collector import registry_for
-from fraiseshm.runtime import Runtime
+from fraiseshm.push.metrics import PushCollector
+from fraiseshm.runtime import Runtime, push_gauge_prefix
 
 
 class MetricsResource:
     def __init__(self, runtime: Runtime) -> None:
         self.registry = registry_for(lambda: runtime.arena)
+        self.registry.register(PushCollector(lambda: runtime.push_hub, push_gauge_prefix(runtime.settings)))
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         # A scrape reads ~256 slots and takes each shard lock once, briefly: well
