@@ -138,11 +138,12 @@ function invalidate(cache, inv) {
   return evicted;
 }
 
-// Root fields from which an entity of one of `typenames` can be reached (through any depth).
-function rootFieldsReaching(cache, typenames) {
+// Root fields from which an entity of one of `typenames` (or one of `ids`) can be reached.
+function rootFieldsReaching(cache, typenames, ids = new Set()) {
+  if (typenames.size === 0 && ids.size === 0) return [];
   const store = cache.extract();
   const memo = new Map();
-  const hits = (id) => typenames.has(id.slice(0, id.indexOf(":")));
+  const hits = (id) => ids.has(id) || typenames.has(id.slice(0, id.indexOf(":")));
   function reaches(value, seen) {
     if (!value || typeof value !== "object") return false;
     if (Array.isArray(value)) return value.some((v) => reaches(v, seen));
@@ -171,6 +172,27 @@ function invalidateTypes(cache, typenames) {
   }
 }
 
+// The same transaction's cascade arrives more than once: from the mutation's response and
+// from the push (and, for its rows, from the server's change notifications). Writing and
+// evicting entities again is harmless; evicting root fields again would refetch them again.
+// So per cache, each transaction's invalidations are applied once.
+const APPLIED = new WeakMap(); // cache -> Map(transactionId -> Set(invalidation key))
+const APPLIED_MAX = 512;
+
+function firstTime(cache, tx, key) {
+  if (tx === null || tx === undefined) return true;
+  let byTx = APPLIED.get(cache);
+  if (!byTx) APPLIED.set(cache, (byTx = new Map()));
+  let keys = byTx.get(String(tx));
+  if (!keys) {
+    byTx.set(String(tx), (keys = new Set()));
+    if (byTx.size > APPLIED_MAX) byTx.delete(byTx.keys().next().value);
+  }
+  if (keys.has(key)) return false;
+  keys.add(key);
+  return true;
+}
+
 /**
  * Apply one cascade (the spec's CascadeUpdates) to an InMemoryCache, or to a client's.
  * options.client: an ApolloClient, for REFETCH invalidations.
@@ -183,7 +205,9 @@ export function applyCascade(target, cascade, options = {}) {
   if (!cascade) return done;
   const types = new Set();
   const createdTypes = new Set();
+  const stale = new Set(); // updated entities that came without their data
   const refetch = [];
+  const tx = cascade.metadata ? cascade.metadata.transactionId : null;
   cache.batch({
     update: () => {
       for (const e of cascade.updated ?? []) {
@@ -197,11 +221,12 @@ export function applyCascade(target, cascade, options = {}) {
         }
         if (ok) done.written += 1;
         else {
-          // Not writable: drop it, and whatever shows it refetches.
-          cache.evict({ id: cache.identify({ __typename: typename, id: String(e.id) }) });
-          done.evicted += 1;
+          // No data, or not writable: whatever shows it refetches (evicting the entity alone
+          // would only drop it from lists).
+          const cacheId = cache.identify({ __typename: typename, id: String(e.id) });
+          if (cacheId) stale.add(cacheId);
         }
-        if (e.operation === "CREATED") createdTypes.add(typename);
+        if (e.operation === "CREATED" && firstTime(cache, tx, `created:${typename}`)) createdTypes.add(typename);
       }
       for (const e of cascade.deleted ?? []) {
         const typename = typenameOf(e);
@@ -209,17 +234,21 @@ export function applyCascade(target, cascade, options = {}) {
         if (cache.evict({ id: cache.identify({ __typename: typename, id: String(e.id) }) })) done.evicted += 1;
       }
       for (const inv of cascade.invalidations ?? []) {
+        if (!firstTime(cache, tx, JSON.stringify([inv.queryName, inv.arguments, inv.queryPattern, inv.scope]))) continue;
         const names = invalidate(cache, inv);
         done.invalidated.push(...names);
         if (inv.strategy === "REFETCH") refetch.push(...names);
       }
       for (const t of cascade.typeInvalidations ?? []) {
         const typename = typenameOf(t);
-        if (typename) types.add(typename);
+        if (typename && firstTime(cache, tx, `type:${typename}`)) types.add(typename);
       }
-      // A created entity may belong in lists of its type: they refetch.
-      for (const f of rootFieldsReaching(cache, createdTypes)) {
+      // A created entity may belong in lists of its type: they refetch; so does what shows a stale one.
+      for (const f of rootFieldsReaching(cache, createdTypes, stale)) {
         if (evictRootField(cache, f)) done.invalidated.push(fieldNameOf(f));
+      }
+      for (const id of stale) {
+        if (cache.evict({ id })) done.evicted += 1;
       }
       invalidateTypes(cache, types);
       done.types = [...types];

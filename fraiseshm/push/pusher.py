@@ -78,7 +78,7 @@ class Pusher:
         for name, binding in served.bindings.items():
             self._by_table.setdefault(binding.table, []).append(name)
         self._recent: OrderedDict[str, None] = OrderedDict()
-        self._changes: asyncio.Queue[Changes] = asyncio.Queue(CHANGE_QUEUE)
+        self._changes: asyncio.Queue[Changes | dict[str, Any]] = asyncio.Queue(CHANGE_QUEUE)
         self._session = RequestSession(role=settings.db_role or None)
         self.channel = PushChannel(
             settings.database_dsn, self._on_message, self._on_gap,
@@ -115,9 +115,14 @@ class Pusher:
         if isinstance(response, Mapping) and isinstance(response.get("cascade"), Mapping):
             cascade = spec_cascade(response["cascade"])
         if plan.is_failure or plan.flush or cascade is None:
-            # What the server cache did (a wider invalidation), the subscribers do too.
+            # What the server cache did (a wider invalidation), the subscribers do too: the types over
+            # the tables the cascade left out, or (missing, malformed) every type the mutation touches.
             cascade = cascade or _cascade()
-            with_types(cascade, mutation.touches)
+            if plan.verdict == "unlisted" and cascade is not None:
+                tables = {item[2:] if item.startswith("w:") else table_of(item) for item in plan.unlisted}
+                with_types(cascade, {t for table in tables for t in self._by_table.get(table, ())})
+            else:
+                with_types(cascade, mutation.touches)
             if plan.flush:
                 cascade["invalidations"].append({"queryName": None, "strategy": "INVALIDATE", "scope": "ALL"})
         for entry in cascade["updated"]:
@@ -135,9 +140,12 @@ class Pusher:
             return
         envelope = {"v": PAYLOAD_VERSION, "ts": round(time.time(), 6), "cascade": cascade}
         body = _encode(envelope)
-        limit = MAX_PAYLOAD - 65 - (len(body) - len(_encode(cascade)))  # room for the MAC and the envelope
-        if len(body) > MAX_PAYLOAD - 65:
-            envelope["cascade"] = fit(cascade, limit)
+        room = MAX_PAYLOAD - 65  # the MAC and its space
+        if len(body) > room:
+            # Too large for one NOTIFY: first without the entities' data (every worker re-reads
+            # them from the views), then as typeInvalidations.
+            slim = {**cascade, "updated": [{**e, "entity": None} for e in cascade["updated"]]}
+            envelope["cascade"] = fit(slim, room - (len(body) - len(_encode(cascade))))
             body = _encode(envelope)
         self.channel.send(body)
 
@@ -150,10 +158,12 @@ class Pusher:
                 return
             tx = (cascade.get("metadata") or {}).get("transactionId")
             if tx is not None:
+                # Now, not when dequeued: this transaction's change notifications are skipped.
                 self._recent[str(tx)] = None
                 while len(self._recent) > RECENT_TX:
                     self._recent.popitem(last=False)
-            self.hub.publish(cascade)
+            if self.hub.connections:
+                self._enqueue(cascade)
             return
         if self.hub.connections == 0:
             return  # nobody to tell: not even worth parsing
@@ -167,8 +177,12 @@ class Pusher:
             log.error("push: %s; subscribers refetch", exc)
             self.hub.publish(refetch_all())
             return
+        self._enqueue(changes)
+
+    def _enqueue(self, item: Changes | dict[str, Any]) -> None:
+        """Cascades and changes go through one queue: subscribers get them in arrival order."""
         try:
-            self._changes.put_nowait(changes)
+            self._changes.put_nowait(item)
         except asyncio.QueueFull:
             self._drain_changes()
             self.hub.publish(refetch_all())
@@ -186,6 +200,13 @@ class Pusher:
         """One at a time, in arrival order: plain-SQL changes -> entities re-read -> pushed."""
         while True:
             changes = await self._changes.get()
+            if isinstance(changes, dict):
+                try:
+                    self.hub.publish(await self._completed(changes))
+                except (DatabaseUnavailable, DatabaseError, RequestTimeout) as exc:
+                    log.error("push: re-reading a cascade's entities failed (%s); subscribers refetch", exc)
+                    self.hub.publish(refetch_all())
+                continue
             if changes.tx is not None and changes.tx in self._recent:
                 continue  # a mutation's own rows: its cascade was pushed
             try:
@@ -197,6 +218,41 @@ class Pusher:
                 continue  # its cascade arrived while the rows were read
             if cascade["updated"] or cascade["deleted"] or cascade["typeInvalidations"] or cascade["invalidations"]:
                 self.hub.publish(cascade)
+
+    async def _completed(self, cascade: dict[str, Any]) -> dict[str, Any]:
+        """A cascade that came without its entities' data (too large for a NOTIFY): read them."""
+        missing: dict[str, list[str]] = {}
+        for e in cascade["updated"]:
+            if e.get("entity") is None and e["typename"] in self.served.bindings \
+                    and e["typename"] not in self.private_types:
+                missing.setdefault(e["typename"], []).append(e["id"])
+        if not missing:
+            return cascade
+        found: dict[tuple[str, str], Any] = {}
+        for name, ids in missing.items():
+            for key, data in (await self._read(name, ids)).items():
+                found[(name, key)] = graphql_entity(self.served.schema, name, data)
+        updated, deleted = [], list(cascade["deleted"])
+        for e in cascade["updated"]:
+            if e.get("entity") is None and e["typename"] in missing:
+                if (e["typename"], e["id"]) not in found:  # gone since: deleted by a later transaction
+                    deleted.append({"typename": e["typename"], "id": e["id"], "deletedAt": _now_iso()})
+                    continue
+                e = {**e, "entity": found[(e["typename"], e["id"])]}
+            updated.append(e)
+        return {**cascade, "updated": updated, "deleted": deleted}
+
+    async def _read(self, name: str, ids: list[str]) -> dict[str, Any]:
+        """id -> the view's data, for the rows of type name that exist (as the server's role)."""
+        binding = self.served.bindings[name]
+        rows = await self.db.fetch_column(
+            f"SELECT jsonb_build_object('id', id::text, 'data', data) FROM {binding.view} "
+            f"WHERE id = ANY ($1::text[]::{binding.key_type}[])", (ids,), session=self._session)
+        found = {}
+        for row in rows:
+            row = _decode(row) if isinstance(row, str) else row
+            found[row["id"]] = row["data"]
+        return found
 
     async def _cascade_of(self, changes: Changes) -> dict[str, Any]:
         keys: dict[str, list[str]] = {}  # type -> ids
@@ -214,14 +270,7 @@ class Pusher:
             if name in self.private_types or len(ids) > self.settings.push_entity_reads:
                 wide.add(name)
                 continue
-            binding = self.served.bindings[name]
-            rows = await self.db.fetch_column(
-                f"SELECT jsonb_build_object('id', id::text, 'data', data) FROM {binding.view} "
-                f"WHERE id = ANY ($1::text[]::{binding.key_type}[])", (ids,), session=self._session)
-            found = {}
-            for row in rows:
-                row = _decode(row) if isinstance(row, str) else row
-                found[row["id"]] = row["data"]
+            found = await self._read(name, ids)
             now = _now_iso()
             for key in ids:
                 if key in found:
