@@ -14,6 +14,12 @@ command -v gcc >/dev/null || need_apt+=(gcc)
 command -v make >/dev/null || need_apt+=(make)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 python3 -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' || need_apt+=(python3-dev)
+if [[ ",$extras," == *",test,"* ]]; then
+  # browser tests (tests/browser): Debian's Chromium driven by playwright-core from npm
+  [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
+  command -v node >/dev/null || need_apt+=(nodejs)
+  command -v npm >/dev/null || need_apt+=(npm)
+fi
 if [[ ",$extras," == *",perf,"* ]]; then
   command -v redis-server >/dev/null || need_apt+=(redis-server)
   command -v wrk >/dev/null || need_apt+=(wrk)
