@@ -87,4 +87,6 @@ def post_worker_init(worker):
         drain_all()
         worker.handle_exit_signal()
 
-    worker.loop.add_signal_handler(signal.SIGTERM, on_term)
+    loop = getattr(worker, "loop", None)  # gunicorn's asgi worker; another worker class has no subscribers
+    if loop is not None:
+        loop.add_signal_handler(signal.SIGTERM, on_term)
