@@ -108,12 +108,18 @@ class Pusher:
 
     # --- the mutation side (the worker that ran it) -------------------------------
 
-    def on_cascade(self, mutation: RootMutation, response: Any, plan: CascadePlan, _seq: int | None,
-                   _call: Any, _changes: Any) -> None:
-        """GraphQLService's hook, after the commit and the invalidation, before the response."""
-        cascade = None
+    @staticmethod
+    def spec_of(response: Any) -> dict[str, Any] | None:
+        """The spec-shaped cascade of a mutation function's response. SEAM: where the server's
+        mutation path builds that dict itself (issue 15, server half), publish that one instead."""
         if isinstance(response, Mapping) and isinstance(response.get("cascade"), Mapping):
-            cascade = spec_cascade(response["cascade"])
+            return spec_cascade(response["cascade"])
+        return None
+
+    def on_cascade(self, mutation: RootMutation, response: Any, plan: CascadePlan, _seq: int | None,
+                   call: Any, _changes: Any) -> None:
+        """GraphQLService's hook, after the commit and the invalidation, before the response."""
+        cascade = self.spec_of(response)
         if plan.is_failure or plan.flush or cascade is None:
             # What the server cache did (a wider invalidation), the subscribers do too: the types over
             # the tables the cascade left out, or (missing, malformed) every type the mutation touches.
@@ -127,8 +133,8 @@ class Pusher:
                 cascade["invalidations"].append({"queryName": None, "strategy": "INVALIDATE", "scope": "ALL"})
         for entry in cascade["updated"]:
             entry["entity"] = graphql_entity(self.served.schema, entry["typename"], entry["entity"])
-        if cascade["metadata"].get("transactionId") is None and getattr(_call, "transaction_id", None) is not None:
-            cascade["metadata"]["transactionId"] = _call.transaction_id  # lets workers skip its change notifications
+        if cascade["metadata"].get("transactionId") is None and getattr(call, "transaction_id", None) is not None:
+            cascade["metadata"]["transactionId"] = call.transaction_id  # lets workers skip its change notifications
         self.published(cascade)
 
     def published(self, cascade: dict[str, Any]) -> None:
