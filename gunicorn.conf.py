@@ -71,3 +71,18 @@ def on_exit(server):
     if master is not None:
         master.stop()
 
+
+def post_worker_init(worker):
+    """Worker: on SIGTERM, close push subscribers (1001) at once, then gunicorn's graceful stop;
+    otherwise their open sockets would hold the worker for the whole graceful_timeout."""
+    import signal
+
+    from fraiseshm.push.hub import drain_all
+
+    def on_term():
+        drain_all()
+        worker.handle_exit_signal()
+
+    loop = getattr(worker, "loop", None)  # gunicorn's asgi worker; another worker class has no subscribers
+    if loop is not None:
+        loop.add_signal_handler(signal.SIGTERM, on_term)

@@ -140,6 +140,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     replica_lsn_slots: Annotated[int, Meta(ge=1024, le=1 << 22)] = 1 << 16  # per-tag WAL positions shared by the workers
     listener_dsn: str = ""  # LISTEN connection: direct or session-mode pooler; "" = database_dsn
     db_transaction_pooler: bool = False  # database_dsn/replica_dsns are a transaction-mode pooler (PgBouncer): no named prepared statements, every statement in a transaction
+    # --- push (cascadeUpdates over WebSocket, fraiseshm/push/) -----------------
+    push_enabled: bool = True  # every worker LISTENs fraiseshm_cascades and serves /graphql/ws
+    push_queue_max: Annotated[int, Meta(ge=1, le=100_000)] = 256  # cascades queued per subscriber; past it the subscriber is closed
+    push_max_connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000  # subscriptions per worker
+    push_init_timeout: Annotated[float, Meta(gt=0, le=300)] = 10.0  # seconds a socket may take to send connection_init
+    push_entity_reads: Annotated[int, Meta(ge=0, le=10_000)] = 100  # rows of one plain-SQL change re-read for subscribers; more -> typeInvalidations
 
     def effective_workers(self) -> int:
         return self.workers or (os.cpu_count() or 1)

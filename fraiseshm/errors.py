@@ -149,3 +149,11 @@ class NotAuthorized(FraiseshmError, PermissionError):
 
 class CascadeError(FraiseshmError, ValueError):
     """A mutation's cascade is missing, malformed or truncated."""
+
+
+class PushRefused(FraiseshmError):
+    """A cascadeUpdates subscription cannot be served; code is the graphql-ws close code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code

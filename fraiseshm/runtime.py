@@ -28,6 +28,8 @@ from fraiseshm.graphql.limits import Limits
 from fraiseshm.graphql.persisted import PersistedQueries, load_manifest
 from fraiseshm.identity import check_private_types
 from fraiseshm.metrics import listener_board
+from fraiseshm.push.hub import Hub
+from fraiseshm.push.pusher import Pusher, private_fields, private_types
 from fraiseshm.service import GraphQLService
 
 log = logging.getLogger("fraiseshm.runtime")
@@ -64,6 +66,11 @@ class Runtime:
         self.replicas: ReplicaSet | None = None
         self.board: LsnBoard | None = None
         self._recheck: asyncio.Task[None] | None = None
+        self.pusher: Pusher | None = None
+
+    @property
+    def push_hub(self) -> Hub | None:
+        return self.pusher.hub if self.pusher is not None else None
 
     @property
     def service(self) -> GraphQLService:
@@ -138,8 +145,10 @@ class Runtime:
         persisted = PersistedQueries(
             self.arena, automatic=s.automatic_persisted_queries, only=s.persisted_queries_only, ttl=s.default_ttl,
             manifest=load_manifest(s.persisted_queries_file) if s.persisted_queries_file else None)
+        if s.push_enabled:
+            await self._start_push()
         self._service = GraphQLService(s, self.served, executor, self.arena, coalescer=self.coalescer,
-                                       on_cascade=self.auditor, persisted=persisted, replicas=self.replicas)
+                                       on_cascade=self._cascade_hooks(), persisted=persisted, replicas=self.replicas)
         if s.schema_recheck_interval > 0:
             self._recheck = asyncio.get_running_loop().create_task(self._recheck_views(s.schema_recheck_interval),
                                                                     name="fraiseshm-schema-recheck")
@@ -157,6 +166,28 @@ class Runtime:
         self.db.replicas = self.replicas
         self.replicas.start()
 
+    async def _start_push(self) -> None:
+        """cascadeUpdates subscribers of this worker, fed by every worker of every host (fraiseshm/push/)."""
+        assert self.served is not None and self.db is not None
+        private = private_types(self.served)
+        hub = Hub(queue_max=self.settings.push_queue_max, max_connections=self.settings.push_max_connections,
+                  private_types=private, private_fields=private_fields(self.served, private),
+                  gauge_prefix=push_gauge_prefix(self.settings))
+        self.pusher = Pusher(self.settings, self.served, self.db, hub)
+        await self.pusher.start()
+
+    def _cascade_hooks(self) -> Callable[..., None] | None:
+        """The audit, then the push: both see every committed cascade."""
+        hooks = [h for h in (self.auditor, self.pusher.on_cascade if self.pusher else None) if h is not None]
+        if len(hooks) <= 1:
+            return hooks[0] if hooks else None
+
+        def both(*args: object) -> None:
+            for hook in hooks:
+                hook(*args)
+
+        return both
+
     async def _recheck_views(self, interval: float) -> None:
         """Every interval: did a served view's SQL change under us? (fraiseshm/graphql/check.py recheck)"""
         assert self.served is not None and self.db is not None
@@ -171,6 +202,9 @@ class Runtime:
                 log.exception("re-reading the served views' definitions failed")
 
     async def stop(self) -> None:
+        if self.pusher is not None:
+            await self.pusher.stop()
+            self.pusher = None
         if self._recheck is not None:
             self._recheck.cancel()
             self._recheck = None
@@ -197,3 +231,8 @@ class Runtime:
         if self.arena is not None:
             self.arena.close()
             self.arena = None
+
+
+def push_gauge_prefix(settings: Settings) -> str:
+    """Where each worker writes its open push connections (summed by /metrics): next to the arena."""
+    return "/dev/shm/" + settings.arena_name.lstrip("/")

@@ -23,6 +23,7 @@ from fraiseshm.http.graphql_resource import GraphQLResource
 from fraiseshm.http.health import HealthResource
 from fraiseshm.http.metrics_resource import MetricsResource
 from fraiseshm.http.request_id import request_id
+from fraiseshm.http.subscriptions import SubscriptionsResource
 from fraiseshm.runtime import Runtime
 
 log = logging.getLogger("fraiseshm.http")
@@ -77,6 +78,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> falcon.asg
     app.req_options.strip_url_path_trailing_slash = True
     graphiql = GraphiQL.load("/graphql") if settings.graphiql else None
     app.add_route("/graphql", GraphQLResource(runtime, graphiql))
+    app.add_route("/graphql/ws", SubscriptionsResource(runtime))  # cascadeUpdates (graphql-transport-ws)
     if graphiql is not None:
         add_graphiql_routes(app, graphiql)
     health = HealthResource(runtime)

@@ -13,7 +13,8 @@ import falcon.asgi
 from prometheus_client.exposition import choose_encoder
 
 from fraiseshm.metrics.collector import registry_for
-from fraiseshm.runtime import Runtime
+from fraiseshm.push.metrics import PushCollector
+from fraiseshm.runtime import Runtime, push_gauge_prefix
 
 
 class MetricsResource:
@@ -24,6 +25,7 @@ class MetricsResource:
         self.registry = registry_for(lambda: runtime.arena, listener_expected=s.listen_changes and s.cache_enabled,
                                      database_up=lambda: self._database_up,
                                      cascade_failure_threshold=s.cascade_failure_threshold)
+        self.registry.register(PushCollector(lambda: runtime.push_hub, push_gauge_prefix(runtime.settings)))
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         db = self.runtime.db

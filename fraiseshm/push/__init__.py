@@ -1,0 +1,1 @@
+"""The push: each committed cascade to every cascadeUpdates subscriber (see pusher.py)."""
