@@ -132,7 +132,14 @@ function invalidate(cache, inv) {
     if (cache.evict({ id: ROOT, fieldName: inv.queryName, args: inv.arguments })) evicted.push(inv.queryName);
     return evicted;
   }
+  // A hint without arguments (the server could not name them: the field's result may embed a
+  // changed entity) matters to a normalising cache only for lists, whose membership may change.
+  // A root field holding one reference shows the entity's current fields, which the cascade's
+  // updated entities were just written into (deleted ones evicted, stale ones evicted below).
+  const root = inv.scope === "ALL" ? {} : cache.extract()[ROOT] || {};
   for (const f of matchingRootFields(cache, inv)) {
+    const value = root[f];
+    if (value && typeof value === "object" && !Array.isArray(value) && typeof value.__ref === "string") continue;
     if (evictRootField(cache, f)) evicted.push(fieldNameOf(f));
   }
   return evicted;

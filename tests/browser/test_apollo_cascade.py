@@ -48,7 +48,11 @@ def _refetched_ok(tab: str, ops: list[str], applied: list[dict[str, Any]]) -> No
         assert op in FIELD_OF, f"tab {tab} sent an unexpected operation {op}"
         assert FIELD_OF[op] in evicted, (
             f"tab {tab} refetched {op} although no cascade it applied evicted {FIELD_OF[op]} (evicted: {sorted(evicted)})")
-        assert n == 1, f"tab {tab} refetched {op} {n} times"
+        # Each transaction's invalidations are applied once per cache (response and push alike): a
+        # query refetches at most once per cascade that named it (the server's hints name lists
+        # whose content a change may alter; a normalised single object is updated in place).
+        naming = sum(1 for a in applied if FIELD_OF[op] in a["invalidated"])
+        assert n <= naming, f"tab {tab} refetched {op} {n} times for {naming} cascade(s) naming it"
 
 
 def run_scenario(pg_cluster: Any, tmp_path: Path, *, push: bool, timeout_ms: int = 10_000) -> dict[str, Any]:
