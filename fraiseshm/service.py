@@ -41,7 +41,7 @@ from fraiseshm.errors import (
     MutationFailed,
     RequestTimeout,
 )
-from fraiseshm.graphql.deps import Dependencies
+from fraiseshm.graphql.deps import Dependencies, list_fallback
 from fraiseshm.graphql.execute import ExecutionContext, Executor, GraphQLRequestError, MutationCall, Prepared
 from fraiseshm.graphql.limits import fanout
 from fraiseshm.graphql.schema import RootMutation, ServedSchema
@@ -447,6 +447,8 @@ class GraphQLService:
             plan.tags |= wide_tags(mutation.touches, self._wide)
         else:
             verify(plan, changes, touches=mutation.touches, tables=self._tables, wide=self._wide)
+        # Lists filtered by value need the entities' old and new values: without recorded items, all lists.
+        plan.tags |= list_fallback(plan.entities, changes.direct if changes is not None else None)
         seq = None
         arena = self.arena
         if arena is not None:

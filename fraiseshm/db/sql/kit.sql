@@ -26,7 +26,9 @@
 --     json = {"v": 1, "tx": "<txid>", "ts": <epoch seconds>, "tags": [...]}
 -- tags: t:<schema>.<table> (always), r:<schema>.<table>:<key::text> (each
 -- changed row, old and new image), +r:<parent>:<key> (the parent row named by
--- a single-column foreign key, old and new image: derived), w:<table> (rows
+-- a single-column foreign key, old and new image: derived), +f:<table>:<fk
+-- column>=<parent key> (the same parents, naming the lists filtered by that
+-- foreign key's value: derived), w:<table> (rows
 -- changed that are not listed: TRUNCATE, no single-column key, a statement
 -- too large for one NOTIFY; the FK parents of such a change get w:<parent>).
 
@@ -273,16 +275,18 @@ BEGIN
             CONTINUE WHEN cardinality(part) = 0;
             IF fk.pkey IS NULL THEN
                 items := items || ('w:' || fk.pname);
-            ELSIF fk.pkey = fk.refatt THEN
-                items := items || ARRAY(SELECT '+r:' || fk.pname || ':' || v FROM unnest(part) v);
-            ELSE
-                EXECUTE format('SELECT ARRAY(SELECT DISTINCT %L || p.%I::text FROM %s p WHERE p.%I = ANY ($1::%s[]))',
-                               '+r:' || fk.pname || ':',
+                CONTINUE;
+            ELSIF fk.pkey <> fk.refatt THEN
+                EXECUTE format('SELECT ARRAY(SELECT DISTINCT p.%I::text FROM %s p WHERE p.%I = ANY ($1::%s[]))',
                                (SELECT attname FROM pg_attribute WHERE attrelid = fk.parent AND attnum = fk.pkey),
                                fk.parent, fk.ref, fk.reftype)
                     INTO part USING part;
-                items := items || part;
             END IF;
+            -- part: the parents' keys (old and new images). The parent rows, and the
+            -- lists filtered by this foreign key's value (values over 200 bytes: t: only).
+            items := items || ARRAY(SELECT '+r:' || fk.pname || ':' || v FROM unnest(part) v)
+                           || ARRAY(SELECT '+f:' || tname || ':' || fk.col || '=' || v FROM unnest(part) v
+                                    WHERE octet_length(v) <= 200);
         END LOOP;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'fraiseshm: listing the rows changed in % failed (%); sending table-level tags',
@@ -294,6 +298,13 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION fraiseshm.on_change() FROM PUBLIC;
+
+-- This kit's triggers send f:<table>:<fk column>=<parent key> items: the server
+-- reads their presence as "lists filtered by a foreign key's value can be
+-- invalidated by value" (fraiseshm/graphql/catalog.py).
+CREATE OR REPLACE FUNCTION fraiseshm.emits_fk_values() RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN true;
 
 -- The column whose value names a row in tags (r:<table>:<value>): the one
 -- the table's triggers were tracked with, else a single-column unique key on
