@@ -80,6 +80,12 @@ def examine(served: ServedSchema, catalog: Catalog) -> CheckResult:
         for column in [part.split()[0] for part in entity.order_by.split(",")]:
             if column not in columns:
                 problem(f"{at}: orderBy column {column} is not a column of {view.qualified}")
+        for what, names in (("filters", [(f.name, f.column) for f in entity.filters]),
+                            ("sortable", [(c.name, c.column) for c in entity.sortable])):
+            for name, column in names:
+                if column not in columns and name != "id":
+                    problem(f"{at}: {what}: {name} needs a column {column} in {view.qualified} "
+                            f"(it has {', '.join(sorted(c for c in columns if c != 'data'))})")
         key_type = _base_type(columns.get("id", ""))
         if "id" in columns and key_type not in KEY_TYPES:
             problem(f"{at}: {view.qualified}.id is {columns['id']}; a key must be one of "

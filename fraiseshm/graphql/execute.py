@@ -14,6 +14,7 @@ malformed value into a GraphQL error naming the field and the type.
 
 from __future__ import annotations
 
+import datetime
 import decimal
 import hashlib
 import time
@@ -139,6 +140,13 @@ def bind_text(value: Any, pg_type: str, field: str, arg: str) -> str:
         except (ValueError, decimal.InvalidOperation):
             raise bad() from None
         return str(value)
+    if pg_type.startswith(("timestamp", "date")):
+        # ISO 8601 only: PostgreSQL also reads 'now' or 'yesterday', which a cached answer must not mean.
+        try:
+            parsed = (datetime.date.fromisoformat if pg_type == "date" else datetime.datetime.fromisoformat)(str(value))
+        except ValueError:
+            raise bad() from None
+        return parsed.isoformat()
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
