@@ -59,6 +59,7 @@ class Table:
     row_security: bool  # pg_class.relrowsecurity
     tracked_events: frozenset[str]  # INSERT/UPDATE/DELETE/TRUNCATE covered by kit triggers
     kit_key: str | None = None  # the column the kit names rows by (fraiseshm.tracked_tables()); None: unknown
+    value_columns: frozenset[str] = frozenset()  # columns every change reports by value (+v:, track(filters))
 
     @property
     def tracked(self) -> bool:
@@ -414,7 +415,17 @@ SELECT coalesce(jsonb_agg(jsonb_build_object(
                       FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid
                       JOIN pg_namespace fn ON fn.oid = f.pronamespace
                       WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
-                        AND fn.nspname = '{KIT_SCHEMA}')))
+                        AND fn.nspname = '{KIT_SCHEMA}'),
+    -- per INSERT/UPDATE/DELETE trigger of the kit: the filter columns it reports (arguments 2..n)
+    'value_columns', (SELECT coalesce(jsonb_agg((
+                          SELECT coalesce(jsonb_agg(a.attname), '[]'::jsonb)
+                          FROM unnest((string_to_array(encode(t.tgargs, 'escape'), '\\000'))[2:]) AS arg
+                          JOIN pg_attribute a ON a.attrelid = t.tgrelid AND a.attnum = nullif(arg, '')::int2
+                               AND NOT a.attisdropped)), '[]'::jsonb)
+                      FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid
+                      JOIN pg_namespace fn ON fn.oid = f.pronamespace
+                      WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+                        AND fn.nspname = '{KIT_SCHEMA}' AND f.proname = 'on_change' AND (t.tgtype & 28) <> 0)))
     , '[]'::jsonb)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = ANY ($1::bigint[]::oid[])
@@ -573,6 +584,8 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
             row_security=bool(t["rls"]),
             tracked_events=frozenset(events),
             kit_key=(kit_keys or {}).get(t["qualified"]),
+            value_columns=frozenset.intersection(*(frozenset(c) for c in t["value_columns"]))
+            if len(t["value_columns"]) == 3 else frozenset(),
         )
     joinable = {int(t["oid"]): set(t["joinable"]) for t in tables_json}
     operators = sorted(set().union(*(_operators(tree) for tree, _ in trees.values())))

@@ -15,13 +15,15 @@ and keys, never GraphQL types: two GraphQL types over one view share them.
 - ``f:<table>:<fk column>=<parent key>``  a row of the table whose single-column
   foreign key names (old or new image) the parent row with that key, the key
   being the one ``r:<parent>:`` tags use (``f:public.tb_post:fk_author=<uuid>``).
+- ``v:<table>:<column>=<value>``  a row of the table whose column (one named by
+  ``fraiseshm.track(table, filters => ...)``) had that text, old or new image.
 - ``l:<table>``        a row of the table changed whose old and new values are
   unknown (a cascade entry with no recorded change items): every list over
   the table, precise or not.
 
 A list root field depends on its *membership*: ``t:<root table>``, unless its
 filters are matched cheaply (fraiseshm/graphql/filters.py): then on the
-``f:`` tags of the values it asked for, and ``l:<root table>``. A filter or
+``f:``/``v:`` tags of the values it asked for, and ``l:<root table>``. A filter or
 ordering column read from another row than the view's root row also makes
 the list depend on ``t:`` of that table (or, for a computed column, on the
 whole read set).
@@ -236,6 +238,8 @@ def _column_facts(entity: EntityType, view: View, table: str, catalog: Catalog,
         origin = view.origins.get(column)
         if origin is None or not catalog.kit_fk_values:
             return None
+        if origin.same_row and origin.table == table and table in catalog.tables and origin.column in catalog.tables[table].value_columns:
+            return f"v:{table}:{origin.column}"
         if origin.same_row and origin.table == table:
             fk = root_fks.get(origin.column)
             if fk is not None and kit_key(fk.parent) == fk.parent_column:

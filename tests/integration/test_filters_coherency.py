@@ -137,3 +137,27 @@ def test_a_range_filter_follows_every_change_of_the_table(books: httpx.Client) -
     r = graphql(books, 'mutation { updateBook(input: {id: "29", title: "renamed 29"}) { success } }')
     assert r.json()["data"]["updateBook"]["success"]
     assert graphql(books, q).headers["X-Cache"] == "MISS"  # t:public.tb_book: not matched cheaply
+
+
+GENRE = 'query($g: String!) { books(where: {genre: {eq: $g}, pages: {gt: 0}}, limit: 100) { id genre } }'
+
+
+@pytest.mark.parametrize("client", ["books", "listening"])
+def test_a_plain_column_filter_is_invalidated_by_value(client: str, request: pytest.FixtureRequest,
+                                                       pg_cluster: EmbeddedCluster) -> None:
+    """genre is tracked with fraiseshm.track(..., filters => ['genre', ...]): +v: items for both images."""
+    http: httpx.Client = request.getfixturevalue(client)
+    book = 21 if client == "books" else 23  # both novels
+    def genres(g: str) -> httpx.Response:
+        return graphql(http, GENRE, {"g": g})
+    for g in ("novel", "poetry", "essay"):
+        genres(g)
+    before = {g: {int(b["id"]) for b in genres(g).json()["data"]["books"]} for g in ("novel", "poetry", "essay")}
+    assert book in before["novel"] and before["essay"] == set()
+    r = graphql(http, 'mutation($i: UpdateBookInput!) { updateBook(input: $i) { success } }',
+                {"i": {"id": str(book), "genre": "poetry"}})
+    assert r.json()["data"]["updateBook"]["success"], r.text
+    novel, poetry, essay = genres("novel"), genres("poetry"), genres("essay")
+    assert {int(b["id"]) for b in novel.json()["data"]["books"]} == before["novel"] - {book}
+    assert {int(b["id"]) for b in poetry.json()["data"]["books"]} == before["poetry"] | {book}
+    assert essay.headers["X-Cache"] == "HIT", "a list of a value neither image had was invalidated"

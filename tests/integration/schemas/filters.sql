@@ -21,7 +21,7 @@ CREATE TABLE tb_book (
     created_at timestamptz NOT NULL
 );
 SELECT fraiseshm.track('tb_author');
-SELECT fraiseshm.track('tb_book');
+SELECT fraiseshm.track('tb_book', filters => ARRAY['genre', 'published']);
 
 CREATE VIEW v_author AS
 SELECT a.id, a.name, jsonb_build_object('id', a.id, 'name', a.name) AS data FROM tb_author a;
