@@ -238,7 +238,8 @@ def _column_facts(entity: EntityType, view: View, table: str, catalog: Catalog,
         origin = view.origins.get(column)
         if origin is None or not catalog.kit_fk_values:
             return None
-        if origin.same_row and origin.table == table and table in catalog.tables and origin.column in catalog.tables[table].value_columns:
+        reported = catalog.tables[table].value_columns if table in catalog.tables else frozenset()
+        if origin.same_row and origin.table == table and origin.column in reported:
             return f"v:{table}:{origin.column}"
         if origin.same_row and origin.table == table:
             fk = root_fks.get(origin.column)

@@ -320,7 +320,8 @@ class Executor:
             deps: Dependencies = info.context.deps
             deps.root(root.field)
             rows = await self.db.fetch_column(sql, params.values)
-            deps.rows(entity, rows, is_list=True, membership=membership, extra=self._column_tags(binding, [where, self._equality(root, filters)], order))
+            deps.rows(entity, rows, is_list=True, membership=membership,
+                      extra=self._column_tags(binding, [where, self._equality(root, filters)], order))
             return rows
 
         async def resolve_count(_source: Any, info: Any, where: Any = None, **filters: Any) -> Any:
@@ -330,7 +331,8 @@ class Executor:
             deps: Dependencies = info.context.deps
             deps.root(root.field)
             rows = await self.db.fetch_column(f"SELECT count(*) FROM {entity.view} WHERE {predicate}", params.values)
-            deps.rows(entity, [], is_list=True, membership=membership, extra=self._column_tags(binding, [where, self._equality(root, filters)], ()))
+            deps.rows(entity, [], is_list=True, membership=membership,
+                      extra=self._column_tags(binding, [where, self._equality(root, filters)], ()))
             return rows[0]
 
         async def resolve_connection(_source: Any, info: Any, where: Any = None, orderBy: Any = None,  # noqa: N803
