@@ -236,11 +236,13 @@ def _column_facts(entity: EntityType, view: View, table: str, catalog: Catalog,
 
     def tag_of(column: str) -> str | None:
         origin = view.origins.get(column)
-        if origin is None or not catalog.kit_fk_values:
+        if origin is None:
             return None
         reported = catalog.tables[table].value_columns if table in catalog.tables else frozenset()
         if origin.same_row and origin.table == table and origin.column in reported:
             return f"v:{table}:{origin.column}"
+        if not catalog.kit_fk_values:
+            return None
         if origin.same_row and origin.table == table:
             fk = root_fks.get(origin.column)
             if fk is not None and kit_key(fk.parent) == fk.parent_column:
@@ -260,10 +262,15 @@ def _column_facts(entity: EntityType, view: View, table: str, catalog: Catalog,
             column_tags[column] = wide  # computed: any table of the read set may change it
         elif origin.table != table or not origin.same_row:
             column_tags[column] = frozenset({"t:" + origin.table})
-    filters = {
-        f.name: Column(f.name, f.column, view.columns.get(f.column, "text"), tag_of(f.column))
-        for f in entity.filters if f.column in view.columns
-    }
+    filters: dict[str, Column] = {}
+    for f in entity.filters:
+        if f.column not in view.columns:
+            continue
+        tag = tag_of(f.column)
+        origin = view.origins.get(f.column)
+        # The parent's naming key: its value changes with that row (r:<parent>:<key>, old and new key).
+        parent = origin.table if tag is not None and origin is not None and not origin.same_row else None
+        filters[f.name] = Column(f.name, f.column, view.columns.get(f.column, "text"), tag, parent)
     return filters, column_tags
 
 

@@ -314,25 +314,25 @@ class Executor:
                 raise GraphQLError(f"{root.field}: offset must be >= 0, got {offset}")
             binding = self._binding(root)
             params = Params()
-            predicate, membership = self._predicate(root, binding, where, filters, params)
+            predicate, membership, parents = self._predicate(root, binding, where, filters, params)
             order = self._ordering(root, orderBy)
             sql = _page_sql(entity.view, predicate, order, params.add(limit, "int"), params.add(offset, "int"))
             deps: Dependencies = info.context.deps
             deps.root(root.field)
             rows = await self.db.fetch_column(sql, params.values)
             deps.rows(entity, rows, is_list=True, membership=membership,
-                      extra=self._column_tags(binding, [where, self._equality(root, filters)], order))
+                      extra=parents | self._column_tags(binding, [where, self._equality(root, filters)], order))
             return rows
 
         async def resolve_count(_source: Any, info: Any, where: Any = None, **filters: Any) -> Any:
             binding = self._binding(root)
             params = Params()
-            predicate, membership = self._predicate(root, binding, where, filters, params)
+            predicate, membership, parents = self._predicate(root, binding, where, filters, params)
             deps: Dependencies = info.context.deps
             deps.root(root.field)
             rows = await self.db.fetch_column(f"SELECT count(*) FROM {entity.view} WHERE {predicate}", params.values)
             deps.rows(entity, [], is_list=True, membership=membership,
-                      extra=self._column_tags(binding, [where, self._equality(root, filters)], ()))
+                      extra=parents | self._column_tags(binding, [where, self._equality(root, filters)], ()))
             return rows[0]
 
         async def resolve_connection(_source: Any, info: Any, where: Any = None, orderBy: Any = None,  # noqa: N803
@@ -345,7 +345,7 @@ class Executor:
                 raise GraphQLError(f"{root.field}: first/last must be between 0 and {MAX_LIST_LIMIT}, got {size}")
             binding = self._binding(root)
             params = Params()
-            predicate, membership = self._predicate(root, binding, where, filters, params)
+            predicate, membership, parents = self._predicate(root, binding, where, filters, params)
             order = total(self._ordering(root, orderBy))
             count_sql = f"SELECT count(*) FROM {entity.view} WHERE {predicate}"
             count_params = list(params.values)
@@ -370,7 +370,7 @@ class Executor:
             if backward:
                 rows.reverse()
             deps.rows(entity, [r[0] for r in rows], is_list=True, membership=membership,
-                      extra=self._column_tags(binding, [where, self._equality(root, filters)], order))
+                      extra=parents | self._column_tags(binding, [where, self._equality(root, filters)], order))
             edges = [{"node": r[0], "cursor": encode_cursor(order, r[1])} for r in rows]
             return {
                 "edges": edges,
@@ -390,8 +390,9 @@ class Executor:
         return resolve_list if root.is_list else resolve_one
 
     def _predicate(self, root: RootQuery, binding: Binding, where: Any, filters: dict[str, Any],
-                   params: Params) -> tuple[str, set[str] | None]:
-        """The equality arguments AND the where input -> SQL, and the list's membership tags (None: t:)."""
+                   params: Params) -> tuple[str, set[str] | None, set[str]]:
+        """The equality arguments AND the where input -> SQL, the list's membership tags (None: t:),
+        and the tags of the parent rows its values were read from (filters.Column.parent)."""
         compiler = WhereCompiler(root.field, binding.filters, params, bind_text, self.filter_limits)
         equal = self._equality(root, filters)
         parts = [compiler.compile(equal)] if equal else []
@@ -399,7 +400,7 @@ class Executor:
             parts.append(compiler.compile(where))
         precise = [c.tags for c in parts if c.tags is not None]
         sql = " AND ".join(c.sql for c in parts) or "TRUE"
-        return sql, min(precise, key=len) if precise else None
+        return sql, min(precise, key=len) if precise else None, compiler.extra
 
     @staticmethod
     def _equality(root: RootQuery, filters: dict[str, Any]) -> dict[str, Any]:
@@ -433,8 +434,8 @@ class Executor:
                 for key, value in item.items():
                     if key in ("_and", "_or", "_not"):
                         stack.append(value)
-                    elif key in binding.filters:
-                        used.add(binding.filters[key].column)
+                    elif key in binding.filters and binding.filters[key].parent is None:
+                        used.add(binding.filters[key].column)  # a parent's key: in _predicate's tags
         tags: set[str] = set()
         for column in used:
             tags |= binding.column_tags.get(column, frozenset())

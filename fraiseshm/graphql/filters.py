@@ -63,6 +63,9 @@ class Column:
     column: str  # view column
     pg_type: str
     tag: str | None  # "v:<table>:<column>" / "f:<table>:<fk>": value tags exist for it; None: table-wide only
+    # read from a parent row joined through the root row's foreign key: that row's table, whose row
+    # tags (r:<parent>:<value>) an eq/in depends on and whose t: any other operator depends on
+    parent: str | None = None
 
 
 Bind = Callable[[Any, str, str, str], str]  # bind_text(value, pg_type, field, arg)
@@ -83,6 +86,7 @@ class WhereCompiler:
         self.bind = bind
         self.limits = limits
         self.conditions = 0
+        self.extra: set[str] = set()  # tags of parent rows the predicate reads (Column.parent)
 
     def error(self, message: str, code: str = "BAD_FILTER") -> GraphQLError:
         return GraphQLError(f"{self.field}: where: {message}", extensions={"code": code})
@@ -143,6 +147,8 @@ class WhereCompiler:
         for op, value in ops.items():
             self._count()
             arg = f"{column.name}.{op}"
+            if column.parent is not None and op not in ("eq", "in"):
+                self.extra.add("t:" + column.parent)
             if op == "isNull":
                 if value is None:
                     continue
@@ -154,6 +160,7 @@ class WhereCompiler:
                 text = self.bind(value, column.pg_type, self.field, arg)
                 parts.append(f"{ident} {_COMPARISON[op]} {self.params.add(text, cast)}")
                 if op == "eq":
+                    self._parent_rows(column, [text])
                     tags = self._value_tags(column, [text])
                     if tags is not None:
                         precise.append(tags)
@@ -166,6 +173,7 @@ class WhereCompiler:
                 ref = self.params.add(texts, f"text[]::{column.pg_type}[]")
                 parts.append(f"{ident} = ANY ({ref})" if op == "in" else f"NOT ({ident} = ANY ({ref}))")
                 if op == "in":
+                    self._parent_rows(column, texts)
                     tags = self._value_tags(column, texts)
                     if tags is not None:
                         precise.append(tags)
@@ -179,6 +187,10 @@ class WhereCompiler:
                 raise self.error(f"{arg}: unknown operator {op!r}")
         sql = "(" + " AND ".join(parts) + ")" if parts else "TRUE"
         return Compiled(sql, min(precise, key=len) if precise else None)
+
+    def _parent_rows(self, column: Column, texts: list[str]) -> None:
+        if column.parent is not None:
+            self.extra.update(f"r:{column.parent}:{t}" for t in texts)
 
     @staticmethod
     def _value_tags(column: Column, texts: list[str]) -> set[str] | None:

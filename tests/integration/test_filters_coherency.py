@@ -161,3 +161,42 @@ def test_a_plain_column_filter_is_invalidated_by_value(client: str, request: pyt
     assert {int(b["id"]) for b in novel.json()["data"]["books"]} == before["novel"] - {book}
     assert {int(b["id"]) for b in poetry.json()["data"]["books"]} == before["poetry"] | {book}
     assert essay.headers["X-Cache"] == "HIT", "a list of a value neither image had was invalidated"
+
+
+def test_children_deleted_with_their_parent_leave_no_stale_count(listening: httpx.Client,
+                                                                 pg_cluster: EmbeddedCluster) -> None:
+    """ON DELETE CASCADE: when the books' trigger runs, their author row is gone, so the author's key
+    (their f: value) cannot be read; the list also depends on r:public.tb_author:<key>, which the
+    author's own deletion bumps."""
+    dee = "00000000-0000-0000-0000-00000000000d"
+    pg_cluster.psql(f"INSERT INTO tb_author (id, name) VALUES ('{dee}', 'dee'); "
+                    "INSERT INTO tb_book (id, fk_author, title, pages, price, created_at) "
+                    f"SELECT 40 + i, (SELECT pk_author FROM tb_author WHERE id = '{dee}'), 'dee ' || i, 1, 1, now() "
+                    "FROM generate_series(1, 2) i", database="filters_it")
+    try:
+        end = time.monotonic() + 5
+        while True:  # until cached with both books (the listener may still invalidate a first fill)
+            r = graphql(listening, COUNT, {"a": dee})
+            if r.headers["X-Cache"] == "HIT" and r.json()["data"]["booksCount"] == 2:
+                break
+            assert time.monotonic() < end, "the inserts never reached the count"
+        pg_cluster.psql(f"DELETE FROM tb_author WHERE id = '{dee}'", database="filters_it")
+        end = time.monotonic() + 5
+        while graphql(listening, COUNT, {"a": dee}).json()["data"]["booksCount"] != 0:
+            assert time.monotonic() < end, "the count of a deleted author's books stayed stale"
+    finally:
+        pg_cluster.psql(f"DELETE FROM tb_author WHERE id = '{dee}'", database="filters_it")
+
+
+def test_renaming_an_author_spares_the_other_authors_lists(listening: httpx.Client,
+                                                           pg_cluster: EmbeddedCluster) -> None:
+    """author_id is read from the author's row: the lists asking for a value depend on that row's tag
+    (a change of its key would change the value), not on every change of tb_author."""
+    query = LIST.replace("limit: 100", "limit: 98")
+    for a in (ADA, BOB):
+        _warm(listening, query, a)
+    pg_cluster.psql(f"UPDATE tb_author SET name = name || '.' WHERE id = '{ADA}'", database="filters_it")
+    end = time.monotonic() + 5
+    while graphql(listening, query, {"a": ADA}).headers["X-Cache"] == "HIT":  # until the listener heard it
+        assert time.monotonic() < end, "the author's own lists never followed its row"
+    assert graphql(listening, query, {"a": BOB}).headers["X-Cache"] == "HIT"

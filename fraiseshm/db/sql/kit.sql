@@ -287,6 +287,8 @@ BEGIN
                 items := items || ('w:' || fk.pname);
                 CONTINUE;
             ELSIF fk.pkey <> fk.refatt THEN
+                -- A parent deleted in the same statement (ON DELETE CASCADE) is not found: lists asking
+                -- for its key depend on its row tag too, which its own deletion bumps (graphql/filters.py).
                 EXECUTE format('SELECT ARRAY(SELECT DISTINCT p.%I::text FROM %s p WHERE p.%I = ANY ($1::%s[]))',
                                (SELECT attname FROM pg_attribute WHERE attrelid = fk.parent AND attnum = fk.pkey),
                                fk.parent, fk.ref, fk.reftype)

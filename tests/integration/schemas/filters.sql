@@ -12,7 +12,7 @@ CREATE TABLE tb_author (
 CREATE TABLE tb_book (
     pk_book    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id         integer NOT NULL UNIQUE,
-    fk_author  bigint NOT NULL REFERENCES tb_author (pk_author),
+    fk_author  bigint NOT NULL REFERENCES tb_author (pk_author) ON DELETE CASCADE,
     title      text NOT NULL,
     pages      integer NOT NULL,
     price      numeric(8, 2) NOT NULL,
