@@ -48,6 +48,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_fragments: PositiveInt = 50  # fragment definitions per document
     introspection: bool = True  # __schema / __type; __schema at most once per document
     max_json_depth: Annotated[int, Meta(ge=2, le=500)] = 64  # nesting of JSON in bodies, variables, tokens
+    filter_max_depth: Annotated[int, Meta(ge=1, le=32)] = 5  # nesting of _and/_or/_not in a where input
+    filter_max_in: PositiveInt = 100  # values in one in/nin list of a where input
+    filter_max_conditions: PositiveInt = 50  # operators in one where input
     honour_no_cache: bool = False  # a client's Cache-Control: no-cache revalidates (coalesced); false: ignored
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (fraiseshm/logs.py)

@@ -16,6 +16,7 @@ from fraiseshm.cascade.audit import Auditor, FailureWindow
 from fraiseshm.coalesce.coalescer import Coalescer
 from fraiseshm.coalesce.doorbell import Doorbells
 from fraiseshm.config import Settings
+from fraiseshm.graphql.filters import FilterLimits
 from fraiseshm.db.audit import AuditWriter
 from fraiseshm.db.listener import Listener
 from fraiseshm.db.pool import Database
@@ -97,7 +98,8 @@ class Runtime:
         )
         self._start_replicas()
         executor = Executor(self.served, self.db, max_depth=s.max_query_depth, max_documents=s.max_document_cache,
-                            limits=limits_from(s), max_document_cache_bytes=s.max_document_cache_bytes)
+                            limits=limits_from(s), max_document_cache_bytes=s.max_document_cache_bytes,
+                            filter_limits=FilterLimits(s.filter_max_depth, s.filter_max_in, s.filter_max_conditions))
         type_map = self.served.schema.type_map
         check_private_types(s, [t for t in executor.private_types if isinstance(type_map.get(t), GraphQLObjectType)])
         if self._store_factory is not None:

@@ -45,7 +45,7 @@ from fraiseshm.errors import (
     PersistedQueryError,
     RequestTimeout,
 )
-from fraiseshm.graphql.deps import Dependencies
+from fraiseshm.graphql.deps import Dependencies, list_fallback
 from fraiseshm.graphql.hints import query_hints
 from fraiseshm.graphql.execute import ExecutionContext, Executor, GraphQLRequestError, MutationCall, Prepared
 from fraiseshm.graphql.limits import fanout
@@ -516,6 +516,8 @@ class GraphQLService:
             plan.tags |= wide_tags(mutation.touches, self._wide)
         else:
             verify(plan, changes, touches=mutation.touches, tables=self._tables, wide=self._wide)
+        # Lists filtered by value need the entities' old and new values: without recorded items, all lists.
+        plan.tags |= list_fallback(plan.entities, changes.direct if changes is not None else None)
         if self.replicas is not None:
             # INVARIANT: the positions before the arena's invalidation: a miss that passes
             # the arena's check (fill_seq after it) also sees them (fraiseshm/db/replicas.py).

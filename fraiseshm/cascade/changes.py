@@ -35,7 +35,7 @@ from fraiseshm.cascade.tags import CascadePlan, wide_tags
 from fraiseshm.errors import CascadeError
 
 PAYLOAD_VERSION = 1
-_KINDS = ("t:", "w:", "r:")
+_KINDS = ("t:", "w:", "r:", "f:", "v:")  # f:, v: lists filtered by value (graphql/deps.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,7 @@ def _item(raw: object, what: str) -> tuple[str, bool]:
     item = raw[1:] if derived else raw
     kind = item[:2]
     if kind not in _KINDS or len(item) <= 2:
-        raise CascadeError(f"{what}: bad item {raw!r} (expected t:, w: or r: followed by a table)")
+        raise CascadeError(f"{what}: bad item {raw!r} (expected t:, w:, r:, f: or v: followed by a table)")
     if kind == "r:":
         table = table_of(item)
         if not table or len(item) <= len(table) + 3:

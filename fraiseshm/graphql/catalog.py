@@ -59,6 +59,7 @@ class Table:
     row_security: bool  # pg_class.relrowsecurity
     tracked_events: frozenset[str]  # INSERT/UPDATE/DELETE/TRUNCATE covered by kit triggers
     kit_key: str | None = None  # the column the kit names rows by (fraiseshm.tracked_tables()); None: unknown
+    value_columns: frozenset[str] = frozenset()  # columns every change reports by value (+v:, track(filters))
 
     @property
     def tracked(self) -> bool:
@@ -79,6 +80,19 @@ class View:
     # tables some part of the view's SQL reads without an equality join on a key or a
     # single-column foreign key column (an aggregate over the table, a join on another column)
     unjoined: tuple[str, ...] = ()
+    # view column -> where its values come from (plain column references of the top query only)
+    origins: dict[str, Origin] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """A view column that is a plain reference to a table column (filters: fraiseshm/graphql/deps.py)."""
+
+    table: str
+    column: str
+    same_row: bool  # read from the view's root row (the range-table entry its id comes from)
+    # (root row's column, this column): equality conjuncts of the top query joining the two rows
+    links: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +111,7 @@ class Catalog:
     definitions: bytes = b""  # hash of every served view's definition, recursively
     kit_installed: bool = False
     kit_keys_known: bool = False  # the kit says which column names each table's rows (else: FKs must reference it)
+    kit_fk_values: bool = False  # the kit's triggers send f:<table>:<fk column>=<parent key> (filters)
 
 
 # --- the query tree of a view (pg_rewrite.ev_action, nodeToString format) ----------
@@ -247,6 +262,60 @@ def _joined_columns(query: dict[str, Any], equals: set[int]) -> set[tuple[int, i
     return joined
 
 
+def _equal_pairs(query: dict[str, Any], equals: set[int]) -> set[tuple[tuple[int, int], tuple[int, int]]]:
+    """((rtindex, attnum), (rtindex, attnum)) of this level's AND-ed column = column conditions, both ways."""
+    pairs: set[tuple[tuple[int, int], tuple[int, int]]] = set()
+    quals: list[Any] = []
+    stack = [query.get("jointree")]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict) and item.get("_node") in ("FROMEXPR", "JOINEXPR"):
+            quals.append(item.get("quals"))
+            stack.extend([item.get("larg"), item.get("rarg"), *(item.get("fromlist") or [])])
+    while quals:
+        qual = quals.pop()
+        if isinstance(qual, list):
+            quals.extend(qual)
+        elif isinstance(qual, dict) and qual.get("_node") == "BOOLEXPR" and qual.get("boolop") == "and":
+            quals.extend(qual.get("args") or [])
+        elif isinstance(qual, dict) and qual.get("_node") == "OPEXPR" and int(qual.get("opno") or 0) in equals:
+            args = [_strip(a) for a in qual.get("args") or []]
+            if len(args) == 2 and all(isinstance(a, dict) and a.get("_node") == "VAR"
+                                      and a.get("varlevelsup") == "0" for a in args):
+                left, right = ((int(a["varno"]), int(a["varattno"])) for a in args)
+                pairs.add((left, right))
+                pairs.add((right, left))
+    return pairs
+
+
+def column_sources(tree: Any, equals: set[int]) -> dict[str, tuple[int, tuple[int, int], set[tuple[int, int]]]]:
+    """View column -> (its table's oid, (rtindex, attnum), {(attnum in its row, attnum in the id's row)}
+    compared with '='); only plain column references of the top query to a table."""
+    queries = tree if isinstance(tree, list) else [tree]
+    top = next((q for q in queries if isinstance(q, dict) and q.get("_node") == "QUERY"), None)
+    if top is None:
+        return {}
+    rtable = top.get("rtable") or []
+    refs: dict[str, tuple[int, int]] = {}
+    for entry in top.get("targetList") or ():
+        expr = _strip(entry.get("expr")) if isinstance(entry, dict) else None
+        if isinstance(expr, dict) and expr.get("_node") == "VAR" and expr.get("varlevelsup") == "0" \
+                and entry.get("resjunk") != "true":
+            refs[entry["resname"]] = (int(expr["varno"]), int(expr["varattno"]))
+    root = refs.get("id")
+    if root is None:
+        return {}
+    pairs = _equal_pairs(top, equals)
+    out: dict[str, tuple[int, tuple[int, int], set[tuple[int, int]]]] = {}
+    for column, (rti, att) in refs.items():
+        rte = rtable[rti - 1] if 0 < rti <= len(rtable) else None
+        if not isinstance(rte, dict) or rte.get("rtekind") != "0" or rte.get("relkind") not in ("r", "p"):
+            continue
+        linked = {(this[1], other[1]) for (this, other) in pairs if this[0] == rti and other[0] == root[0]}
+        out[column] = (int(rte["relid"]), (rti, att), linked if rti != root[0] else set())
+    return out
+
+
 def unjoined_tables(tree: Any, root_rtindex: int, equals: set[int], joinable: dict[int, set[int]]) -> set[int]:
     """Oids of tables an RTE of which is not restricted by an equality join on a key or FK column.
 
@@ -346,7 +415,17 @@ SELECT coalesce(jsonb_agg(jsonb_build_object(
                       FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid
                       JOIN pg_namespace fn ON fn.oid = f.pronamespace
                       WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
-                        AND fn.nspname = '{KIT_SCHEMA}')))
+                        AND fn.nspname = '{KIT_SCHEMA}'),
+    -- per INSERT/UPDATE/DELETE trigger of the kit: the filter columns it reports (arguments 2..n)
+    'value_columns', (SELECT coalesce(jsonb_agg((
+                          SELECT coalesce(jsonb_agg(a.attname), '[]'::jsonb)
+                          FROM unnest((string_to_array(encode(t.tgargs, 'escape'), '\\000'))[2:]) AS arg
+                          JOIN pg_attribute a ON a.attrelid = t.tgrelid AND a.attnum = nullif(arg, '')::int2
+                               AND NOT a.attisdropped)), '[]'::jsonb)
+                      FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid
+                      JOIN pg_namespace fn ON fn.oid = f.pronamespace
+                      WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+                        AND fn.nspname = '{KIT_SCHEMA}' AND f.proname = 'on_change' AND (t.tgtype & 28) <> 0)))
     , '[]'::jsonb)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = ANY ($1::bigint[]::oid[])
@@ -373,6 +452,8 @@ _EQUALS = "SELECT coalesce(jsonb_agg(oid::bigint), '[]'::jsonb) FROM pg_operator
 # The kit's own view of what it tracks: the key column it names rows by. Its
 # triggers look a foreign key's parent up by that key, whichever unique column
 # the foreign key references (fraiseshm/db/sql/kit.sql, _items_sql).
+# Kits that send f:<table>:<fk column>=<parent key> items have this function (fraiseshm/db/sql/kit.sql).
+_HAS_FK_VALUES = f"SELECT to_regprocedure('{KIT_SCHEMA}.emits_fk_values()') IS NOT NULL"
 _HAS_KIT_KEYS = f"SELECT to_regprocedure('{KIT_SCHEMA}.tracked_tables()') IS NOT NULL"
 _KIT_KEYS = f"""
 SELECT coalesce(jsonb_object_agg(table_name, key_column), '{{}}'::jsonb) FROM {KIT_SCHEMA}.tracked_tables()
@@ -403,6 +484,29 @@ async def _root_of(fetch: Fetch, oid: int, column: str = "id") -> tuple[tuple[st
             return None, f"its {column} column comes from {relname} (relkind {relkind}), not a table"
         oid = origin[0]
     return None, "its id column's origin loops"
+
+
+async def _origins(fetch: Fetch, tree: Any, equals: set[int]) -> dict[str, Origin]:
+    sources = column_sources(tree, equals)
+    root = sources.get("id")
+    names: dict[tuple[int, int], tuple[str, str]] = {}
+
+    async def name_of(oid: int, att: int) -> tuple[str, str]:
+        if (oid, att) not in names:
+            relname, _kind, column = await _one(fetch, _COLUMN, oid, att)
+            names[(oid, att)] = (relname, column)
+        return names[(oid, att)]
+
+    out: dict[str, Origin] = {}
+    for column, (oid, (rti, att), linked) in sources.items():
+        table, source_column = await name_of(oid, att)
+        links = []
+        for this_att, root_att in sorted(linked):
+            assert root is not None
+            links.append(((await name_of(root[0], root_att))[1], (await name_of(oid, this_att))[1]))
+        out[column] = Origin(table, source_column, same_row=root is not None and rti == root[1][0],
+                             links=tuple(links))
+    return out
 
 
 def _fold(definitions: Any, name: str, reads: list[dict[str, Any]] | None) -> None:
@@ -482,6 +586,8 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
             row_security=bool(t["rls"]),
             tracked_events=frozenset(events),
             kit_key=(kit_keys or {}).get(t["qualified"]),
+            value_columns=frozenset.intersection(*(frozenset(c) for c in t["value_columns"]))
+            if len(t["value_columns"]) == 3 else frozenset(),
         )
     joinable = {int(t["oid"]): set(t["joinable"]) for t in tables_json}
     operators = sorted(set().union(*(_operators(tree) for tree, _ in trees.values())))
@@ -492,6 +598,10 @@ async def load_catalog(fetch: Fetch, views: Sequence[str], functions: Sequence[s
         if view is not None and unjoined:
             catalog.views[name] = dataclasses.replace(
                 view, unjoined=tuple(sorted(table_oids[oid] for oid in unjoined if oid in table_oids)))
+        view = catalog.views[name]
+        if view is not None:
+            catalog.views[name] = dataclasses.replace(view, origins=await _origins(fetch, tree, equals))
+    catalog.kit_fk_values = catalog.kit_installed and bool(await _one(fetch, _HAS_FK_VALUES))
     for fn in sorted(set(functions)):
         found = await _one(fetch, _FUNCTION, fn)
         catalog.functions[fn] = Function(fn, bool(found["found"]), bool(found["ok"]), tuple(found["found"]))

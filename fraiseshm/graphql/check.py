@@ -80,6 +80,13 @@ def examine(served: ServedSchema, catalog: Catalog) -> CheckResult:
         for column in [part.split()[0] for part in entity.order_by.split(",")]:
             if column not in columns:
                 problem(f"{at}: orderBy column {column} is not a column of {view.qualified}")
+        arguments = {arg for q in served.queries.values() if q.entity is entity for arg, _ in q.filters}  # below
+        for what, names in (("filters", [(f.name, f.column) for f in entity.filters]),
+                            ("sortable", [(c.name, c.column) for c in entity.sortable])):
+            for gname, column in names:
+                if column not in columns and gname != "id" and gname not in arguments:
+                    problem(f"{at}: {what}: {gname} needs a column {column} in {view.qualified} "
+                            f"(it has {', '.join(sorted(c for c in columns if c != 'data'))})")
         key_type = _base_type(columns.get("id", ""))
         if "id" in columns and key_type not in KEY_TYPES:
             problem(f"{at}: {view.qualified}.id is {columns['id']}; a key must be one of "
@@ -130,6 +137,8 @@ def examine(served: ServedSchema, catalog: Catalog) -> CheckResult:
                 f"SELECT fraiseshm.track('{table}')")
 
     for name, root in served.queries.items():
+        if root.kind in ("connection", "count"):
+            continue  # generated beside a list field, with its arguments: checked there
         if root.is_list:
             view = catalog.views.get(root.entity.view)
             for arg, column in root.filters:

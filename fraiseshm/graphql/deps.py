@@ -12,6 +12,21 @@ and keys, never GraphQL types: two GraphQL types over one view share them.
 - ``w:<table>``        rows of the table changed that could not be listed
   (too many for a notification, TRUNCATE): always comes with ``t:``.
 - ``query:<field>``    a root field, for a cascade's query invalidations.
+- ``f:<table>:<fk column>=<parent key>``  a row of the table whose single-column
+  foreign key names (old or new image) the parent row with that key, the key
+  being the one ``r:<parent>:`` tags use (``f:public.tb_post:fk_author=<uuid>``).
+- ``v:<table>:<column>=<value>``  a row of the table whose column (one named by
+  ``fraiseshm.track(table, filters => ...)``) had that text, old or new image.
+- ``l:<table>``        a row of the table changed whose old and new values are
+  unknown (a cascade entry with no recorded change items): every list over
+  the table, precise or not.
+
+A list root field depends on its *membership*: ``t:<root table>``, unless its
+filters are matched cheaply (fraiseshm/graphql/filters.py): then on the
+``f:``/``v:`` tags of the values it asked for, and ``l:<root table>``. A filter or
+ordering column read from another row than the view's root row also makes
+the list depend on ``t:`` of that table (or, for a computed column, on the
+whole read set).
 
 An entry depends on, whatever the query selected:
 
@@ -49,11 +64,12 @@ docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fraiseshm.errors import SchemaError
-from fraiseshm.graphql.catalog import Catalog
+from fraiseshm.graphql.catalog import Catalog, View
+from fraiseshm.graphql.filters import Column
 from fraiseshm.graphql.schema import EntityType, ServedSchema
 
 
@@ -82,12 +98,17 @@ class Binding:
     static: frozenset[str]  # w:/t: tags every entry built from this view depends on
     wide: frozenset[str]  # w: + t: of every table of the read set: the safe wider invalidation
     per_identity: bool = False  # security_invoker view over a table with row-level security: never shared
+    filters: dict[str, Column] = field(default_factory=dict)  # GraphQL name -> filterable column
+    # view column -> tags a list filtered or sorted by it depends on besides its membership
+    column_tags: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def report(self) -> str:
         precise = [f"{f.table} ({f.why})" for f in self.follows if f.precise]
         coarse = [f"{f.table} ({f.why})" for f in self.follows if not f.precise]
+        by_value = [f"{c.name} ({c.tag})" for c in self.filters.values() if c.tag]
         return (f"{self.entity} over {self.view} (root {self.table}.{self.key_column} {self.key_type}): "
-                f"precise: {'; '.join(precise) or '-'}; coarse: {'; '.join(coarse) or '-'}")
+                f"precise: {'; '.join(precise) or '-'}; coarse: {'; '.join(coarse) or '-'}; "
+                f"lists invalidated by filter value: {', '.join(by_value) or '-'}")
 
 
 def _reachable(served: ServedSchema, start: str) -> dict[str, bool]:
@@ -174,6 +195,8 @@ def bind(served: ServedSchema, catalog: Catalog) -> list[str]:
         if unknown:
             raise SchemaError(f"{served.where(entity.line)}: type {name}: @view coarse names "
                               f"{sorted(unknown)}, not in the read set of {view.qualified} {list(view.reads)}")
+        wide = frozenset(tag + f.table for f in follows for tag in ("w:", "t:"))
+        filters, column_tags = _column_facts(entity, view, table, catalog, wide)
         bindings[name] = Binding(
             entity=name,
             view=view.qualified,
@@ -183,14 +206,85 @@ def bind(served: ServedSchema, catalog: Catalog) -> list[str]:
             columns=view.columns,
             follows=tuple(follows),
             static=frozenset(("w:" if f.precise else "t:") + f.table for f in follows),
-            wide=frozenset(tag + f.table for f in follows for tag in ("w:", "t:")),
+            wide=wide,
             per_identity=view.security_invoker and any(
                 catalog.tables[t].row_security for t in view.reads if t in catalog.tables),
+            filters=filters,
+            column_tags=column_tags,
         )
     served.bindings = bindings
     served.definitions = catalog.definitions
     served.version = hashlib.blake2b(served.sdl_version + catalog.definitions, digest_size=16).digest()
     return [b.report() for b in bindings.values()]
+
+
+def _column_facts(entity: EntityType, view: View, table: str, catalog: Catalog,
+                  wide: frozenset[str]) -> tuple[dict[str, Column], dict[str, frozenset[str]]]:
+    """Per filterable column: its type and value tag; per view column: the tags a list using it needs.
+
+    A column has a value tag (``f:<root table>:<fk>``) when its value is provably the
+    key the kit sends for the root row's foreign key fk: the root row's fk column
+    itself (the parent being named by the column fk references), or the parent's
+    naming key read from the parent row the view's top query joins with
+    ``root.fk = parent.<referenced column>``. Proven from the catalog, never guessed.
+    """
+    root_fks = {fk.column: fk for fk in catalog.tables[table].foreign_keys} if table in catalog.tables else {}
+
+    def kit_key(parent: str) -> str | None:
+        info = catalog.tables.get(parent)
+        return info.kit_key if info is not None and catalog.kit_keys_known else None
+
+    def tag_of(column: str) -> str | None:
+        origin = view.origins.get(column)
+        if origin is None:
+            return None
+        reported = catalog.tables[table].value_columns if table in catalog.tables else frozenset()
+        if origin.same_row and origin.table == table and origin.column in reported:
+            return f"v:{table}:{origin.column}"
+        if not catalog.kit_fk_values:
+            return None
+        if origin.same_row and origin.table == table:
+            fk = root_fks.get(origin.column)
+            if fk is not None and kit_key(fk.parent) == fk.parent_column:
+                return f"f:{table}:{fk.column}"
+            return None
+        for root_column, parent_column in origin.links:
+            fk = root_fks.get(root_column)
+            if (fk is not None and fk.parent == origin.table and fk.parent_column == parent_column
+                    and kit_key(origin.table) == origin.column):
+                return f"f:{table}:{fk.column}"
+        return None
+
+    column_tags: dict[str, frozenset[str]] = {}
+    for column in view.columns:
+        origin = view.origins.get(column)
+        if origin is None:
+            column_tags[column] = wide  # computed: any table of the read set may change it
+        elif origin.table != table or not origin.same_row:
+            column_tags[column] = frozenset({"t:" + origin.table})
+    filters: dict[str, Column] = {}
+    for f in entity.filters:
+        if f.column not in view.columns:
+            continue
+        tag = tag_of(f.column)
+        origin = view.origins.get(f.column)
+        # The parent's naming key: its value changes with that row (r:<parent>:<key>, old and new key).
+        parent = origin.table if tag is not None and origin is not None and not origin.same_row else None
+        filters[f.name] = Column(f.name, f.column, view.columns.get(f.column, "text"), tag, parent)
+    return filters, column_tags
+
+
+def list_fallback(entities: set[str], changes_direct: frozenset[str] | set[str] | None) -> set[str]:
+    """``l:<table>`` for each cascade entity (``r:<table>:<id>``) with no recorded change item:
+    its old and new values are unknown, so no value-filtered list can be spared."""
+    recorded = changes_direct or set()
+    out = set()
+    for ref in entities:
+        if ref not in recorded:
+            body = ref[2:]
+            dot = body.find(".")
+            out.add("l:" + body[:body.find(":", dot + 1 if dot >= 0 else 0)])
+    return out
 
 
 def _key_text(value: Any) -> str | None:
@@ -228,8 +322,12 @@ class Dependencies:
         if entity.private:
             self.private = True
 
-    def rows(self, entity: EntityType, values: list[Any], *, is_list: bool, asked: str | None = None) -> None:
-        """A root field's result: its view's read set, its membership or asked id, every object in `data`."""
+    def rows(self, entity: EntityType, values: list[Any], *, is_list: bool, asked: str | None = None,
+             membership: set[str] | None = None, extra: frozenset[str] | set[str] = frozenset()) -> None:
+        """A root field's result: its view's read set, its membership or asked id, every object in `data`.
+
+        membership: the value tags of a list's filters (fraiseshm/graphql/filters.py); None: the
+        table-wide tag. extra: tags of the filter and sort columns read from other rows."""
         served = self._served
         assert served is not None, "Dependencies without a bound schema"
         binding = served.bindings[entity.name]
@@ -238,7 +336,12 @@ class Dependencies:
         if binding.per_identity:
             self.private = True  # its rows differ per identity (RLS): never stored under a shared scope
         if is_list:
-            self.tags.add("t:" + binding.table)
+            if membership is None:
+                self.tags.add("t:" + binding.table)
+            else:
+                self.tags |= membership
+                self.tags.add("l:" + binding.table)
+            self.tags |= extra
         if asked is not None:
             self.tags.add(f"r:{binding.table}:{asked}")
         for value in values:

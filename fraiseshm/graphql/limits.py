@@ -289,25 +289,34 @@ class _Walk:
             self.private = True
         inner = self.selection_set(node.selection_set, named)
         depth = 1 + inner.depth
-        if field_type is not None and _is_list(field_type):
+        if isinstance(parent, GraphQLObjectType) and name == "edges" and parent.name.endswith("Connection") \
+                and "pageInfo" in parent.fields:
+            return _Totals(1 + inner.fields, depth, inner.rows, 0)  # counted at the connection field (first/last)
+        if field_type is not None and (_is_list(field_type) or "first" in field_def.args):
             page = self.page_size(node, field_def)
             return _Totals(1 + inner.fields, depth, page * (1 + inner.rows), 0)
         return _Totals(1 + inner.fields, depth, inner.rows, 0)
 
     def page_size(self, node: FieldNode, field_def: Any) -> int:
+        if "first" in field_def.args:  # a Relay connection: first or last rows (the resolver's default 20)
+            given = [a for a in node.arguments or () if a.name.value in ("first", "last")]
+            return max((self._page_argument(a, field_def) for a in given), default=DEFAULT_PAGE)
         if "limit" not in field_def.args:
             return NESTED_LIST_ESTIMATE
         for argument in node.arguments or ():
             if argument.name.value != "limit":
                 continue
-            value = argument.value
-            if isinstance(value, IntValueNode):
-                return max(0, int(value.value))
-            if isinstance(value, VariableNode):
-                self.variable_pages = True
-                given = (self.variables or {}).get(value.name.value, self.defaults.get(value.name.value))
-                return max(0, given) if isinstance(given, int) else _as_int(given, field_def)
-            return _as_int(None, field_def)
+            return self._page_argument(argument, field_def)
+        return _as_int(None, field_def)
+
+    def _page_argument(self, argument: Any, field_def: Any) -> int:
+        value = argument.value
+        if isinstance(value, IntValueNode):
+            return max(0, int(value.value))
+        if isinstance(value, VariableNode):
+            self.variable_pages = True
+            given = (self.variables or {}).get(value.name.value, self.defaults.get(value.name.value))
+            return max(0, given) if isinstance(given, int) else _as_int(given, field_def)
         return _as_int(None, field_def)
 
 
@@ -320,7 +329,9 @@ def _introspection_type(parent: Any, name: str) -> Any:
 def _as_int(value: Any, field_def: Any) -> int:
     if isinstance(value, str) and value.lstrip("-").isdigit():
         return max(0, int(value))
-    argument = field_def.args["limit"]
+    argument = field_def.args.get("limit")
+    if argument is None:
+        return DEFAULT_PAGE  # first/last: the resolver's default
     if isinstance(argument.default_value, int):
         return max(0, argument.default_value)
     node = argument.ast_node.default_value if argument.ast_node is not None else None

@@ -28,6 +28,7 @@ SDL nor a migrated view ever serves entries of the old one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -42,14 +43,26 @@ from graphql import (
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLSchema,
+    build_ast_schema,
     build_schema,
     get_named_type,
+    parse,
 )
 from graphql.execution.values import get_directive_values
 from graphql.language import Node as AstNode
 
 from fraiseshm.cascade.spec import DEPRECATED_FEATURES, SPEC_VERSION, SUPPORTED_VERSIONS
 from fraiseshm.errors import SchemaError
+from fraiseshm.graphql.surface import (
+    COMMON_SDL,
+    CONNECTION_SUFFIX,
+    COUNT_SUFFIX,
+    OPERATORS,
+    FilterColumn,
+    SortColumn,
+    extend_query,
+    type_sdl,
+)
 
 if TYPE_CHECKING:
     from fraiseshm.graphql.deps import Binding
@@ -83,6 +96,14 @@ class EntityType:
     private: bool
     coarse: tuple[str, ...] = ()  # tables declared coarse (@view coarse)
     line: int = 0  # of the type in the user's SDL
+    filters: tuple[FilterColumn, ...] = ()  # columns `where` may name (fraiseshm/graphql/surface.py)
+    sortable: tuple[SortColumn, ...] = ()  # columns `orderBy` may name
+
+    @property
+    def order(self) -> tuple[tuple[str, bool], ...]:
+        """@view(orderBy:) as (column, descending) pairs."""
+        return tuple((words[0], len(words) > 1 and words[1].lower() == "desc")
+                     for words in (part.split() for part in self.order_by.split(",")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +116,7 @@ class RootQuery:
     filters: tuple[tuple[str, str], ...]  # (graphql arg, view column)
     id_type: str = ""  # the GraphQL type of a single-object field's id argument ("ID", "Int", ...)
     line: int = 0
+    kind: str = "one"  # one | list | connection | count (generated: fraiseshm/graphql/surface.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +191,13 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
     full_sdl = builtin + user_sdl + VERSION_DISCOVERY
     try:
         schema = build_schema(full_sdl)
+        generated = _generated_sdl(schema, source)
+        if generated:
+            # The same SDL plus the generated surface; line numbers stay those of the user's file.
+            document = extend_query(parse(full_sdl), generated[1], source)
+            extra = parse(generated[0], no_location=True).definitions
+            schema = build_ast_schema(dataclasses.replace(document, definitions=(*document.definitions, *extra)))
+            full_sdl += "\n" + generated[0] + "\n" + repr(sorted(generated[1].items()))
     except GraphQLError as exc:
         where = source
         if exc.locations:
@@ -202,6 +231,8 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
             private=bool(cache.get("private", False)),
             coarse=tuple(view.get("coarse") or ()),
             line=served.line_of(gtype.ast_node),
+            filters=_declared_filters(schema, gtype, view, at),
+            sortable=_declared_sortable(gtype, view, at),
         )
 
     query_type = schema.query_type
@@ -213,17 +244,25 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
             continue
         at = served.where(served.line_of(fdef.ast_node))
         named, is_list = _unwrap_list(fdef.type)
+        kind = "list" if is_list else "one"
+        if isinstance(named, GraphQLObjectType) and name.endswith(CONNECTION_SUFFIX) \
+                and named.name.endswith(CONNECTION_SUFFIX) and named.ast_node is not None and named.ast_node.loc is None:
+            named, is_list, kind = served.schema.get_type(named.name[:-len(CONNECTION_SUFFIX)]), True, "connection"
+        elif getattr(named, "name", "") == "Int" and name.endswith(COUNT_SUFFIX) and fdef.ast_node is not None \
+                and fdef.ast_node.loc is None and "where" in fdef.args:
+            where_type = get_named_type(fdef.args["where"].type).name
+            named, is_list, kind = served.schema.get_type(where_type[:-len("WhereInput")]), True, "count"
         entity = served.entities.get(getattr(named, "name", ""))
         if entity is None:
             raise SchemaError(f"{at}: Query.{name} must return a @view type, not {named}")
         if not is_list and set(fdef.args) != {"id"}:
             raise SchemaError(f"{at}: Query.{name} returns one {entity.name}: its only argument must be id")
         filters = tuple(
-            (arg, snake_case(arg)) for arg in fdef.args if arg not in ("limit", "offset")
+            (arg, snake_case(arg)) for arg in fdef.args if arg not in _PAGING
         ) if is_list else ()
         id_type = "" if is_list else get_named_type(fdef.args["id"].type).name
         served.queries[name] = RootQuery(field=name, entity=entity, is_list=is_list, filters=filters,
-                                         id_type=id_type, line=served.line_of(fdef.ast_node))
+                                         id_type=id_type, line=served.line_of(fdef.ast_node), kind=kind)
 
     mutation_type = schema.mutation_type
     for name, fdef in (mutation_type.fields.items() if mutation_type else ()):
@@ -250,6 +289,83 @@ def build_served_schema(user_sdl: str, source: str = "<sdl>") -> ServedSchema:
     served.walk = _walk_plan(schema)
     _attach_field_resolvers(schema)
     return served
+
+
+_PAGING = ("limit", "offset", "where", "orderBy", "first", "after", "last", "before")
+
+
+def _generated_sdl(schema: GraphQLSchema, source: str) -> tuple[str, dict[str, tuple[str, str]]] | None:
+    """The SDL of the generated surface, and per list field its @view type and equality arguments."""
+    query_type = schema.query_type
+    if query_type is None:
+        return None
+    lists: dict[str, tuple[str, str]] = {}
+    for name, fdef in query_type.fields.items():
+        named, is_list = _unwrap_list(fdef.type)
+        if not is_list or not isinstance(named, GraphQLObjectType) or _directive(schema, "view", named.ast_node) is None:
+            continue
+        equality = ", ".join(f"{arg}: {a.type}" for arg, a in fdef.args.items() if arg not in _PAGING)
+        lists[name] = (named.name, equality)
+    if not lists:
+        return None
+    parts = [COMMON_SDL]
+    for type_name in sorted({t for t, _ in lists.values()}):
+        gtype = schema.get_type(type_name)
+        view = _directive(schema, "view", gtype.ast_node) or {}
+        at = f"{source}: type {type_name}"
+        parts.append(type_sdl(type_name, _declared_filters(schema, gtype, view, at),
+                              _declared_sortable(gtype, view, at)))
+    return "\n".join(parts), lists
+
+
+def _equality_args(schema: GraphQLSchema, type_name: str) -> dict[str, str]:
+    """Equality arguments of the list fields returning type_name: name -> scalar."""
+    out: dict[str, str] = {}
+    for fdef in (schema.query_type.fields.values() if schema.query_type else ()):
+        named, is_list = _unwrap_list(fdef.type)
+        if is_list and getattr(named, "name", "") == type_name:
+            for arg, a in fdef.args.items():
+                if arg not in _PAGING:
+                    out.setdefault(arg, get_named_type(a.type).name)
+    return out
+
+
+def _declared_filters(schema: GraphQLSchema, gtype: GraphQLObjectType, view: dict[str, Any],
+                      at: str) -> tuple[FilterColumn, ...]:
+    args = _equality_args(schema, gtype.name)
+    names = ["id", *args, *(view.get("filters") or ())]
+    out: dict[str, FilterColumn] = {}
+    for name in names:
+        if name in out:
+            continue
+        if not _GRAPHQL_NAME.match(name):
+            raise SchemaError(f"{at}: @view filters names {name!r}, not a GraphQL field name")
+        field_def = gtype.fields.get(name)
+        scalar = get_named_type(field_def.type).name if field_def is not None else args.get(name)
+        if scalar is None:
+            raise SchemaError(f"{at}: @view filters names {name}, neither a field of {gtype.name} nor an argument of "
+                              f"its list fields: its GraphQL scalar is unknown (add a field {name} to {gtype.name})")
+        if scalar not in OPERATORS:
+            raise SchemaError(f"{at}: @view filters names {name} of type {scalar}; filters apply to "
+                              f"{', '.join(OPERATORS)}")
+        out[name] = FilterColumn(name, snake_case(name), scalar)
+    return tuple(out.values())
+
+
+def _declared_sortable(gtype: GraphQLObjectType, view: dict[str, Any], at: str) -> tuple[SortColumn, ...]:
+    order = view.get("orderBy") or "id"
+    columns = ["id", *(part.split()[0] for part in order.split(",") if part.split())]
+    columns += [snake_case(n) for n in view.get("sortable") or ()]
+    out: dict[str, SortColumn] = {}
+    for column in columns:
+        name = camel_case(column)
+        if not _GRAPHQL_NAME.match(name):
+            raise SchemaError(f"{at}: sortable column {column!r} is not a GraphQL name")
+        out.setdefault(name, SortColumn(name, column))
+    return tuple(out.values())
+
+
+_GRAPHQL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 
 
 def _walk_plan(schema: GraphQLSchema) -> dict[str, tuple[tuple[str, str, bool], ...]]:

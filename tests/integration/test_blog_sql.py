@@ -617,7 +617,8 @@ def test_plain_sql_update_notifies_with_the_transaction_id(pg_dsn: str) -> None:
                 tx = await conn.fetchval("SELECT txid_current()")
             # the post and, through fk_author -> tb_user.pk_user, its author (looked up by id): derived
             assert tags_of(await listener.for_tx(tx)) == {
-                "t:public.tb_post", f"r:public.tb_post:{post['id']}", f"+r:public.tb_user:{user['id']}"}
+                "t:public.tb_post", f"r:public.tb_post:{post['id']}", f"+r:public.tb_user:{user['id']}",
+                f"+f:public.tb_post:fk_author={user['id']}"}  # the author's lists of posts (graphql/filters.py)
 
             # a rolled-back write notifies nobody
             tr = conn.transaction()

@@ -309,23 +309,30 @@ def test_foreign_keys_bump_parent_rows_old_and_new(shoplike: str) -> None:
             recorded, payloads = await changes(conn, heard, "UPDATE f_item SET order_id = 11 WHERE id = 1001")
             assert tags(payloads) == set(recorded) == {
                 "t:public.f_item", "r:public.f_item:1001",
-                "+r:public.f_order:10", "+r:public.f_order:11", "+r:public.f_product:101"}
+                "+r:public.f_order:10", "+r:public.f_order:11", "+r:public.f_product:101",
+                # the same parents, naming the lists filtered by each foreign key's value
+                "+f:public.f_item:order_id=10", "+f:public.f_item:order_id=11", "+f:public.f_item:product_id=101"}
             # a new order bumps its customer (order count)
             recorded, _ = await changes(conn, heard, "INSERT INTO f_order VALUES (12, 1, '')")
-            assert set(recorded) == {"t:public.f_order", "r:public.f_order:12", "+r:public.f_customer:1"}
+            assert set(recorded) == {"t:public.f_order", "r:public.f_order:12", "+r:public.f_customer:1",
+                                     "+f:public.f_order:customer_id=1"}
             # a NULL foreign key names no parent
             recorded, _ = await changes(conn, heard, "INSERT INTO f_order VALUES (13, NULL, '')")
             assert set(recorded) == {"t:public.f_order", "r:public.f_order:13"}
             # many-to-many link without a single-column key: its table's tags and both parents
             recorded, _ = await changes(conn, heard, "INSERT INTO f_link VALUES (100, 'red')")
             assert set(recorded) == {"t:public.f_link", "w:public.f_link",
-                                     "+r:public.f_product:100", "+r:public.f_tag:red"}
+                                     "+r:public.f_product:100", "+r:public.f_tag:red",
+                                     "+f:public.f_link:product_id=100", "+f:public.f_link:tag_id=red"}
             # an FK to a non-key column: the parent's key is looked up
             recorded, _ = await changes(conn, heard, "UPDATE f_post SET fk_author = 2")
             assert set(recorded) == {
                 "t:public.f_post", "r:public.f_post:00000000-0000-4000-8000-0000000000f1",
                 "+r:public.f_author:00000000-0000-4000-8000-00000000000a",
-                "+r:public.f_author:00000000-0000-4000-8000-00000000000b"}
+                "+r:public.f_author:00000000-0000-4000-8000-00000000000b",
+                # by the parent's naming key, as +r: (the FK references another column)
+                "+f:public.f_post:fk_author=00000000-0000-4000-8000-00000000000a",
+                "+f:public.f_post:fk_author=00000000-0000-4000-8000-00000000000b"}
             # ON DELETE CASCADE: the children's own triggers report them
             recorded, _ = await changes(conn, heard, "DELETE FROM f_order WHERE id = 10")
             assert {"r:public.f_order:10", "+r:public.f_customer:1", "r:public.f_item:1000",

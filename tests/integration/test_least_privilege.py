@@ -61,7 +61,7 @@ def test_the_role_has_what_it_needs_and_nothing_more(pg_dsn: str, role: str) -> 
             for schema in ("public", "fraiseshm"):
                 assert not await conn.fetchval("SELECT has_schema_privilege($1, $2, 'CREATE')", role, schema)
             assert not await conn.fetchval("SELECT has_database_privilege($1, current_database(), 'CREATE')", role)
-            for fn in ("fraiseshm._sign(text)", "fraiseshm.touch(regclass[])", "fraiseshm.track(regclass,name)",
+            for fn in ("fraiseshm._sign(text)", "fraiseshm.touch(regclass[])", "fraiseshm.track(regclass,name,name[])",
                        "fraiseshm.rotate_key()", "fraiseshm.on_change()"):
                 assert not await conn.fetchval("SELECT has_function_privilege($1, $2, 'EXECUTE')", role, fn)
         finally:

@@ -118,10 +118,12 @@ def test_plain_sql_writes_tag_their_parents(shop_dsn: str) -> None:
     async def main() -> None:
         async with connect(shop_dsn) as conn:
             assert await recorded_by(conn, "INSERT INTO orders (id, customer_id) VALUES (90001, 4)") == {
-                "t:public.orders", "r:public.orders:90001", "+r:public.customers:4"}
+                "t:public.orders", "r:public.orders:90001", "+r:public.customers:4",
+                "+f:public.orders:customer_id=4"}
             assert await recorded_by(conn, "INSERT INTO order_items (id, order_id, product_id, quantity) "
                                            "VALUES (90001, 90001, 5, 1)") == {
-                "t:public.order_items", "r:public.order_items:90001", "+r:public.orders:90001", "+r:public.products:5"}
+                "t:public.order_items", "r:public.order_items:90001", "+r:public.orders:90001", "+r:public.products:5",
+                "+f:public.order_items:order_id=90001", "+f:public.order_items:product_id=5"}
             assert await recorded_by(conn, "UPDATE products SET price = price + 1 WHERE id = 5") == {
                 "t:public.products", "r:public.products:5"}
             got = await recorded_by(conn, "DELETE FROM product_categories WHERE product_id = 5")

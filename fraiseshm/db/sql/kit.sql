@@ -26,7 +26,10 @@
 --     json = {"v": 1, "tx": "<txid>", "ts": <epoch seconds>, "tags": [...]}
 -- tags: t:<schema>.<table> (always), r:<schema>.<table>:<key::text> (each
 -- changed row, old and new image), +r:<parent>:<key> (the parent row named by
--- a single-column foreign key, old and new image: derived), w:<table> (rows
+-- a single-column foreign key, old and new image: derived), +f:<table>:<fk
+-- column>=<parent key> (the same parents, naming the lists filtered by that
+-- foreign key's value: derived), +v:<table>:<column>=<value> (each filter
+-- column named by fraiseshm.track(..., filters), old and new image: derived), w:<table> (rows
 -- changed that are not listed: TRUNCATE, no single-column key, a statement
 -- too large for one NOTIFY; the FK parents of such a change get w:<parent>).
 
@@ -223,6 +226,7 @@ DECLARE
     items text[];
     part text[];
     fk record;
+    vcol name;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM fraiseshm._emit(TG_RELID, fraiseshm._wide_items(TG_RELID));
@@ -257,6 +261,14 @@ BEGIN
             items := ARRAY['t:' || tname] || ARRAY(
                 SELECT DISTINCT 'r:' || tname || ':' || (j ->> keycol) FROM unnest(rows_) j);
         END IF;
+        FOR i IN 1 .. TG_NARGS - 1 LOOP  -- filter columns (fraiseshm.track(..., filters)): both images
+            SELECT attname INTO vcol FROM pg_attribute
+            WHERE attrelid = TG_RELID AND attnum = TG_ARGV[i]::int2 AND NOT attisdropped;
+            CONTINUE WHEN vcol IS NULL;
+            items := items || ARRAY(SELECT DISTINCT '+v:' || tname || ':' || vcol || '=' || (j ->> vcol)
+                                    FROM unnest(rows_) j
+                                    WHERE j ->> vcol IS NOT NULL AND octet_length(j ->> vcol) <= 200);
+        END LOOP;
         FOR fk IN
             SELECT c.confrelid::regclass AS parent, ca.attname AS col, pa.attname AS ref,
                    pn.nspname || '.' || pc.relname AS pname,
@@ -273,16 +285,20 @@ BEGIN
             CONTINUE WHEN cardinality(part) = 0;
             IF fk.pkey IS NULL THEN
                 items := items || ('w:' || fk.pname);
-            ELSIF fk.pkey = fk.refatt THEN
-                items := items || ARRAY(SELECT '+r:' || fk.pname || ':' || v FROM unnest(part) v);
-            ELSE
-                EXECUTE format('SELECT ARRAY(SELECT DISTINCT %L || p.%I::text FROM %s p WHERE p.%I = ANY ($1::%s[]))',
-                               '+r:' || fk.pname || ':',
+                CONTINUE;
+            ELSIF fk.pkey <> fk.refatt THEN
+                -- A parent deleted in the same statement (ON DELETE CASCADE) is not found: lists asking
+                -- for its key depend on its row tag too, which its own deletion bumps (graphql/filters.py).
+                EXECUTE format('SELECT ARRAY(SELECT DISTINCT p.%I::text FROM %s p WHERE p.%I = ANY ($1::%s[]))',
                                (SELECT attname FROM pg_attribute WHERE attrelid = fk.parent AND attnum = fk.pkey),
                                fk.parent, fk.ref, fk.reftype)
                     INTO part USING part;
-                items := items || part;
             END IF;
+            -- part: the parents' keys (old and new images). The parent rows, and the
+            -- lists filtered by this foreign key's value (values over 200 bytes: t: only).
+            items := items || ARRAY(SELECT '+r:' || fk.pname || ':' || v FROM unnest(part) v)
+                           || ARRAY(SELECT '+f:' || tname || ':' || fk.col || '=' || v FROM unnest(part) v
+                                    WHERE octet_length(v) <= 200);
         END LOOP;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'fraiseshm: listing the rows changed in % failed (%); sending table-level tags',
@@ -294,6 +310,13 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION fraiseshm.on_change() FROM PUBLIC;
+
+-- This kit's triggers send f:<table>:<fk column>=<parent key> items: the server
+-- reads their presence as "lists filtered by a foreign key's value can be
+-- invalidated by value" (fraiseshm/graphql/catalog.py).
+CREATE OR REPLACE FUNCTION fraiseshm.emits_fk_values() RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN true;
 
 -- The column whose value names a row in tags (r:<table>:<value>): the one
 -- the table's triggers were tracked with, else a single-column unique key on
@@ -369,13 +392,20 @@ $$;
 -- Attach the change triggers to a table (again: replaces them). key names the
 -- column whose value names a row in tags; default: fraiseshm.key_attnum's
 -- rule. Touches no row. A table without a single-column key gets table-level
--- items (t: + w:) only, said in a NOTICE.
-CREATE OR REPLACE FUNCTION fraiseshm.track(tbl regclass, key name DEFAULT NULL) RETURNS text
+-- items (t: + w:) only, said in a NOTICE. filters names columns whose old and
+-- new values every change reports (+v:<table>:<column>=<value>), so that lists
+-- filtered by equality on them are invalidated by value (trigger arguments 2..n).
+DROP FUNCTION IF EXISTS fraiseshm.track(regclass, name);  -- kit before filters
+CREATE OR REPLACE FUNCTION fraiseshm.track(tbl regclass, key name DEFAULT NULL, filters name[] DEFAULT '{}')
+RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     keyatt int2;
     keycol name;
+    args text;
+    f name;
+    fatt int2;
 BEGIN
     IF (SELECT relkind FROM pg_class WHERE oid = tbl) NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'fraiseshm.track: % is not a table', tbl
@@ -402,14 +432,23 @@ BEGIN
             tbl USING HINT = 'name another unique column: fraiseshm.track(table, key => ''id'')';
     END IF;
     keyatt := coalesce(keyatt, 0);
+    args := quote_literal(keyatt);
+    FOREACH f IN ARRAY coalesce(filters, '{}') LOOP
+        SELECT attnum INTO fatt FROM pg_attribute
+        WHERE attrelid = tbl AND attname = f AND attnum > 0 AND NOT attisdropped;
+        IF fatt IS NULL THEN
+            RAISE EXCEPTION 'fraiseshm.track: table % has no column % (filters)', tbl, f;
+        END IF;
+        args := args || ', ' || quote_literal(fatt);
+    END LOOP;
     EXECUTE format('CREATE TRIGGER fraiseshm_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION fraiseshm.on_change(%L)', tbl, keyatt);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION fraiseshm.on_change(%s)', tbl, args);
     EXECUTE format('CREATE TRIGGER fraiseshm_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows '
-                   'NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION fraiseshm.on_change(%L)', tbl, keyatt);
+                   'NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION fraiseshm.on_change(%s)', tbl, args);
     EXECUTE format('CREATE TRIGGER fraiseshm_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION fraiseshm.on_change(%L)', tbl, keyatt);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION fraiseshm.on_change(%s)', tbl, args);
     EXECUTE format('CREATE TRIGGER fraiseshm_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION fraiseshm.on_change(%L)', tbl, keyatt);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION fraiseshm.on_change(%s)', tbl, args);
     IF keyatt = 0 THEN
         RAISE NOTICE 'fraiseshm.track: % has no single-column primary or unique key: its changes bump '
                      'only table-level tags (t: and w:), and through its foreign keys the parent rows', tbl;
@@ -419,7 +458,7 @@ BEGIN
     RETURN format('%s (key %s)', fraiseshm.table_name(tbl), keycol);
 END
 $$;
-REVOKE ALL ON FUNCTION fraiseshm.track(regclass, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fraiseshm.track(regclass, name, name[]) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION fraiseshm.untrack(tbl regclass) RETURNS boolean
 LANGUAGE plpgsql
