@@ -30,9 +30,15 @@ from tests.integration.cascade_spec_rules import SPEC_VERSION, assert_conforms, 
 from tests.integration.server import Server, graphql
 
 ROOT = Path(__file__).resolve().parents[2]
-BLOG_ROOTS = {"users", "user", "posts", "post", "comments", "comment", "drafts", "draft", "cascadeInfo"}
-SHOP_ROOTS = {"customers", "customer", "products", "product", "categories", "category", "orders", "order",
-              "recentOrders", "recentOrder", "cascadeInfo"}
+
+def _with_generated(roots: set[str], lists: set[str]) -> set[str]:
+    """Each list field's generated siblings (graphql/surface.py) are root query fields too."""
+    return roots | lists | {f"{name}{suffix}" for name in lists for suffix in ("Connection", "Count")}
+
+
+BLOG_ROOTS = _with_generated({"user", "post", "comment", "draft", "cascadeInfo"}, {"users", "posts", "comments", "drafts"})
+SHOP_ROOTS = _with_generated({"customer", "product", "category", "order", "recentOrder", "cascadeInfo"},
+                             {"customers", "products", "categories", "orders", "recentOrders"})
 VALIDATED: list[str] = []  # the mutation cases whose live payload conformed
 
 
@@ -96,8 +102,9 @@ def test_blog_create_user_and_its_refusals(blog: httpx.Client) -> None:
     # The function's own PREFIX users (covering the server's EXACT users), and the new id's own query
     # (a null result for it may be cached); no single post or comment can hold a user created now.
     assert [(i["queryName"], i["scope"], i["arguments"]) for i in created["cascade"]["invalidations"]] == [
-        ("users", "PREFIX", None), ("user", "EXACT", {"id": uid}), ("posts", "EXACT", None),
-        ("comments", "EXACT", None), ("drafts", "EXACT", None)]
+        ("users", "PREFIX", None), ("user", "EXACT", {"id": uid}),
+        *((f"{name}{suffix}", "EXACT", None) for name in ("posts", "comments", "drafts")
+          for suffix in ("", "Connection", "Count"))]
     assert created["cascade"]["metadata"]["truncated"] is False and created["cascade"]["typeInvalidations"] == []
 
     invalid = _mutate(blog, "blog createUser validation error", "createUser", "CreateUserInput",

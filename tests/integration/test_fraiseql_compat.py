@@ -28,7 +28,9 @@ from tests.integration.cascade_spec_rules import assert_conforms, mutation
 from tests.integration.server import Server, graphql
 
 SCHEMAS = Path(__file__).parent / "schemas"
-ROOTS = {"authors", "author", "articles", "article", "cascadeInfo"}
+ROOTS = {"authors", "author", "articles", "article", "cascadeInfo",
+         # the generated siblings of each list field (graphql/surface.py)
+         "authorsConnection", "authorsCount", "articlesConnection", "articlesCount"}
 ADA, BOB = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
 FIRST, SECOND = "00000000-0000-0000-0000-0000000000a1", "00000000-0000-0000-0000-0000000000a2"
 AUTHOR = "query($id: ID!) { author(id: $id) { id name } }"

@@ -48,7 +48,7 @@ def test_standard_introspection_is_answered_and_cached(c: httpx.Client, name: st
           f"{first.headers['X-Cache']} then {again.headers['X-Cache']}")
     # usable by codegen: the answer rebuilds the served schema
     sdl = print_schema(build_client_schema(first.json()["data"]))
-    assert "type User implements Node" in sdl and "updateUser(input: UpdateUserInput!): UserResponse!" in sdl
+    assert "type User implements Node" in sdl and "updateUser(input: UpdateUserInput!): UpdateUserCascade!" in sdl
 
 
 def test_introspection_over_get_is_cacheable(c: httpx.Client) -> None:
