@@ -50,7 +50,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_json_depth: Annotated[int, Meta(ge=2, le=500)] = 64  # nesting of JSON in bodies, variables, tokens
     honour_no_cache: bool = False  # a client's Cache-Control: no-cache revalidates (coalesced); false: ignored
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    request_id_header: str = "X-Request-ID"  # request id taken from this header when sane, else made; echoed
     expose_worker_header: bool = False  # add X-Fraiseshm-Worker: <pid> (diagnosis, tests)
+    fast_hit: bool = True  # answer memoised hits before falcon routing (fraiseshm/http/fast_hit.py); false: all via falcon
 
     # --- PostgreSQL ----------------------------------------------------------
     database_dsn: str = "embedded"  # postgres://... or "embedded" (private cluster)

@@ -1,8 +1,10 @@
-"""The falcon.asgi application: create_app(settings) -> falcon.asgi.App.
+"""The ASGI application: create_app(settings) -> falcon.asgi.App, behind the fast hit path.
 
 Only this package knows Falcon. Everything a worker needs (schema, asyncpg
 pool, executor, arena attachment) is built in the ASGI lifespan startup, i.e.
-in the worker after fork, never in the gunicorn master.
+in the worker after fork, never in the gunicorn master. With ``fast_hit`` (the
+default) fraiseshm/http/fast_hit.py answers memoised cache hits before falcon and
+hands it everything else.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import falcon.asgi
 from fraiseshm.config import Settings
 from fraiseshm.http.admin import add_admin_routes
 from fraiseshm.http.errors import install_error_handlers
+from fraiseshm.http.fast_hit import ASGIApp, FastHit
 from fraiseshm.http.graphql_resource import GraphQLResource
 from fraiseshm.http.health import HealthResource
 from fraiseshm.http.metrics_resource import MetricsResource
+from fraiseshm.http.request_id import request_id
 from fraiseshm.runtime import Runtime
 
 log = logging.getLogger("fraiseshm.http")
@@ -48,16 +52,29 @@ class _WorkerHeader:
         resp.set_header("X-Fraiseshm-Worker", self.pid)
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> falcon.asgi.App:
+class _RequestId:
+    """The request id (the client's header when sane, else made), echoed in the response header of the same name."""
+
+    def __init__(self, header: str) -> None:
+        self.header = header
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.set_header(self.header, request_id(req.get_header(self.header)))
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> ASGIApp:
     runtime = runtime or Runtime(settings)
-    middleware: list[Any] = [_Lifespan(runtime)]
+    middleware: list[Any] = [_Lifespan(runtime), _RequestId(settings.request_id_header)]
     if settings.expose_worker_header:
         middleware.append(_WorkerHeader())  # instantiated per worker: the app is imported after fork
     app = falcon.asgi.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
-    app.add_route("/graphql", GraphQLResource(runtime))
+    graphql = GraphQLResource(runtime)
+    app.add_route("/graphql", graphql)
     app.add_route("/health", HealthResource(runtime))
     app.add_route("/metrics", MetricsResource(runtime))
     add_admin_routes(app, runtime)
     install_error_handlers(app)
+    if settings.fast_hit:
+        return FastHit(app, runtime, graphql.verifier, settings)
     return app

@@ -1,0 +1,319 @@
+"""The hit path before falcon (fraiseshm/http/fast_hit.py) answers exactly as falcon's path does.
+
+The first half drives the worker's real ASGI application in-process (real
+Runtime, PostgreSQL, arena, verifier; no gunicorn, which both paths share):
+each request is sent once through the fast path and once straight to the
+falcon app behind it, at the same moment on the same arena, and the two
+answers must agree in status, body and every header, in order. A real
+call-through wrapper around falcon tells which path answered, so a test can
+also insist that the fast path served the hit (and not falcon, which would
+make the comparison trivial), or that it handed a request on.
+
+The second half runs real gunicorn workers: coherence across workers after a
+mutation, counters in /metrics, and the wire headers of a server with the fast
+path beside one without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import falcon.asgi
+import httpx
+import jwt
+import pytest
+
+from fraiseshm.arena import Counter
+from fraiseshm.config import load_settings
+from fraiseshm.db.embedded import EmbeddedCluster
+from fraiseshm.http.app import create_app
+from fraiseshm.http.fast_hit import FastHit
+from fraiseshm.master import start_master
+from fraiseshm.runtime import Runtime
+from tests.integration.server import JWT_SECRET, ROOT, USER_QUERY, Server
+
+DRAFTS = "{ drafts(limit: 100) { id title } }"
+UPDATE_USER = "mutation($id: ID!, $name: String) { updateUser(input: {id: $id, name: $name}) { success } }"
+MADE_ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]+")  # fraiseshm/http/request_id.py's made ids
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        found = [v for k, v in self.headers if k == name.lower().encode()]
+        assert len(found) <= 1, (name, self.headers)
+        return found[0].decode() if found else None
+
+
+class CountingApp:
+    """Calls through to falcon and counts the calls: which path answered."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.calls = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls += 1
+        await self.app(scope, receive, send)
+
+
+class InProcess:
+    """One worker's application (create_app) on a real runtime, driven by ASGI calls."""
+
+    def __init__(self, dsn: str, **env: str) -> None:
+        self.arena_name = f"/fraiseshm-fast-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+        self.settings = load_settings(environ={
+            "FRAISESHM_DATABASE_DSN": dsn,
+            "FRAISESHM_ARENA_NAME": self.arena_name,
+            "FRAISESHM_ARENA_SIZE": str(16 << 20),
+            "FRAISESHM_SCHEMA_SDL": str(ROOT / "examples/blog/schema.graphql"),
+            "FRAISESHM_JWT_SECRET": JWT_SECRET,
+            "FRAISESHM_DB_ROLE": "blog_web",  # row-level security applies (drafts)
+            "FRAISESHM_EXPOSE_WORKER_HEADER": "true",
+            "FRAISESHM_LISTEN_CHANGES": "false",
+            "FRAISESHM_AUDIT_ENABLED": "false",
+            "FRAISESHM_SCHEMA_RECHECK_INTERVAL": "0",
+            "FRAISESHM_LOG_LEVEL": "warning",
+            **{"FRAISESHM_" + k.upper(): v for k, v in env.items()},
+        })
+        self.runner = asyncio.Runner()
+        self.master = start_master(self.settings)
+        self.runtime = Runtime(self.settings)
+        app = create_app(self.settings, self.runtime)
+        assert isinstance(app, FastHit)
+        self.fast = app
+        self.falcon = CountingApp(app.app)
+        app.app = self.falcon
+        self.runner.run(self.runtime.start())
+
+    def close(self) -> None:
+        self.runner.run(self.runtime.stop())
+        self.runner.close()
+        self.master.stop()
+
+    def request(self, method: str, body: bytes = b"", headers: list[tuple[str, str]] | None = None, *,
+                path: str = "/graphql", query_string: bytes = b"", falcon: bool = False) -> Answer:
+        """One request, through the fast path (falcon=False) or straight to falcon."""
+        raw_headers = [(b"host", b"127.0.0.1:8000")]
+        raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers or []]
+        if method == "POST":
+            raw_headers.append((b"content-length", str(len(body)).encode()))
+        scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": query_string, "root_path": "", "headers": raw_headers,
+            "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 40000),
+        }
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        self.runner.run((self.falcon.app if falcon else self.fast)(scope, receive, send))
+        start, *bodies = sent
+        assert start["type"] == "http.response.start" and all(b["type"] == "http.response.body" for b in bodies)
+        assert not any(b.get("more_body") for b in bodies)
+        return Answer(start["status"], list(start["headers"]), b"".join(b.get("body", b"") for b in bodies))
+
+    def both(self, method: str, body: bytes = b"", headers: list[tuple[str, str]] | None = None,
+             **kw: Any) -> tuple[Answer, Answer, bool]:
+        """The same request through falcon, then the fast path: (falcon's, fast's, fast path answered)."""
+        slow = self.request(method, body, headers, falcon=True, **kw)
+        calls = self.falcon.calls
+        fast = self.request(method, body, headers, **kw)
+        return slow, fast, self.falcon.calls == calls
+
+    def counters(self) -> dict[str, int]:
+        assert self.runtime.arena is not None
+        mine = next(p for p in self.runtime.arena.stats()["processes"] if p["pid"] == os.getpid())
+        return {c.name: mine["counters"][c.name.lower()] for c in (Counter.REQUESTS, Counter.HITS, Counter.MISSES)}
+
+
+def post(query: str, variables: dict[str, Any] | None = None) -> bytes:
+    return json.dumps({"query": query, "variables": variables or {}}).encode()
+
+
+JSON_CT = ("Content-Type", "application/json")
+
+
+def same(slow: Answer, fast: Answer, *, client_request_id: bool = True) -> None:
+    """Status, body and every header in order; a made request id is only compared in shape."""
+    assert (fast.status, fast.body) == (slow.status, slow.body)
+    if not client_request_id:
+        for answer in (slow, fast):
+            rid = answer.header("X-Request-ID")
+            assert rid is not None and MADE_ID.fullmatch(rid), answer.headers
+        slow_h = [(k, b"<made>" if k == b"x-request-id" else v) for k, v in slow.headers]
+        fast_h = [(k, b"<made>" if k == b"x-request-id" else v) for k, v in fast.headers]
+        assert fast_h == slow_h
+    else:
+        assert fast.headers == slow.headers
+
+
+@pytest.fixture(scope="module")
+def app(pg_dsn: str) -> Iterator[InProcess]:
+    inproc = InProcess(pg_dsn)
+    try:
+        yield inproc
+    finally:
+        inproc.close()
+
+
+@pytest.fixture(scope="module")
+def uids(pg_cluster: EmbeddedCluster) -> list[str]:
+    return pg_cluster.psql("SELECT id FROM tb_user ORDER BY pk_user LIMIT 20").split()
+
+
+def author_with_drafts(cluster: EmbeddedCluster) -> str:
+    return cluster.psql("SELECT u.id FROM tb_user u JOIN tb_draft d ON d.fk_author = u.pk_user ORDER BY u.pk_user LIMIT 1").strip()
+
+
+def token(sub: str, *, secret: str = JWT_SECRET, lifetime: float = 300) -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time() + lifetime)}, secret, algorithm="HS256")
+
+
+# --- the same answer, header by header -------------------------------------------------
+
+
+HIT_VARIANTS = {
+    "plain": [JSON_CT],
+    "client request id": [JSON_CT, ("X-Request-ID", "trace-42.a:b@c/d+e=f")],
+    "graphql-response accept": [JSON_CT, ("Accept", "application/graphql-response+json")],
+    "json accept with q": [JSON_CT, ("Accept", "text/html;q=0.9, application/json;q=0.8")],
+    "any accept": [JSON_CT, ("Accept", "*/*")],
+    "content type with charset": [("Content-Type", "Application/JSON; charset=utf-8")],
+    "graphql-response content type": [("Content-Type", "application/graphql-response+json")],
+    "stale if-none-match": [JSON_CT, ("If-None-Match", '"0000000000000000"')],
+    "unrelated headers": [JSON_CT, ("User-Agent", "x"), ("Cookie", "a=b"), ("Cache-Control", "no-cache")],
+}
+
+
+@pytest.mark.parametrize("variant", HIT_VARIANTS)
+def test_a_hit_through_the_fast_path_is_falcons_hit(app: InProcess, uids: list[str], variant: str) -> None:
+    body = post(USER_QUERY, {"id": uids[1]})
+    headers = HIT_VARIANTS[variant]
+    app.request("POST", body, headers)  # miss via falcon: fills the arena and the memo
+    slow, fast, fast_answered = app.both("POST", body, headers)
+    assert fast_answered, "the fast path handed a memoised hit to falcon"
+    assert slow.header("X-Cache") == "HIT" and slow.status == 200
+    same(slow, fast, client_request_id="X-Request-ID" in dict(headers))
+
+
+def test_if_none_match_gives_the_same_304(app: InProcess, uids: list[str]) -> None:
+    body = post(USER_QUERY, {"id": uids[2]})
+    etag = app.request("POST", body, [JSON_CT]).header("ETag")
+    assert etag is not None
+    for inm in (etag, f'"0000000000000001", {etag}', f"W/{etag}"):
+        slow, fast, fast_answered = app.both("POST", body, [JSON_CT, ("If-None-Match", inm)])
+        assert fast_answered and slow.status == 304 and fast.body == b""
+        same(slow, fast, client_request_id=False)
+
+
+def test_a_private_hit_is_served_to_its_verified_token_only(app: InProcess, pg_cluster: EmbeddedCluster) -> None:
+    uid = author_with_drafts(pg_cluster)
+    body = post(DRAFTS)
+    auth = [JSON_CT, ("Authorization", f"Bearer {token(uid)}")]
+    first = app.request("POST", body, auth)
+    assert first.status == 200 and json.loads(first.body)["data"]["drafts"], first.body
+    slow, fast, fast_answered = app.both("POST", body, auth)
+    assert fast_answered and slow.header("X-Cache") == "HIT"
+    assert slow.header("Cache-Control") == "private, no-cache" and slow.header("Vary") == "Authorization"
+    same(slow, fast, client_request_id=False)
+
+    # A token that does not verify never reaches the entry: falcon answers 401, as it would anyway.
+    for bad in (token(uid, secret="another-secret-of-at-least-thirty-two-bytes"), token(uid, lifetime=-60),
+                token(uid)[:-4] + "AAAA"):
+        slow, fast, fast_answered = app.both("POST", body, [JSON_CT, ("Authorization", f"Bearer {bad}")])
+        assert not fast_answered and fast.status == slow.status == 401
+        same(slow, fast, client_request_id=False)
+    # Anonymous: a private result is never keyed without a scope (BYPASS, by falcon).
+    slow, fast, fast_answered = app.both("POST", body, [JSON_CT])
+    assert not fast_answered and fast.header("X-Cache") == "BYPASS"
+    assert json.loads(fast.body)["data"]["drafts"] == []
+
+
+def test_a_get_hit_and_the_trailing_slash(app: InProcess, uids: list[str]) -> None:
+    qs = urlencode({"query": USER_QUERY, "variables": json.dumps({"id": uids[3]})}).encode()
+    app.request("GET", query_string=qs)  # falcon's path memoises the query string (through PROBE)
+    for path in ("/graphql", "/graphql/"):
+        slow, fast, fast_answered = app.both("GET", query_string=qs, path=path)
+        assert fast_answered and slow.header("X-Cache") == "HIT"
+        same(slow, fast, client_request_id=False)
+
+
+REFUSED = {
+    "accept html": ([JSON_CT, ("Accept", "text/html")], 406),
+    "content type text": ([("Content-Type", "text/plain")], 415),
+    "accept twice": ([JSON_CT, ("Accept", "application/json"), ("Accept", "application/graphql-response+json")], 200),
+    "not bearer": ([JSON_CT, ("Authorization", "Basic dXNlcjpwYXNz")], 401),
+}
+
+
+@pytest.mark.parametrize("variant", REFUSED)
+def test_what_the_fast_path_does_not_answer_goes_to_falcon(app: InProcess, uids: list[str], variant: str) -> None:
+    body = post(USER_QUERY, {"id": uids[1]})
+    app.request("POST", body, [JSON_CT])
+    headers, status = REFUSED[variant]
+    slow, fast, fast_answered = app.both("POST", body, headers)
+    assert not fast_answered and fast.status == status
+    same(slow, fast, client_request_id=False)
+
+
+# --- coherence and counters -------------------------------------------------------------
+
+
+def test_an_invalidated_entry_is_never_served_and_a_miss_counts_once(app: InProcess, uids: list[str]) -> None:
+    uid = uids[5]
+    body = post(USER_QUERY, {"id": uid})
+    assert app.request("POST", body, [JSON_CT]).status == 200
+    before = app.counters()
+    fast = app.request("POST", body, [JSON_CT])
+    after = app.counters()
+    assert fast.header("X-Cache") == "HIT"
+    assert after == {"REQUESTS": before["REQUESTS"] + 1, "HITS": before["HITS"] + 1, "MISSES": before["MISSES"]}
+
+    renamed = app.request("POST", post(UPDATE_USER, {"id": uid, "name": "fast-renamed"}), [JSON_CT])
+    assert json.loads(renamed.body)["data"]["updateUser"]["success"], renamed.body
+    calls, before = app.falcon.calls, app.counters()
+    answer = app.request("POST", body, [JSON_CT])
+    after = app.counters()
+    assert app.falcon.calls == calls + 1, "the fast path answered after the entry was invalidated"
+    assert answer.header("X-Cache") == "MISS" and json.loads(answer.body)["data"]["user"]["name"] == "fast-renamed"
+    assert after["MISSES"] == before["MISSES"] + 1, "the fast path's miss was looked up (and counted) twice"
+    assert after["REQUESTS"] == before["REQUESTS"] + 1
+
+    # A flush (what a DDL change or an admin does) is seen the same way.
+    assert app.runtime.arena is not None
+    app.runtime.arena.flush()
+    calls = app.falcon.calls
+    assert app.request("POST", body, [JSON_CT]).header("X-Cache") == "MISS" and app.falcon.calls == calls + 1
+
+
+def test_a_mutation_body_is_never_answered_by_the_fast_path(app: InProcess, uids: list[str]) -> None:
+    body = post(UPDATE_USER, {"id": uids[6], "name": "twice"})
+    for _ in range(2):
+        calls = app.falcon.calls
+        r = app.request("POST", body, [JSON_CT])
+        assert app.falcon.calls == calls + 1 and r.header("X-Cache") == "BYPASS"
+
+
+def test_fast_hit_off_is_falcon_alone(pg_dsn: str) -> None:
+    settings = load_settings(environ={"FRAISESHM_DATABASE_DSN": pg_dsn, "FRAISESHM_FAST_HIT": "false"})
+    assert isinstance(create_app(settings), falcon.asgi.App)
