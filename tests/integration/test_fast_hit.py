@@ -243,9 +243,11 @@ def test_a_private_hit_is_served_to_its_verified_token_only(app: InProcess, pg_c
         slow, fast, fast_answered = app.both("POST", body, [JSON_CT, ("Authorization", f"Bearer {bad}")])
         assert not fast_answered and fast.status == slow.status == 401
         same(slow, fast, client_request_id=False)
-    # Anonymous: a private result is never keyed without a scope (BYPASS, by falcon).
+    # Anonymous: a private result is never keyed without a scope (BYPASS, by falcon, no arena lookup).
+    before = app.counters()
     slow, fast, fast_answered = app.both("POST", body, [JSON_CT])
     assert not fast_answered and fast.header("X-Cache") == "BYPASS"
+    assert app.counters()["MISSES"] == before["MISSES"], "a BYPASS was looked up in the arena"
     assert json.loads(fast.body)["data"]["drafts"] == []
 
 
@@ -317,3 +319,138 @@ def test_a_mutation_body_is_never_answered_by_the_fast_path(app: InProcess, uids
 def test_fast_hit_off_is_falcon_alone(pg_dsn: str) -> None:
     settings = load_settings(environ={"FRAISESHM_DATABASE_DSN": pg_dsn, "FRAISESHM_FAST_HIT": "false"})
     assert isinstance(create_app(settings), falcon.asgi.App)
+
+
+# --- real gunicorn workers ----------------------------------------------------------------
+
+
+class Wire:
+    """One raw keep-alive HTTP/1.1 connection: the header lines exactly as the server wrote them."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+
+    def request(self, body: bytes, headers: list[tuple[str, str]] = (JSON_CT,)) -> tuple[int, list[tuple[str, str]], bytes]:  # type: ignore[assignment]
+        lines = [b"POST /graphql HTTP/1.1", b"Host: 127.0.0.1", b"Content-Length: %d" % len(body)]
+        lines += [f"{k}: {v}".encode("latin-1") for k, v in headers]
+        self.sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        while b"\r\n\r\n" not in self.buffer:
+            self._read()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        parsed = [(name, value.strip()) for name, value in (line.split(":", 1) for line in header_lines)]
+        length = next((int(v) for k, v in parsed if k.lower() == "content-length"), 0)
+        while len(self.buffer) < length:
+            self._read()
+        payload, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(status_line.split()[1]), parsed, payload
+
+    def _read(self) -> None:
+        chunk = self.sock.recv(65536)
+        assert chunk, "connection closed by the server"
+        self.buffer += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def lower(headers: list[tuple[str, str]]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers}
+
+
+def pinned(srv: Server) -> dict[str, Wire]:
+    """One kept-alive connection per worker (the kernel picks the worker of each new connection)."""
+    wires: dict[str, Wire] = {}
+    probe = post("{ users(limit: 1) { id } }")
+    for _ in range(64):
+        wire = Wire(srv.port)
+        pid = lower(wire.request(probe)[1])["x-fraiseshm-worker"]
+        if pid in wires:
+            wire.close()
+        else:
+            wires[pid] = wire
+        if len(wires) == srv.workers:
+            return wires
+    raise AssertionError(f"64 connections reached only workers {sorted(wires)}")
+
+
+@pytest.fixture(scope="module")
+def servers(pg_dsn: str) -> Iterator[tuple[Server, Server]]:
+    """The same configuration with and without the fast path."""
+    with Server(pg_dsn, workers=2, tag="fast") as fast, \
+            Server(pg_dsn, workers=1, tag="slow", env={"FRAISESHM_FAST_HIT": "false"}) as slow:
+        yield fast, slow
+
+
+def test_on_the_wire_a_fast_hit_is_a_falcon_hit(servers: tuple[Server, Server], uids: list[str]) -> None:
+    fast_srv, slow_srv = servers
+    body = post(USER_QUERY, {"id": uids[8]})
+    headers = [JSON_CT, ("X-Request-ID", "wire-1"), ("If-None-Match", '"0"')]
+    answers = []
+    for srv in (slow_srv, fast_srv):
+        wire = Wire(srv.port)
+        try:
+            assert lower(wire.request(body, headers)[1])["x-cache"] == "MISS"
+            answers.append(wire.request(body, headers))
+        finally:
+            wire.close()
+    (slow_status, slow_h, slow_body), (fast_status, fast_h, fast_body) = answers
+    assert (fast_status, fast_body) == (slow_status, slow_body) and lower(fast_h)["x-cache"] == "HIT"
+
+    def comparable(h: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [(k, "<varies>" if k.lower() in ("date", "x-fraiseshm-worker") else v) for k, v in h]
+
+    assert comparable(fast_h) == comparable(slow_h)
+
+
+def test_a_mutation_on_one_worker_is_seen_by_the_fast_path_of_the_other(servers: tuple[Server, Server], uids: list[str]) -> None:
+    srv = servers[0]
+    wires = pinned(srv)
+    try:
+        (pid_a, a), (pid_b, b) = wires.items()
+        uid = uids[9]
+        read = post(USER_QUERY, {"id": uid})
+        for round_no in range(6):
+            writer, reader = (a, b) if round_no % 2 == 0 else (b, a)
+            for wire in (a, b, a, b):  # both workers memoise the body and hit
+                assert wire.request(read)[0] == 200
+            assert lower(reader.request(read)[1])["x-cache"] == "HIT"
+            name = f"wire-{round_no}"
+            status, _, out = writer.request(post(UPDATE_USER, {"id": uid, "name": name}))
+            assert status == 200 and json.loads(out)["data"]["updateUser"]["success"], out
+            status, headers, out = reader.request(read)
+            assert json.loads(out)["data"]["user"]["name"] == name, (round_no, headers, out)
+            assert lower(headers)["x-cache"] == "MISS"
+    finally:
+        for wire in wires.values():
+            wire.close()
+
+
+def test_fast_hits_count_in_the_workers_metrics(servers: tuple[Server, Server], uids: list[str]) -> None:
+    srv = servers[0]
+    wires = pinned(srv)
+    try:
+        pid, wire = next(iter(wires.items()))
+        body = post(USER_QUERY, {"id": uids[10]})
+        wire.request(body)
+        wire.request(body)
+
+        def figures() -> dict[str, float]:
+            text = httpx.get(srv.url + "/metrics", headers={"Connection": "close"}).text
+            out = {}
+            for name in ("requests", "hits", "misses"):
+                m = re.search(rf'^fraiseshm_worker_{name}_total\{{worker="{pid}"\}} ([0-9.e+]+)$', text, re.M)
+                assert m, (name, pid)
+                out[name] = float(m.group(1))
+            return out
+
+        before = figures()
+        for _ in range(25):
+            assert lower(wire.request(body)[1])["x-cache"] == "HIT"
+        after = figures()
+        assert after["requests"] - before["requests"] == 25
+        assert after["hits"] - before["hits"] == 25 and after["misses"] == before["misses"]
+    finally:
+        for wire in wires.values():
+            wire.close()
