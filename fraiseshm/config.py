@@ -53,6 +53,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     request_id_header: str = "X-Request-ID"  # request id taken from this header when sane, else made; echoed
     expose_worker_header: bool = False  # add X-Fraiseshm-Worker: <pid> (diagnosis, tests)
     fast_hit: bool = True  # answer memoised hits before falcon routing (fraiseshm/http/fast_hit.py); false: all via falcon
+    fast_hit_protocol: bool = True  # with fast_hit: answer them inside gunicorn's HTTP/1.1 protocol (fraiseshm/http/worker.py)
 
     # --- PostgreSQL ----------------------------------------------------------
     database_dsn: str = "embedded"  # postgres://... or "embedded" (private cluster)

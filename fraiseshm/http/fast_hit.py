@@ -46,7 +46,7 @@ from fraiseshm.http.graphql_resource import _response_media_type
 from fraiseshm.http.request_id import request_id
 from fraiseshm.identity import Verifier
 from fraiseshm.runtime import Runtime
-from fraiseshm.service import GRAPHQL_RESPONSE, JSON, MEMO_BODY_BYTES, PROBE, GraphQLService, Probe, RequestMeta
+from fraiseshm.service import GRAPHQL_RESPONSE, JSON, MEMO_BODY_BYTES, PROBE, GraphQLService, Probe, Reply, RequestMeta
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -54,6 +54,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+PROBE_SCOPE_KEY = "fraiseshm.probe"  # set by the protocol (fraiseshm/http/worker.py) when it asked the memo already
 _PATHS = frozenset(("/graphql", "/graphql/"))  # falcon strips the trailing slash (app.py)
 _CONTENT_TYPES = frozenset((JSON, GRAPHQL_RESPONSE))
 _MEDIA = {JSON: JSON.encode(), GRAPHQL_RESPONSE: GRAPHQL_RESPONSE.encode()}
@@ -111,61 +112,79 @@ class FastHit:
             return None
         return self._service
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in _PATHS or scope.get("root_path"):
-            return await self.app(scope, receive, send)
-        method = scope["method"]
-        if method == "POST":
-            get = False
-        elif method == "GET":
-            get = True
-        else:
-            return await self.app(scope, receive, send)
-        service = self._service or self._started()
-        if service is None:
-            return await self.app(scope, receive, send)
+    # --- the synchronous core, shared by the ASGI app and the HTTP/1.1 protocol -----------
 
+    def inspect(self, method: str, headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes | None], RequestMeta] | None:
+        """The request headers the answer depends on, and the request's meta; None: falcon's to answer."""
         values: list[bytes | None] = [None] * 8
         wanted = self.wanted.get
-        for name, value in scope["headers"]:
+        for name, value in headers:
             slot = wanted(name)
             if slot is not None:
                 if values[slot] is not None:
-                    return await self.app(scope, receive, send)  # twice: falcon's joining rules decide
+                    return None  # twice: falcon's joining rules decide
                 values[slot] = value
-
         media_type = _response_media_type(_text(values[_ACCEPT]))
         if media_type is None:
-            return await self.app(scope, receive, send)  # 406
+            return None  # 406
+        if method == "POST":
+            content_type = (_text(values[_CONTENT_TYPE]) or "").split(";", 1)[0].strip().lower()
+            if content_type not in _CONTENT_TYPES:
+                return None  # 415
+            length = values[_CONTENT_LENGTH]
+            if length is None or not length.isdigit() or not 0 < int(length) <= self.max_body:
+                return None  # falcon reads or refuses the body
         try:
             identity = self.verifier.identify(_text(values[_AUTHORIZATION]), _text(values[_SCOPE]))
         except FraiseshmError:
-            return await self.app(scope, receive, send)  # 401 / 400, answered by falcon's error handlers
+            return None  # 401 / 400, answered by falcon's error handlers
         no_cache = False
         if self.honour_no_cache and values[_CACHE_CONTROL] is not None:
             cache_control = values[_CACHE_CONTROL].decode("latin-1")
             no_cache = "no-cache" in cache_control or "no-store" in cache_control
-        meta = RequestMeta(
-            method=method,
-            media_type=media_type,
-            identity=identity,
-            vary=self.vary,
-            no_cache=no_cache,
-            if_none_match=_text(values[_IF_NONE_MATCH]),
-        )
+        return values, RequestMeta(method=method, media_type=media_type, identity=identity, vary=self.vary,
+                                   no_cache=no_cache, if_none_match=_text(values[_IF_NONE_MATCH]))
 
+    def headers_of(self, reply: Reply, values: list[bytes | None]) -> list[tuple[bytes, bytes]]:
+        """Falcon's headers for this hit, in falcon's order: the request id (middleware, before the
+        resource), the media type, the reply's headers, the worker (middleware, after), the length."""
+        headers = [
+            (self.request_id_name, request_id(_text(values[_REQUEST_ID])).encode("latin-1")),
+            (b"content-type", _MEDIA[reply.content_type]),
+        ]
+        headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in reply.headers.items()]
+        headers += self.worker
+        if reply.status != 304:
+            headers.append((b"content-length", str(len(reply.body)).encode()))
+        return headers
+
+    def service(self) -> GraphQLService | None:
+        return self._service or self._started()
+
+    # --- the ASGI app ----------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in _PATHS or scope.get("root_path"):
+            return await self.app(scope, receive, send)
+        probe = scope.get(PROBE_SCOPE_KEY)
+        if probe is not None:  # the protocol asked already (fraiseshm/http/worker.py)
+            return await self._fall_through(scope, receive, send, [], probe)
+        method = scope["method"]
+        if method != "POST" and method != "GET":
+            return await self.app(scope, receive, send)
+        service = self._service or self._started()
+        if service is None:
+            return await self.app(scope, receive, send)
+        inspected = self.inspect(method, scope["headers"])
+        if inspected is None:
+            return await self.app(scope, receive, send)
+        values, meta = inspected
         read: list[Message] = []
-        if get:
+        if method == "GET":
             request = scope["query_string"]
             if not request or len(request) > MEMO_BODY_BYTES:
                 return await self.app(scope, receive, send)
         else:
-            content_type = (_text(values[_CONTENT_TYPE]) or "").split(";", 1)[0].strip().lower()
-            if content_type not in _CONTENT_TYPES:
-                return await self.app(scope, receive, send)  # 415
-            length = values[_CONTENT_LENGTH]
-            if length is None or not length.isdigit() or not 0 < int(length) <= self.max_body:
-                return await self.app(scope, receive, send)  # unread: falcon reads or refuses it
             chunks = []
             while True:
                 message = await receive()
@@ -177,27 +196,19 @@ class FastHit:
                     break
             request = chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-        reply, missed = service.memo_hit(request, get, meta)
+        reply, missed = service.memo_hit(request, method == "GET", meta)
         if reply is None:
-            probe = Probe(missed=missed, get_query=request if get else None)
-            token = PROBE.set(probe)
-            try:
-                return await self.app(scope, _Replay(read, receive) if read else receive, send)
-            finally:
-                PROBE.reset(token)
-
-        # Falcon's order: the request id (middleware, before the resource), the media
-        # type, the reply's headers, the worker (middleware, after), the length.
-        headers = [
-            (self.request_id_name, request_id(_text(values[_REQUEST_ID])).encode("latin-1")),
-            (b"content-type", _MEDIA[media_type]),
-        ]
-        headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in reply.headers.items()]
-        headers += self.worker
-        if reply.status != 304:
-            headers.append((b"content-length", str(len(reply.body)).encode()))
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+            return await self._fall_through(scope, receive, send, read,
+                                            Probe(missed=missed, get_query=request if method == "GET" else None))
+        await send({"type": "http.response.start", "status": reply.status, "headers": self.headers_of(reply, values)})
         await send({"type": "http.response.body", "body": reply.body})
+
+    async def _fall_through(self, scope: Scope, receive: Receive, send: Send, read: list[Message], probe: Probe) -> None:
+        token = PROBE.set(probe)
+        try:
+            await self.app(scope, _Replay(read, receive) if read else receive, send)
+        finally:
+            PROBE.reset(token)
 
 
 def _text(value: bytes | None) -> str | None:
@@ -205,4 +216,4 @@ def _text(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-__all__ = ["FastHit"]
+__all__ = ["PROBE_SCOPE_KEY", "FastHit"]
