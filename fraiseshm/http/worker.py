@@ -7,15 +7,14 @@ answer and ~8 us for the kernel's share (measured here: perf/bench_cache.py,
 the README's profile). So a hit answered as an ASGI app (fraiseshm/http/fast_hit.py)
 costs about what a constant-bytes falcon POST does. This worker answers the
 steady state of a hit earlier: when a kept-alive connection is idle and
-``data_received`` holds exactly one complete, plain request for /graphql, the
+the bytes handed to its parser hold exactly one complete, plain request for /graphql, the
 protocol asks FastHit's synchronous core (the same memo, verifier, arena lookup
 and headers) and writes the response itself, with the status line, Server and
 Date headers gunicorn writes. Everything else is fed to gunicorn unchanged,
 and FastHit's ASGI app still serves what the protocol declined.
 
-Declined (gunicorn's own path): the first request of a connection, a request
-arriving while another is being served or an application call is finishing,
-pipelined or partial data, anything but HTTP/1.1 POST/GET on /graphql in
+Declined (gunicorn's own path): a request arriving while another is being
+served, more or less than one complete request in the bytes at hand, anything but HTTP/1.1 POST/GET on /graphql in
 origin form, Transfer-Encoding, Connection, Upgrade, Expect, TE or
 HTTP2-Settings headers, header names with "_" (gunicorn's header policy
 rewrites those), obsolete line folding, a missing Host, GET with a body, a
@@ -27,8 +26,9 @@ learnt (the missed key, the GET query string to memoise) in its ASGI scope, so
 the arena is never asked twice for one request and every counter counts once.
 
 gunicorn's internals used here (pinned: gunicorn>=27,<28): ASGIProtocol's
-connection state (_awaiting_request, _finishing_calls, _closed, _flow_control,
-_http1_buffered, _arm_keepalive_timer, _build_http_scope), the worker's nr /
+connection state (_feed_callback_parser, _request_ready, _current_request,
+_finishing_calls, _closed, _flow_control, _http1_buffered, _arm_keepalive_timer,
+_build_http_scope), the worker's nr /
 max_requests, and the module's cached status line, Server and Date header
 helpers. If any is missing the worker says so once and uses plain ASGIProtocol.
 
@@ -59,7 +59,7 @@ _TOKEN = re.compile(rb"[!#$%&'*+.^`|~0-9A-Za-z-]+")
 _MAX_LINE = 4094  # gunicorn's limit_request_line default; also held to for header lines
 _MAX_FIELDS = 100  # gunicorn's limit_request_fields default
 _INTERNALS = ("_get_cached_status_line", "_get_cached_date_header", "_CACHED_SERVER_HEADER")
-_PROTOCOL_METHODS = ("_http1_buffered", "_arm_keepalive_timer", "_build_http_scope")
+_PROTOCOL_METHODS = ("_feed_callback_parser", "_http1_buffered", "_arm_keepalive_timer", "_build_http_scope")
 
 
 def _parse(data: bytes) -> tuple[str, bytes, list[tuple[bytes, bytes]], bytes] | None:
@@ -114,12 +114,15 @@ class FastHitProtocol(ASGIProtocol):
         self._plain = (not self.log.access_log_enabled and self._pre_request is None and self._post_request is None
                        and not self._uses_uwsgi and self._proxy_protocol in ("off", None, False))
 
-    def data_received(self, data: bytes) -> None:
-        if (self.fast is not None and self._plain and self._awaiting_request and not self._finishing_calls
-                and not self._closed and self._callback_parser is not None and self._websocket is None
-                and len(data) <= MEMO_BODY_BYTES + 8192 and self._answer(data)):
-            return
-        super().data_received(data)
+    def _feed_callback_parser(self, data: bytes) -> bool:
+        # Both ways bytes reach the parser pass here: data_received() and the connection
+        # loop's re-feed of bytes that arrived while the previous response was going out
+        # (a quick client's next request usually does). Between requests the loop has
+        # cleared _request_ready and _current_request and reset the parser.
+        if (self.fast is not None and self._plain and not self._closed and self._current_request is None
+                and not self._request_ready.is_set() and len(data) <= MEMO_BODY_BYTES + 8192 and self._answer(data)):
+            return True
+        return super()._feed_callback_parser(data)
 
     def _answer(self, data: bytes) -> bool:
         """True when the hit was written; False: gunicorn serves data (with self._probe, if asked)."""
@@ -159,7 +162,8 @@ class FastHitProtocol(ASGIProtocol):
         # what gunicorn's connection loop does after a response it served
         self.req_count += 1
         worker.nr += 1
-        self._arm_keepalive_timer()
+        if not self._finishing_calls:  # else _finishing_call_done() arms it, as after gunicorn's own responses
+            self._arm_keepalive_timer()
         FastHitProtocol.answered += 1
         return True
 
