@@ -474,6 +474,15 @@ def test_fast_hits_count_in_the_workers_metrics(servers: tuple[Server, Server], 
         after = figures()
         assert after["requests"] - before["requests"] == 25
         assert after["hits"] - before["hits"] == 25 and after["misses"] == before["misses"]
+
+        # A miss the protocol found is handed on with its key: looked up, and counted, once.
+        status, _, out = wire.request(post(UPDATE_USER, {"id": uids[10], "name": "counted-once"}))
+        assert status == 200 and json.loads(out)["data"]["updateUser"]["success"], out
+        before = figures()
+        status, headers, out = wire.request(body)
+        assert lower(headers)["x-cache"] == "MISS" and json.loads(out)["data"]["user"]["name"] == "counted-once"
+        after = figures()
+        assert (after["misses"] - before["misses"], after["hits"] - before["hits"], after["requests"] - before["requests"]) == (1, 0, 1)
     finally:
         for wire in wires.values():
             wire.close()
