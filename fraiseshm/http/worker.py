@@ -14,7 +14,9 @@ Date headers gunicorn writes. Everything else is fed to gunicorn unchanged,
 and FastHit's ASGI app still serves what the protocol declined.
 
 Declined (gunicorn's own path): a request arriving while another is being
-served, more or less than one complete request in the bytes at hand, anything but HTTP/1.1 POST/GET on /graphql in
+served or while gunicorn's parser holds part of one (only gunicorn's pure-Python
+parser is understood: with gunicorn_h1c installed the protocol answers nothing),
+more or less than one complete request in the bytes at hand, anything but HTTP/1.1 POST/GET on /graphql in
 origin form, Transfer-Encoding, Connection, Upgrade, Expect, TE or
 HTTP2-Settings headers, header names with "_" (gunicorn's header policy
 rewrites those), obsolete line folding, a missing Host, GET with a body, a
@@ -26,7 +28,8 @@ learnt (the missed key, the GET query string to memoise) in its ASGI scope, so
 the arena is never asked twice for one request and every counter counts once.
 
 gunicorn's internals used here (pinned: gunicorn>=27,<28): ASGIProtocol's
-connection state (_feed_callback_parser, _request_ready, _current_request,
+connection state (_feed_callback_parser, _request_ready, _current_request, the
+PythonProtocol parser's _state and _buffer,
 _finishing_calls, _closed, _flow_control, _http1_buffered, _arm_keepalive_timer,
 _build_http_scope), the worker's nr /
 max_requests, and the module's cached status line, Server and Date header
@@ -128,6 +131,11 @@ class FastHitProtocol(ASGIProtocol):
         """True when the hit was written; False: gunicorn serves data (with self._probe, if asked)."""
         worker = self.worker
         if not worker.alive or not self._keepalive or worker.nr + 1 >= worker.max_requests or self._http1_buffered():
+            return False
+        # INVARIANT: gunicorn's parser holds nothing (not half a request line or header block
+        # from an earlier segment): these bytes then start a request, as gunicorn would read them.
+        parser = self._callback_parser
+        if getattr(parser, "_state", None) != "request_line" or getattr(parser, "_buffer", b"?"):
             return False
         flow = self._flow_control
         if flow is not None and flow.write_paused:
