@@ -121,6 +121,7 @@ class _Generator:
         self.lags: list[float] = []
         self.hits = self.reads = self.errors = self.stale = self.checked = 0
         self.statuses: collections.Counter[int] = collections.Counter()  # non-200 answers by status
+        self.stale_kinds: collections.Counter[str] = collections.Counter()  # stale reads by document
         self.dropped = 0  # connections lost with a request in flight
         self.renames = self.renames_converted = 0
         self.writing: set[int] = set()  # users with a rename in flight
@@ -226,6 +227,7 @@ class _Generator:
             got = int(name[3:]) if isinstance(name, str) and name.startswith("fr-") else -1
             if got < newest:
                 self.stale += 1
+                self.stale_kinds[kind] += 1
 
     def lost(self, conn: _Conn) -> None:
         if conn in self.idle:
@@ -298,7 +300,7 @@ class _Generator:
             "p50_ms": pct(0.50), "p99_ms": pct(0.99), "p999_ms": pct(0.999), "max_ms": lat[-1] * 1000 if lat else None,
             "send_lag_p99_ms": lags[int(0.99 * len(lags))] * 1000 if lags else None,
             "renames": self.renames, "renames_sent_as_reads": self.renames_converted,
-            "stale_reads": self.stale, "reads_checked": self.checked,
+            "stale_reads": self.stale, "reads_checked": self.checked, "stale_by_document": dict(self.stale_kinds),
             "generator_cpu_core_share": cpu / wall if wall else None,  # of one core
             "generator_machine_share": cpu / wall / (os.cpu_count() or 1) if wall else None,
             "connections": self.connections,
