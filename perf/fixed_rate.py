@@ -328,11 +328,20 @@ def drive(url: str, ids: list[str], rate: float, seconds: float, op: str, seed: 
 # --- the scenario (called by perf/run.py, or by main() below) --------------------------------
 
 
-def settle(url: str, timeout: float = 60.0) -> None:
-    """Until the server answers three reads in a row within 100 ms: an overloaded run leaves work queued behind it."""
+def settle(url: str, dsn: str = "", timeout: float = 60.0) -> None:
+    """Until the server answers three reads in a row within 100 ms and (with dsn) PostgreSQL runs no
+    statement of an earlier run: an overloaded run leaves work queued behind it, and a rename it gave up
+    on that commits during the next run would look like a stale read there."""
     import httpx
 
     deadline = time.monotonic() + timeout
+    if dsn:
+        import common
+
+        busy = ("SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend' AND query !~* 'LISTEN|pg_stat_activity'")
+        while time.monotonic() < deadline and int(common.psql(dsn, busy).strip() or 0) > 0:
+            time.sleep(0.1)  # polling PostgreSQL, not synchronising with it
     quick = 0
     with httpx.Client(timeout=10.0) as client:
         while quick < 3 and time.monotonic() < deadline:
@@ -347,7 +356,7 @@ def settle(url: str, timeout: float = 60.0) -> None:
 
 def run_once(url: str, ids_file: Path, rate: float, seconds: float, op: str, dsn: str = "") -> dict[str, Any]:
     """One fixed-rate run in a separate generator process; with dsn, the acknowledged renames are checked in PostgreSQL."""
-    settle(url)
+    settle(url, dsn)
     out = subprocess.run([sys.executable, str(PERF / "fixed_rate.py"), "drive", url, str(ids_file),
                           "--rate", str(rate), "--seconds", str(seconds), "--op", op],
                          capture_output=True, text=True, timeout=seconds + 120, check=False)
@@ -374,12 +383,12 @@ def passes(r: dict[str, Any]) -> bool:
 
 
 def step_search(url: str, ids_file: Path, op: str, seconds: float, start: float = 5000, lo_floor: float = 50,
-                ceiling: float = 40_000, bisections: int = 2) -> dict[str, Any]:
+                ceiling: float = 40_000, bisections: int = 2, dsn: str = "") -> dict[str, Any]:
     """The highest rate (req/s) whose p99 stays under 50 ms: double (or halve) from start, then bisect."""
     steps: list[dict[str, Any]] = []
 
     def probe(rate: float) -> bool:
-        r = run_once(url, ids_file, rate, seconds, op)  # the prewarmed documents: steady state, as the main run
+        r = run_once(url, ids_file, rate, seconds, op, dsn)  # the prewarmed documents: steady state, as the main run
         r["pass"] = passes(r)
         steps.append(r)
         return r["pass"]
@@ -425,7 +434,7 @@ def scenario(urls: dict[str, str], ids_file: Path, dsn: str, *, rate: float = 50
                                 for i in ids for q in (queries.user_q(op), queries.posts_q(op))])
         main_run = run_once(url, ids_file, rate, seconds, op, dsn)
         main_run["pass"] = passes(main_run)
-        search = step_search(url, ids_file, op, step_seconds, start=rate)
+        search = step_search(url, ids_file, op, step_seconds, start=rate, dsn=dsn)
         results[target] = {"at_rate": main_run, **search}
     return results
 
