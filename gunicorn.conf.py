@@ -24,7 +24,9 @@ backlog = 2048
 # Worker processes: gunicorn's native ASGI worker on uvloop. Default one per
 # core: measured on 2 cores, 2 workers beat 4 (see README, benchmarks).
 workers = _settings.effective_workers()
-worker_class = "asgi"
+# gunicorn's ASGI worker; with fast_hit_protocol, its subclass that answers cache
+# hits inside the HTTP/1.1 protocol (fraiseshm/http/worker.py).
+worker_class = "fraiseshm.http.worker.FastHitWorker" if _settings.fast_hit and _settings.fast_hit_protocol else "asgi"
 asgi_loop = "uvloop"
 asgi_lifespan = "on"  # the worker builds its runtime in the lifespan startup
 timeout = _settings.worker_timeout  # longer than the coalescing lease (checked by Settings)

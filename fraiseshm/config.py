@@ -56,6 +56,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (fraiseshm/logs.py)
     request_id_header: str = "X-Request-ID"  # request id taken from this header when sane, else made; echoed
     expose_worker_header: bool = False  # add X-Fraiseshm-Worker: <pid> (diagnosis, tests)
+    fast_hit: bool = True  # answer memoised hits before falcon routing (fraiseshm/http/fast_hit.py); false: all via falcon
+    fast_hit_protocol: bool = True  # with fast_hit: answer them inside gunicorn's HTTP/1.1 protocol (fraiseshm/http/worker.py)
 
     # --- HTTP surface: persisted queries, batching, GraphiQL (docs/ARCHITECTURE.md, "The HTTP surface") --
     automatic_persisted_queries: bool = True  # Apollo's APQ: a sha256 hash in place of the query text

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,11 +74,12 @@ class _PostBody(msgspec.Struct):
 _decode_post = msgspec.json.Decoder(_PostBody).decode
 _decode_variables = msgspec.json.Decoder(dict[str, Any] | None).decode
 
-# Per-worker memo of request bodies already seen: body -> (prepared, variables, key base).
-# It holds parsed documents too (up to ~160 B per byte of text), so it is bounded in bytes.
-MEMO_BODIES = 1024  # entries, then the memo starts over
-MEMO_BODY_BYTES = 4096  # larger bodies are not memoised
-MEMO_TOTAL_BYTES = 256 * 1024  # bodies' bytes, then the memo starts over (documents: <= ~40 MiB)
+# Per-worker memo of requests already seen: POST body or GET query string -> (prepared,
+# variables, key base). It holds parsed documents too (up to ~160 B per byte of text), so
+# it is bounded in bytes. The memo never holds an answer: every use asks the arena.
+MEMO_BODIES = 1024  # entries (POST and GET together), then the memo starts over
+MEMO_BODY_BYTES = 4096  # larger bodies and query strings are not memoised
+MEMO_TOTAL_BYTES = 256 * 1024  # their bytes, then the memo starts over (documents: <= ~40 MiB)
 OFFLOAD_QUERY_BYTES = 2048  # documents above this are compiled off the event loop
 OFFLOAD_BODY_BYTES = 64 * 1024  # bodies above this are decoded off the event loop
 
@@ -102,6 +104,21 @@ class RequestMeta:
     no_cache: bool = False  # request Cache-Control: no-cache
     if_none_match: str | None = None
     deadline: float = 0.0  # time.monotonic() by which the database work must be done; 0 = none
+
+
+@dataclass(slots=True)
+class Probe:
+    """What the fast path (fraiseshm/http/fast_hit.py) tells the full path of the same request."""
+
+    missed: bytes | None = None  # the arena key it just looked up in vain: not looked up (nor counted) twice
+    get_query: bytes | None = None  # a GET's raw query string: memoise the request under it
+
+
+# Set by the fast path around its call into falcon, read by this request's service calls
+# (the same task): the HTTP resources in between need not know about it.
+PROBE: ContextVar[Probe | None] = ContextVar("fraiseshm_probe", default=None)
+
+_Memoised = tuple[Prepared, dict[str, Any] | None, bytes]  # (prepared, variables, key base)
 
 
 def _error_body(message: str, **extensions: Any) -> bytes:
@@ -143,8 +160,9 @@ class GraphQLService:
         self.persisted = persisted or PersistedQueries(
             arena, automatic=settings.automatic_persisted_queries, ttl=settings.default_ttl)
         self._counted = arena if settings.stats_enabled else None  # per-request counters; failures always count
-        self._posted: dict[bytes, tuple[Prepared, dict[str, Any] | None, bytes]] = {}
-        self._posted_bytes = 0
+        self._posted: dict[bytes, _Memoised] = {}  # POST body -> request
+        self._gotten: dict[bytes, _Memoised] = {}  # GET query string -> request (filled when PROBE asks)
+        self._memo_bytes = 0
         # One thread: large documents and bodies are compiled one at a time, off the loop.
         self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraiseshm-compile")
         self._refreshing: set[asyncio.Task[Any]] = set()  # stale-while-revalidate refreshes
@@ -157,7 +175,7 @@ class GraphQLService:
         """The schema was (re-)bound to the database: new tags per type, new version in every key."""
         self._tables = {name: b.table for name, b in self.served.bindings.items()}  # type -> root table
         self._wide = {name: b.wide for name, b in self.served.bindings.items()}  # type -> safe wider invalidation
-        self._posted.clear()  # its keys hold the old schema version
+        self._forget()  # its keys hold the old schema version
         self.executor.rebound()
 
     def close(self) -> None:
@@ -206,8 +224,9 @@ class GraphQLService:
                     return self._bad_request(str(exc), meta)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     return self._bad_request(f"'{name}' is not a JSON object: {exc}", meta)
+        probe = PROBE.get()
         return await self.handle(query, params.get("operationName") or None, decoded["variables"], meta,
-                                 extensions=decoded["extensions"])
+                                 extensions=decoded["extensions"], get_query=probe.get_query if probe is not None else None)
 
     async def handle(
         self,
@@ -217,6 +236,7 @@ class GraphQLService:
         meta: RequestMeta,
         body: bytes | None = None,
         extensions: dict[str, Any] | None = None,
+        get_query: bytes | None = None,
     ) -> Reply:
         if self._counted is not None:
             self._counted.incr(Counter.REQUESTS)
@@ -249,13 +269,55 @@ class GraphQLService:
                 log.info("rejected GraphQL request: %s", exc)
                 return self._request_errors([{"message": str(exc), "extensions": {"code": "LIMIT_EXCEEDED", "limit": exc.setting}}], meta)
         base = base_key(prepared.digest, self.served.version, variables)
-        if body is not None and len(body) <= MEMO_BODY_BYTES:
-            if len(self._posted) >= MEMO_BODIES or self._posted_bytes + len(body) > MEMO_TOTAL_BYTES:
-                self._posted.clear()  # bounded: a cold restart of the memo is cheap
-                self._posted_bytes = 0
-            self._posted[body] = (prepared, variables, base)
-            self._posted_bytes += len(body)
+        if body is not None:
+            self._remember(self._posted, body, (prepared, variables, base))
+        elif get_query is not None:
+            self._remember(self._gotten, get_query, (prepared, variables, base))
         return await self._dispatch(prepared, variables, base, meta)
+
+    # --- the memo and the fast path's hit ---------------------------------------
+
+    def _remember(self, memo: dict[bytes, _Memoised], request: bytes, memoised: _Memoised) -> None:
+        if len(request) > MEMO_BODY_BYTES:
+            return
+        if len(self._posted) + len(self._gotten) >= MEMO_BODIES or self._memo_bytes + len(request) > MEMO_TOTAL_BYTES:
+            self._forget()  # bounded: a cold restart of the memo is cheap
+        memo[request] = memoised
+        self._memo_bytes += len(request)
+
+    def _forget(self) -> None:
+        self._posted.clear()
+        self._gotten.clear()
+        self._memo_bytes = 0
+
+    def memo_hit(self, request: bytes, get: bool, meta: RequestMeta) -> tuple[Reply | None, bytes | None]:
+        """The fast path's one question: a request seen before whose answer the arena holds now.
+
+        (reply, None): the hit, counted, with the headers _query's hit has;
+        (None, key):   the arena was asked for key and missed (counted once: the full
+                       path, told through PROBE, does not ask again);
+        (None, None):  not memoised, a mutation, or not answerable from the cache.
+        The memo maps the request to its key only: the arena decides, every time,
+        whether an entry exists and is still valid.
+        """
+        memoised = (self._gotten if get else self._posted).get(request)
+        arena = self.arena
+        if memoised is None or arena is None or (meta.no_cache and self.settings.honour_no_cache):
+            return None, None
+        prepared, _variables, base = memoised
+        if prepared.is_mutation:
+            return None, None
+        private = _is_private(prepared)
+        scope = meta.identity.scope if private else b""
+        if private and not scope:
+            return None, None  # BYPASS: the full path answers it
+        key = scoped_key(base, scope)
+        body = arena.get(key)
+        if body is None:
+            return None, key
+        if self._counted is not None:
+            self._counted.incr(Counter.REQUESTS)
+        return self._hit(body, meta, private), None
 
     async def _dispatch(self, prepared: Prepared, variables: dict[str, Any] | None, base: bytes, meta: RequestMeta) -> Reply:
         if prepared.is_mutation:
@@ -287,7 +349,8 @@ class GraphQLService:
             reply = self._own(await self._fill(key, prepared, variables, meta), meta)
             reply.headers["X-Cache"] = "MISS"
             return reply
-        body = arena.get(key)
+        probe = PROBE.get()
+        body = None if probe is not None and probe.missed == key else arena.get(key)
         if body is not None:
             return self._hit(body, meta, private)
         if self.settings.stale_while_revalidate:

@@ -80,8 +80,11 @@ def gunicorn(app: str | None = None, *, env: Mapping[str, str] | None = None, wo
     }
     cmd = [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")]
     if app is not None:
-        # Same worker class, loop and worker count; only the application differs.
-        cmd = [str(BIN / "gunicorn"), "-k", "asgi", "--asgi-loop", "uvloop", "-w", str(workers),
+        # Same worker class, loop and worker count; only the application differs. The
+        # alternatives are fraiseshm with another store: fraiseshm's worker (gunicorn.conf.py);
+        # the constant-bytes baseline keeps gunicorn's plain ASGI worker.
+        worker = "fraiseshm.http.worker.FastHitWorker" if app.startswith("alt_app") else "asgi"
+        cmd = [str(BIN / "gunicorn"), "-k", worker, "--asgi-loop", "uvloop", "-w", str(workers),
                "-b", f"127.0.0.1:{port}", "--no-control-socket", "--log-level", "warning", app]
     # gunicorn reads ./gunicorn.conf.py by default: other apps run from perf/.
     cwd = ROOT if app is None else ROOT / "perf"

@@ -16,7 +16,9 @@ stacks of 2 gunicorn ASGI workers each and the Node peer, all on the same databa
 Raw throughput and the step load to saturation are measured with wrk (one
 locust process tops out near 3k req/s on this 2-core machine); hit rate,
 database executions, staleness, the herd and mutation latency with locust,
-which checks every response (perf/locust_*.py). Each measurement is repeated
+which checks every response (perf/locust_*.py); the launch criteria (5,000 req/s
+open loop, then the highest rate whose p99 stays under 50 ms) with
+perf/fixed_rate.py's own generator. Each measurement is repeated
 interleaved (A B C D A B C D) and the median is reported with its spread.
 The load generator shares the 2 cores with the servers: pinning it to one
 core would halve the servers', so it is not pinned, on every target alike.
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+import fixed_rate
 import queries
 
 PERF = Path(__file__).resolve().parent
@@ -313,6 +316,7 @@ def main() -> int:
     print(f"rounds: {rounds} interleaved; load generator not pinned (2 cores shared with the servers)\n")
 
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    fixed: dict[str, dict[str, Any]] = {}
     steps: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
     with common.database(seed_users=10_000) as cluster, ExitStack() as stack:
         dsn = cluster.dsn
@@ -353,6 +357,11 @@ def main() -> int:
                     steps[t].append({"connections": c, "rps": r.requests_per_s, "p50_ms": r.p50_ms,
                                      "p99_ms": r.p99_ms, "errors": r.non_2xx})
 
+        if not only or "fixed" in only:
+            print("fixed rate (open loop, perf/fixed_rate.py) ...", flush=True)
+            fixed = fixed_rate.scenario(urls, ids_file, dsn, rate=FIXED_RATE, seconds=20 if args.quick else 60,
+                                        step_seconds=5 if args.quick else 10)
+
         for round_no in range(1, rounds + 1):
             for sc in scenarios(args.quick):
                 if only and sc.name not in only:
@@ -376,18 +385,38 @@ def main() -> int:
           f"10k users; {time.monotonic() - started:.0f}s ===")
     print("read/step: wrk (raw throughput; locust tops out near 3k req/s here); other rows: locust, every response checked\n")
     print_table(med, knees)
+    if fixed:
+        print()
+        fixed_rate.print_table(fixed, FIXED_RATE, 20 if args.quick else 60)
 
-    targets = check_targets(med, knees)
+    targets = check_targets(med, knees) + check_fixed(fixed)
     print("\ntargets (fraiseshm):")
     for line, ok in targets:
         print(f"  [{'ok' if ok else 'MISSED'}] {line}")
     pngs = plots(out, med, steps) + ([out / "curves.png"] if curves else [])
     (out / "results.json").write_text(json.dumps(
         {"machine": info, "rounds": rounds, "quick": args.quick, "medians": med, "step_load": steps,
-         "saturation": knees, "targets": [{"target": line, "met": ok} for line, ok in targets], "runs": raw},
+         "saturation": knees, "fixed_rate": fixed, "targets": [{"target": line, "met": ok} for line, ok in targets], "runs": raw},
         indent=2))
     print(f"\nwrote {out / 'results.json'}, " + ", ".join(str(p) for p in pngs))
     return 0 if all(ok for _, ok in targets) else 1
+
+
+FIXED_RATE = 5000  # req/s: the launch criteria's load
+
+
+def check_fixed(fixed: dict[str, dict[str, Any]]) -> list[tuple[str, bool]]:
+    fs = fixed.get("fraiseshm")
+    if fs is None:
+        return []
+    at = fs["at_rate"]
+    hit = at["hit_rate"] or 0.0
+    return [
+        (f"at {FIXED_RATE} req/s open loop: hit rate {hit:.1%} (>= 85 %), p99 {at['p99_ms']:.1f} ms (< 50 ms); "
+         f"p99 < 50 ms holds up to {fs['max_rate_p99_under_50ms']} req/s", hit >= 0.85 and at["pass"]),
+        (f"fixed rate: {at['stale_reads']} stale reads, {at.get('db_disagreements', 0)} renames the database disagrees with (= 0)",
+         at["stale_reads"] == 0 and not at.get("db_disagreements")),
+    ]
 
 
 def check_targets(med: dict[str, dict[str, dict[str, Any]]], knees: dict[str, dict[str, Any]]) -> list[tuple[str, bool]]:

@@ -1,8 +1,10 @@
-"""The falcon.asgi application: create_app(settings) -> falcon.asgi.App.
+"""The ASGI application: create_app(settings) -> falcon.asgi.App, behind the fast hit path.
 
 Only this package knows Falcon. Everything a worker needs (schema, asyncpg
 pool, executor, arena attachment) is built in the ASGI lifespan startup, i.e.
-in the worker after fork, never in the gunicorn master.
+in the worker after fork, never in the gunicorn master. With ``fast_hit`` (the
+default) fraiseshm/http/fast_hit.py answers memoised cache hits before falcon and
+hands it everything else.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fraiseshm.config import Settings
 from fraiseshm.logs import request_id_var
 from fraiseshm.http.admin import add_admin_routes
 from fraiseshm.http.errors import install_error_handlers
+from fraiseshm.http.fast_hit import ASGIApp, FastHit
 from fraiseshm.http.graphiql import GraphiQL, add_graphiql_routes
 from fraiseshm.http.graphql_resource import GraphQLResource
 from fraiseshm.http.health import HealthResource
@@ -69,7 +72,7 @@ class _RequestId:
         request_id_var.set(None)
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> falcon.asgi.App:
+def create_app(settings: Settings, runtime: Runtime | None = None) -> ASGIApp:
     runtime = runtime or Runtime(settings)
     middleware: list[Any] = [_Lifespan(runtime), _RequestId(settings.request_id_header)]
     if settings.expose_worker_header:
@@ -77,7 +80,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> falcon.asg
     app = falcon.asgi.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     graphiql = GraphiQL.load("/graphql") if settings.graphiql else None
-    app.add_route("/graphql", GraphQLResource(runtime, graphiql))
+    graphql = GraphQLResource(runtime, graphiql)
+    app.add_route("/graphql", graphql)
     app.add_route("/graphql/ws", SubscriptionsResource(runtime))  # cascadeUpdates (graphql-transport-ws)
     if graphiql is not None:
         add_graphiql_routes(app, graphiql)
@@ -87,4 +91,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> falcon.asg
     app.add_route("/metrics", MetricsResource(runtime))
     add_admin_routes(app, runtime)
     install_error_handlers(app)
+    if settings.fast_hit:
+        return FastHit(app, runtime, graphql.verifier, settings)
     return app

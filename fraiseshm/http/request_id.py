@@ -25,16 +25,20 @@ import re
 MAX_LENGTH = 128
 _SANE = re.compile(r"[A-Za-z0-9\-_.:@/+=]{1,%d}" % MAX_LENGTH)
 
-_prefix = ""
+_prefix = os.urandom(6).hex()
 _counter = itertools.count(1)
-_pid = 0
+
+
+def _reseed() -> None:
+    # PERF: a forked child gets its own prefix here, not by a getpid() (a syscall) per request.
+    global _prefix, _counter
+    _prefix, _counter = os.urandom(6).hex(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed)
 
 
 def _new() -> str:
-    global _prefix, _counter, _pid
-    pid = os.getpid()
-    if pid != _pid:  # first call, or a forked child: never share the parent's sequence
-        _pid, _prefix, _counter = pid, os.urandom(6).hex(), itertools.count(1)
     return f"{_prefix}-{next(_counter):x}"
 
 
