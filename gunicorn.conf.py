@@ -45,9 +45,22 @@ errorlog = "-"
 # One handler for every logger, gunicorn's included: text or JSON lines (log_format),
 # each line of a request with its request id, control characters a client sent
 # (an operationName with a newline...) escaped so they never forge a line.
+# Not through logconfig_dict: gunicorn takes any logconfig_dict as "access log on" and then
+# builds access-log data per request (and fraiseshm's HTTP/1.1 hit path stands aside).
+import logging.config  # noqa: E402
+
+from gunicorn.glogging import Logger as _GunicornLogger  # noqa: E402
+
 from fraiseshm.logs import gunicorn_logconfig  # noqa: E402
 
-logconfig_dict = gunicorn_logconfig(_settings)
+
+class _Logger(_GunicornLogger):
+    def setup(self, cfg):  # type: ignore[no-untyped-def]
+        super().setup(cfg)
+        logging.config.dictConfig(gunicorn_logconfig(_settings))  # replaces gunicorn's own handlers
+
+
+logger_class = _Logger
 
 _state = {}
 

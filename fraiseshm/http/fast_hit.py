@@ -42,6 +42,7 @@ from typing import Any
 
 from fraiseshm.config import Settings
 from fraiseshm.errors import FraiseshmError
+from fraiseshm.http.graphiql import wants_html
 from fraiseshm.http.graphql_resource import _response_media_type
 from fraiseshm.http.request_id import request_id
 from fraiseshm.identity import Verifier
@@ -86,6 +87,7 @@ class FastHit:
         self.vary = verifier.vary
         self.max_body = min(MEMO_BODY_BYTES, settings.max_body_bytes)
         self.request_id_name = settings.request_id_header.lower().encode("latin-1")
+        self.graphiql = settings.graphiql  # GET: a browser's page is falcon's; JSON replies Vary on Accept
         wanted = {
             b"accept": _ACCEPT,
             b"content-type": _CONTENT_TYPE,
@@ -127,6 +129,8 @@ class FastHit:
         media_type = _response_media_type(_text(values[_ACCEPT]))
         if media_type is None:
             return None  # 406
+        if method == "GET" and self.graphiql and wants_html(_text(values[_ACCEPT])):
+            return None  # GraphiQL's page
         if method == "POST":
             content_type = (_text(values[_CONTENT_TYPE]) or "").split(";", 1)[0].strip().lower()
             if content_type not in _CONTENT_TYPES:
@@ -145,14 +149,18 @@ class FastHit:
         return values, RequestMeta(method=method, media_type=media_type, identity=identity, vary=self.vary,
                                    no_cache=no_cache, if_none_match=_text(values[_IF_NONE_MATCH]))
 
-    def headers_of(self, reply: Reply, values: list[bytes | None]) -> list[tuple[bytes, bytes]]:
+    def headers_of(self, reply: Reply, values: list[bytes | None], get: bool = False) -> list[tuple[bytes, bytes]]:
         """Falcon's headers for this hit, in falcon's order: the request id (middleware, before the
         resource), the media type, the reply's headers, the worker (middleware, after), the length."""
         headers = [
             (self.request_id_name, request_id(_text(values[_REQUEST_ID])).encode("latin-1")),
             (b"content-type", _MEDIA[reply.content_type]),
         ]
-        headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in reply.headers.items()]
+        replied = reply.headers
+        if get and self.graphiql:  # as GraphQLResource.on_get: a browser gets the page at this URL
+            replied = dict(replied)
+            replied["Vary"] = ", ".join(filter(None, (replied.get("Vary"), "Accept")))
+        headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in replied.items()]
         headers += self.worker
         if reply.status != 304:
             headers.append((b"content-length", str(len(reply.body)).encode()))
@@ -200,7 +208,7 @@ class FastHit:
         if reply is None:
             return await self._fall_through(scope, receive, send, read,
                                             Probe(missed=missed, get_query=request if method == "GET" else None))
-        await send({"type": "http.response.start", "status": reply.status, "headers": self.headers_of(reply, values)})
+        await send({"type": "http.response.start", "status": reply.status, "headers": self.headers_of(reply, values, method == "GET")})
         await send({"type": "http.response.body", "body": reply.body})
 
     async def _fall_through(self, scope: Scope, receive: Receive, send: Send, read: list[Message], probe: Probe) -> None:

@@ -163,7 +163,7 @@ class FastHitProtocol(ASGIProtocol):
             return False
         # gunicorn's framing, as its _send_response_start + _send_body write it
         parts = [gprotocol._get_cached_status_line((1, 1), reply.status)]
-        for name, value in fast.headers_of(reply, values):
+        for name, value in fast.headers_of(reply, values, get):
             parts += (name, b": ", value, b"\r\n")
         parts += (gprotocol._CACHED_SERVER_HEADER, gprotocol._get_cached_date_header(), b"\r\n", reply.body)
         self.transport.write(b"".join(parts))

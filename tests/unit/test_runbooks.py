@@ -98,7 +98,7 @@ def test_curl_paths_are_routes(page: Path) -> None:
 
     app = create_app(load_settings(environ={"FRAISESHM_ADMIN_TOKEN": "t" * 32}))
     for path in re.findall(r"localhost:8000(/[\w/]*)", page.read_text()):
-        assert app._router.find(path) is not None, f"{page.name}: {path} is not a route"  # noqa: SLF001
+        assert getattr(app, "app", app)._router.find(path) is not None, f"{page.name}: {path} is not a route"  # noqa: SLF001
 
 
 def test_the_command_check_bites() -> None:
