@@ -273,6 +273,7 @@ typedef struct {
     int last_wiped;           /* shard wiped during this call, -1 if none */
     const char *wipe_reason;  /* why, for the Python log */
     const char *why;          /* the inconsistency found by the failing check */
+    int odd_at_lock;          /* the last shard_lock found the version odd without EOWNERDEAD */
     uint64_t dummy[N_VALUES]; /* counts when no stats slot could be claimed */
 } Handle;
 
@@ -602,10 +603,11 @@ static int lock_slow(Handle *h, shard_t *s, const char **broken) {
  * odd store before every edit that follows (Boehm, "Can seqlocks get along
  * with programming language memory models?", 2012): a reader that sees any
  * of our edits then sees the odd version at its re-check. */
-static inline void version_enter_locked(shard_t *s) {
+static inline uint64_t version_enter_locked(shard_t *s) {
     uint64_t v = RLX(&s->version);
     __atomic_store_n(&s->version, (v + 1) | 1, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
+    return v;
 }
 
 /* Even again, with release: a reader that loads it (acquire) sees every edit. */
@@ -620,9 +622,14 @@ static int shard_lock(Handle *h, uint32_t si) {
     shard_t *s = shard(h, si);
     const char *broken = NULL;
     int r;
+    h->odd_at_lock = 0;
     if (s->mu.__data.__kind != mu_kind) { broken = "its mutex type word was overwritten"; r = EINVAL; }
     else if ((r = pthread_mutex_trylock(&s->mu)) == EBUSY) r = lock_slow(h, s, &broken);
-    if (r == 0) { version_enter_locked(s); return FS_OK; }
+    if (r == 0) {
+        /* I14: odd with the lock free and no EOWNERDEAD is a bad byte; entering repairs it */
+        h->odd_at_lock = version_enter_locked(s) & 1;
+        return FS_OK;
+    }
     if (r == EOWNERDEAD) {
         version_enter_locked(s); /* the dead holder's odd version becomes the next odd one */
         /* LOCK: the holder died inside a critical section. Do not repair: an
@@ -2019,8 +2026,10 @@ static PyObject *H_check(Handle *h, PyObject *Py_UNUSED(ignored)) {
     if (!snap) { Py_DECREF(out); return PyErr_NoMemory(); }
     for (uint32_t si = 0; !err && si < h->g.shards; si++) {
         if (shard_lock(h, si) != FS_OK) { PROBLEM("I10 shard %u lock is not recoverable", si); continue; }
+        int odd = h->odd_at_lock;
         memcpy(snap, shard(h, si), (size_t)h->g.stride);
         shard_unlock(h, si);
+        if (odd) PROBLEM("I14 shard %u: its version was odd while its lock was free (made even again)", si);
         report_wipe(h);
         Py_ssize_t before = PyList_GET_SIZE(out);
         err = check_shard(h, snap, si, out);
@@ -2139,7 +2148,7 @@ static Handle *map_handle(int fd, uint64_t size) {
     Handle *h = PyObject_New(Handle, &HandleType);
     if (!h) { munmap(p, (size_t)size); return NULL; }
     h->base = p; h->hdr = p; h->my = NULL; h->me = 0; h->claim_failed = 0; h->last_wiped = -1;
-    h->wipe_reason = NULL; h->why = NULL;
+    h->wipe_reason = NULL; h->why = NULL; h->odd_at_lock = 0;
     memset(&h->g, 0, sizeof h->g);
     h->g.size = size;
     memset(h->dummy, 0, sizeof h->dummy);

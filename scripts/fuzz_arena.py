@@ -119,6 +119,8 @@ def regions(a: Arena) -> dict[str, list[tuple[int, int]]]:
         s = off_shards + si * stride
         r["shard mutex"].append((s, s + 64))
         r["shard header"].append((s + 64, s + 104 + 20 * 32))
+        r["shard version (seqlock)"].append((s + 1024, s + 1032))
+        r["hit map (CLOCK bits)"].append((s + pages_off + pages * PAGE, s + pages_off + pages * PAGE + pages * 128))
         r["index buckets"].append((s + 4096, s + 4096 + nb * 4))
         pd = s + 4096 + nb * 4
         r["page descriptors"].append((pd, pd + pages * 8))
