@@ -137,8 +137,11 @@ typedef struct {              /* one per size class, inside shard_t */
 } class_t;
 
 typedef struct {              /* shard header, 4096 B at off_shards + i*shard_stride */
-    pthread_mutex_t mu;       /* +0 robust, process-shared */
-    uint8_t mu_pad[64 - sizeof(pthread_mutex_t)];
+    pthread_mutex_t mu;       /* +0 robust, process-shared (40 B on glibc x86-64) */
+    uint64_t version;         /* +40 seqlock: odd while the lock holder may be editing the shard,
+                               * +1 at lock and at unlock; in the mutex's line, so a reader's
+                               * start (type word, lock word, version) reads one line */
+    uint8_t mu_pad[64 - sizeof(pthread_mutex_t) - 8];
     uint64_t entries;         /* +64 LIVE heads */
     uint64_t used;            /* +72 bytes of blocks in use */
     uint64_t wipes;           /* +80 */
@@ -147,9 +150,6 @@ typedef struct {              /* shard header, 4096 B at off_shards + i*shard_st
     uint32_t page_hand;       /* +96 page CLOCK hand (index) */
     uint32_t pad;             /* +100 */
     class_t cls[NCLASS];      /* +104 */
-    uint8_t pad2[1024 - 104 - NCLASS * sizeof(class_t)];
-    uint64_t version;         /* +1024 seqlock, alone on its cache line: odd while the lock holder
-                               * may be editing the shard, +1 at lock and at unlock */
 } shard_t;
 
 typedef struct { uint8_t cls, ref; uint16_t pad; uint32_t next; } pdesc_t;
@@ -200,8 +200,8 @@ _Static_assert(offsetof(blk_t, gen) == 20, "block header");
 _Static_assert(sizeof(fslot_t) == 256, "flight slot");
 _Static_assert(sizeof(sslot_t) == 1088, "stats slot");
 _Static_assert(sizeof(shard_t) <= 4096, "shard header");
-_Static_assert(offsetof(shard_t, version) == 1024, "shard header");
-_Static_assert(sizeof(pthread_mutex_t) <= 64, "mutex");
+_Static_assert(offsetof(shard_t, version) == 40, "shard header");
+_Static_assert(sizeof(pthread_mutex_t) <= 40, "mutex");
 
 #define LD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define ST(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
@@ -1093,11 +1093,11 @@ static inline blk_t *blk_ref_opt(Handle *h, shard_t *s, uint32_t ref, int *cls) 
 
 /* A private copy of the first `words` u64 of a block header, each loaded
  * once (blocks are 16-aligned); the rest of *dst is zero. */
-static inline void snap_blk(blk_t *dst, const blk_t *src, int words) {
-    uint64_t w[BLK_HDR / 8] = {0};
+typedef union { blk_t b; uint64_t w[BLK_HDR / 8]; } snap_t;
+static inline void snap_blk(snap_t *dst, const blk_t *src, int words) {
     const uint64_t *p = (const uint64_t *)src;
-    for (int i = 0; i < words; i++) w[i] = RLX(&p[i]);
-    memcpy(dst, w, sizeof w);
+    for (int i = 0; i < words; i++) dst->w[i] = RLX(&p[i]);
+    for (int i = words; i < (int)(BLK_HDR / 8); i++) dst->w[i] = 0;
 }
 
 /* Did a lock holder edit the shard since v0 was loaded? The acquire fence
@@ -1123,62 +1123,64 @@ static int get_optimistic(Handle *h, shard_t *s, uint64_t kh, const uint8_t *key
     }
     if ((v0 & 1) || RLX(&s->mu.__data.__lock)) { opt_stats[OS_ODD]++; return OPT_RETRY; }
     uint32_t bi = bucket_index(h, kh), r = RLX(&buckets(s)[bi]), n = 0;
-    blk_t *b = NULL, hb;
+    blk_t *b = NULL;
+    snap_t hs;
+    blk_t *const hp = &hs.b; /* the snapshot of the head being looked at */
     int c = 0;
     PyObject *o = NULL;
     for (; r; n++) {
         if (n >= CHAIN_MAX) goto anomaly;
         blk_t *x = blk_ref_opt(h, s, r, &c);
         if (!x) goto anomaly;
-        snap_blk(&hb, x, BLK_HDR / 8);
-        if (hb.state != B_LIVE || bucket_index(h, hb.key_hash) != bi) goto anomaly;
-        if (hb.key_hash == kh && hb.key_len == klen) {
-            if (!head_fits(h, &hb, c)) goto anomaly;
-            if (memcmp((uint8_t *)(x + 1) + 4u * hb.ndeps, key, klen) == 0) { b = x; break; }
+        snap_blk(&hs, x, BLK_HDR / 8);
+        if (hp->state != B_LIVE || bucket_index(h, hp->key_hash) != bi) goto anomaly;
+        if (hp->key_hash == kh && hp->key_len == klen) {
+            if (!head_fits(h, hp, c)) goto anomaly;
+            if (memcmp((uint8_t *)(x + 1) + 4u * hp->ndeps, key, klen) == 0) { b = x; break; }
         }
-        r = hb.next;
+        r = hp->next;
     }
     if (!b) return version_moved(s, v0) ? OPT_RETRY : OPT_DONE; /* a miss, unless the walk was torn */
-    /* hb is a snapshot of the head that head_fits() accepted: deps, key and
+    /* *hp is a snapshot of the head that head_fits() accepted: deps, key and
      * the first value bytes lie inside block b whatever its bytes are now. */
     const uint32_t *deps = (const uint32_t *)(b + 1);
-    if (meta_mix(meta_base(&hb, (const uint8_t *)deps, 4u * hb.ndeps + hb.key_len), r, hb.gen, hb.aux) != hb.check)
+    if (meta_mix(meta_base(hp, (const uint8_t *)deps, 4u * hp->ndeps + hp->key_len), r, hp->gen, hp->aux) != hp->check)
         goto anomaly;
     const uint64_t *tags = tags_of(h);
-    int valid = hb.fill_seq >= valid_from;
-    for (uint32_t i = 0; valid && i < hb.ndeps; i++) {
+    int valid = hp->fill_seq >= valid_from;
+    for (uint32_t i = 0; valid && i < hp->ndeps; i++) {
         uint32_t d = RLX(&deps[i]);
         if (d >= h->g.tag_slots) goto anomaly;
-        valid = tag_last(tags, d) <= hb.fill_seq;
+        valid = tag_last(tags, d) <= hp->fill_seq;
     }
     if (!valid) return OPT_LOCK; /* freeing it is an edit: the locked path re-judges and frees */
-    if (mode != MODE_STALE && expired(&hb, now)) return version_moved(s, v0) ? OPT_RETRY : OPT_DONE;
+    if (mode != MODE_STALE && expired(hp, now)) return version_moved(s, v0) ? OPT_RETRY : OPT_DONE;
     debug_point(DBG_OPT_READ);
-    uint32_t first = head_first(&hb), need = chunks_needed(&hb), k = 0, done;
-    o = PyBytes_FromStringAndSize(NULL, hb.value_len); /* value_len <= max_entry: head_fits */
+    uint32_t first = head_first(hp), need = chunks_needed(hp), k = 0, done;
+    o = PyBytes_FromStringAndSize(NULL, hp->value_len); /* value_len <= max_entry: head_fits */
     if (!o) return OPT_NOMEM;
     uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(o);
-    memcpy(dst, (uint8_t *)(b + 1) + 4u * hb.ndeps + hb.key_len, first);
+    memcpy(dst, (uint8_t *)(b + 1) + 4u * hp->ndeps + hp->key_len, first);
     done = first;
-    for (uint32_t cr = hb.aux; cr; k++) {
+    for (uint32_t cr = hp->aux; cr; k++) {
         int cc;
         blk_t *ch = blk_ref_opt(h, s, cr, &cc);
-        blk_t chs;
+        snap_t chs;
         if (k >= need || !ch || cc != NCLASS - 1) goto anomaly;
         snap_blk(&chs, ch, CHUNK_HDR / 8);
-        if (chs.state != B_CHUNK || chs.aux != r || chs.key_len != hb.gen) goto anomaly;
-        uint32_t m = hb.value_len - done;
+        if (chs.b.state != B_CHUNK || chs.b.aux != r || chs.b.key_len != hp->gen) goto anomaly;
+        uint32_t m = hp->value_len - done;
         if (m > PAGE - CHUNK_HDR) m = PAGE - CHUNK_HDR;
         memcpy(dst + done, (uint8_t *)ch + CHUNK_HDR, m);
         done += m;
-        cr = chs.next;
+        cr = chs.b.next;
     }
     if (k != need) goto anomaly;
     if (version_moved(s, v0)) { Py_DECREF(o); return OPT_RETRY; }
     /* A stable version: the copy is one consistent entry, unless the memory itself is bad. */
-    if (fs_hash(dst, hb.value_len, 0) != hb.vhash) goto anomaly;
+    if (fs_hash(dst, hp->value_len, 0) != hp->vhash) goto anomaly;
     mark_hit(h, s, r);
-    *vhash = hb.vhash;
+    *vhash = hp->vhash;
     *out = o;
     return OPT_DONE;
 anomaly:

@@ -117,9 +117,8 @@ def regions(a: Arena) -> dict[str, list[tuple[int, int]]]:
     r["stats slots"].append((off_stats, off_stats + info["stats_slots"] * 1088))
     for si in range(info["shards"]):
         s = off_shards + si * stride
-        r["shard mutex"].append((s, s + 64))
+        r["shard mutex"].append((s, s + 64))  # with the seqlock version at +40
         r["shard header"].append((s + 64, s + 104 + 20 * 32))
-        r["shard header"].append((s + 1024, s + 1032))  # the seqlock version
         r["index buckets"].append((s + 4096, s + 4096 + nb * 4))
         pd = s + 4096 + nb * 4
         # the CLOCK bits: the pages' ref bytes (in their descriptors) and the blocks' hit map

@@ -58,13 +58,14 @@ Byte diagram (all integers little-endian, offsets in bytes), layout version 3
               +576 u64 base[64] v at claim time: the current owner's share is v - base
     off_shards  shards x shard_stride, each:
               +0    shard header, 4096 B:
-                    +0    robust process-shared pthread mutex (64 B)
+                    +0    robust process-shared pthread mutex (40 B)
+                    +40   u64 version  seqlock: odd while a lock holder may be editing the
+                          shard (see "Optimistic reads"); in the mutex's cache line, so a
+                          reader's start (type word, lock word, version) reads one line
                     +64   u64 entries  +72 u64 used bytes  +80 u64 wipes
                     +88   u32 free page list head  +92 u32 free pages  +96 u32 page CLOCK hand
                     +104  20 size classes x 32 B {free list head, page list head, pages, live,
                           CLOCK hand page, hand block, eviction ticks}
-                    +1024 u64 version  seqlock, alone on its cache line: odd while a lock
-                          holder may be editing the shard (see "Optimistic reads")
               +4096 u32 buckets[nb]         block ref of the first entry, 0 = empty
               then  page descriptors u64[pages] {u8 class (255 = free), u8 ref (page
                     CLOCK bit, set lock-free by reads), u16 pad, u32 next}

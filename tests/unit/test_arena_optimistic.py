@@ -1,7 +1,7 @@
 """Gets take no lock and write nothing shared on a hit; the seqlock version follows the lock.
 
 The offsets come from the byte diagram in fraiseshm/arena/layout.py (shard
-version at +1024, hit map after the pages). Concurrency is in
+version at +40, hit map after the pages). Concurrency is in
 tests/multiprocess/test_arena_optimistic.py and tests/property.
 """
 
@@ -49,7 +49,7 @@ class Shard:
             self.m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
 
     def version(self) -> int:
-        return int(struct.unpack_from("<Q", self.m, self.base + 1024)[0])
+        return int(struct.unpack_from("<Q", self.m, self.base + 40)[0])
 
     def bytes(self) -> bytes:
         return self.m[self.base:self.base + self.stride]
@@ -129,7 +129,7 @@ def test_an_odd_version_left_with_a_free_lock_is_reported_and_repaired(arena: Ar
     arena.put(b"key", b"v", [], arena.current_seq(), 60)
     s = Shard(arena)
     with open("/dev/shm" + arena.name, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
-        struct.pack_into("<Q", m, s.base + 1024, s.version() | 1)  # a bad byte: odd, nobody holds the lock
+        struct.pack_into("<Q", m, s.base + 40, s.version() | 1)  # a bad byte: odd, nobody holds the lock
     before = _native.read_stats()
     assert arena.get(b"key") == b"v"  # readers give up waiting and take the lock
     st = _native.read_stats()
@@ -137,7 +137,7 @@ def test_an_odd_version_left_with_a_free_lock_is_reported_and_repaired(arena: Ar
     assert s.version() % 2 == 0  # the locker made it even again
     assert arena.get(b"key") == b"v" and _native.read_stats()["answered"] == st["answered"] + 1
     with open("/dev/shm" + arena.name, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
-        struct.pack_into("<Q", m, s.base + 1024, s.version() | 1)
+        struct.pack_into("<Q", m, s.base + 40, s.version() | 1)
     problems = arena.check()
     assert len(problems) == 1 and problems[0].startswith("I14 shard 0")
     assert arena.check() == [] and arena.get(b"key") == b"v"  # no wipe was needed
