@@ -57,9 +57,10 @@ def rss_anon_kib(pid: int) -> int:
     return -1
 
 
-def gets_run(name: str, procs: int, seconds: float, keys: list[bytes], optimistic: bool) -> tuple[float, float]:
+def gets_run(name: str, procs: int, seconds: float, keys: list[bytes], optimistic: bool) -> tuple[float, float, float]:
     """procs processes get() the same keys for `seconds`, started together by one pipe byte:
-    (summed gets/s, CPU ns per get averaged over the processes, from their own CPU clocks)."""
+    (summed gets/s, CPU ns per get averaged over the processes, from their own CPU clocks,
+    cores they got: their summed CPU time / the wall time; on a shared machine below procs)."""
     go_r, go_w = os.pipe()
     ready_r, ready_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -83,7 +84,7 @@ def gets_run(name: str, procs: int, seconds: float, keys: list[bytes], optimisti
                     get(k)
                 n += len(keys)
             cpu, wall = time.process_time_ns() - cpu0, time.perf_counter() - t0
-            os.write(out_w, b"%d %d\n" % (int(n / wall), cpu // max(n, 1)))
+            os.write(out_w, b"%d %d %d\n" % (int(n / wall), cpu // max(n, 1), int(1000 * cpu / (wall * 1e9))))
             os._exit(0)
         pids.append(pid)
     for _ in pids:
@@ -98,7 +99,7 @@ def gets_run(name: str, procs: int, seconds: float, keys: list[bytes], optimisti
     for fd in (go_r, go_w, ready_r, ready_w, out_r):
         os.close(fd)
     rows = [tuple(int(x) for x in line.split()) for line in data.splitlines()]
-    return float(sum(r[0] for r in rows)), statistics.mean(r[1] for r in rows)
+    return float(sum(r[0] for r in rows)), statistics.mean(r[1] for r in rows), sum(r[2] for r in rows) / 1000
 
 
 def loadavg() -> str:
@@ -114,7 +115,7 @@ def scaling(name: str, arena: Arena, failures: list[str]) -> None:
     for k in keys:
         arena.put(k, os.urandom(1024), ["User:1", "User:*", "query:users"], seq, 3600)
     secs = 0.5 if QUICK else 2.0
-    runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    runs: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     load_before = loadavg()
     for _ in range(ROUNDS):
         for mode in ("optimistic", "locked"):
@@ -124,7 +125,7 @@ def scaling(name: str, arena: Arena, failures: list[str]) -> None:
     print(f"arena gets on the same 64 hot 1 KiB keys, {ROUNDS} interleaved rounds x {secs} s "
           f"(load average {load_before} before, {load_after} after; {os.cpu_count()} cores)")
     print(f"{'get path':<12}{'1 proc gets/s':>15}{'2 procs gets/s':>16}{'2/1':>7}"
-          f"{'ns CPU/get alone':>18}{'contended':>11}   per-round 2/1")
+          f"{'ns CPU/get alone':>18}{'contended':>11}{'cores got 1/2':>15}   per-round 2/1")
     ratios: dict[str, float] = {}
     for mode in ("optimistic", "locked"):
         one, two = runs[(mode, 1)], runs[(mode, 2)]
@@ -132,7 +133,9 @@ def scaling(name: str, arena: Arena, failures: list[str]) -> None:
         ratios[mode] = statistics.median(per_round)
         print(f"{mode:<12}{statistics.median(r[0] for r in one):>15,.0f}{statistics.median(r[0] for r in two):>16,.0f}"
               f"{ratios[mode]:>7.2f}{statistics.median(r[1] for r in one):>18.0f}"
-              f"{statistics.median(r[1] for r in two):>11.0f}   {' '.join(f'{x:.2f}' for x in per_round)}")
+              f"{statistics.median(r[1] for r in two):>11.0f}"
+              f"{statistics.median(r[2] for r in one):>8.2f}/{statistics.median(r[2] for r in two):<6.2f}"
+              f"   {' '.join(f'{x:.2f}' for x in per_round)}")
     print(f"{'':<12}target: optimistic 2/1 >= 1.8 (locked is the baseline)")
     if ratios["optimistic"] < 1.8:
         failures.append(f"2 processes give {ratios['optimistic']:.2f}x the gets/s of 1 (target 1.8x; "
