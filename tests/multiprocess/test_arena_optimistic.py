@@ -37,6 +37,16 @@ def _verify(key: bytes, value: bytes) -> None:
     assert hashlib.blake2b(key + value[16:], digest_size=16).digest() == value[:16], "torn or foreign value served"
 
 
+def _reap_on_failure(pids: list[int]) -> None:
+    """A failed test must not leave readers spinning forever: SIGKILL and reap the ones still there."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
 def _read_report(fd: int) -> dict[str, int]:
     data = b""
     while chunk := os.read(fd, 4096):
@@ -122,29 +132,39 @@ def test_readers_carry_on_after_a_writer_dies_with_the_version_odd(arena_name: s
             b.put(keys[0], _value(keys[0], b"new"), ["T"], b.current_seq(), 60)
 
         vpid = fork(victim)
-        assert wait_byte(paused_r) == b"!"  # the victim holds the lock, mid-put
-        assert a.shard_versions()[0] % 2 == 1, "a lock holder must keep the version odd"
-        os.kill(vpid, signal.SIGKILL)
-        _, status = os.waitpid(vpid, 0)
-        assert os.WIFSIGNALED(status)
-        struct.pack_into("<Q", shared, 0, 1)  # readers: count from here
-        reports = []
-        with os.fdopen(done_r) as lines:
-            os.close(done_w)
-            for _ in readers:
-                reports.append(json.loads(lines.readline()))
-        for pid in readers:
-            _, status = os.waitpid(pid, 0)
-            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "a reader failed (torn value?)"
+        try:
+            _check_readers_carry_on(a, vpid, readers, shared, paused_r, done_r, done_w)
+        except BaseException:
+            _reap_on_failure([*readers, vpid])
+            raise
         os.close(paused_r)
         os.close(paused_w)
-        st = a.stats()
-        assert st["lock_wipes"] == 1  # one recovery, by whichever process locked first
-        assert a.shard_versions()[0] % 2 == 0
-        for rep in reports:  # after the recovery the readers are lock-free again
-            assert rep["answered"] >= 19_000 and rep["anomalies"] == 0, rep
-        assert st["checksum_failures"] == 0 and st["corruption_wipes"] == 0
-        assert a.check() == []
+
+
+def _check_readers_carry_on(a: Arena, vpid: int, readers: list[int], shared: mmap.mmap, paused_r: int,
+                            done_r: int, done_w: int) -> None:
+    """The victim holds the lock mid-put: kill it; the readers must finish lock-free."""
+    assert wait_byte(paused_r) == b"!"
+    assert a.shard_versions()[0] % 2 == 1, "a lock holder must keep the version odd"
+    os.kill(vpid, signal.SIGKILL)
+    _, status = os.waitpid(vpid, 0)
+    assert os.WIFSIGNALED(status)
+    struct.pack_into("<Q", shared, 0, 1)  # readers: count from here
+    reports = []
+    with os.fdopen(done_r) as lines:
+        os.close(done_w)
+        for _ in readers:
+            reports.append(json.loads(lines.readline()))
+    for pid in readers:
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "a reader failed (torn value?)"
+    st = a.stats()
+    assert st["lock_wipes"] == 1  # one recovery, by whichever process locked first
+    assert a.shard_versions()[0] % 2 == 0
+    for rep in reports:  # after the recovery the readers are lock-free again
+        assert rep["answered"] >= 19_000 and rep["anomalies"] == 0, rep
+    assert st["checksum_failures"] == 0 and st["corruption_wipes"] == 0
+    assert a.check() == []
 
 
 def test_readers_never_see_an_inconsistency_on_a_stable_version(arena_name: str) -> None:
@@ -173,11 +193,15 @@ def test_readers_never_see_an_inconsistency_on_a_stable_version(arena_name: str)
             os.write(out_w, json.dumps({"hits": hits, **{k: now[k] - before[k] for k in now}}).encode())
 
         pids = [fork(reader) for _ in range(2)]
-        for _ in pids:
-            wait_byte(ready_r)
-        for i in range(600):
-            k = keys[i % len(keys)]
-            a.put(k, _value(k, rng.randbytes(rng.choice((90_000, 150_000, 200_000)))), [], a.current_seq(), 60)
+        try:
+            for _ in pids:
+                wait_byte(ready_r)
+            for i in range(600):
+                k = keys[i % len(keys)]
+                a.put(k, _value(k, rng.randbytes(rng.choice((90_000, 150_000, 200_000)))), [], a.current_seq(), 60)
+        except BaseException:
+            _reap_on_failure(pids)
+            raise
         struct.pack_into("<Q", stop, 0, 1)
         for pid in pids:
             _, status = os.waitpid(pid, 0)
