@@ -117,11 +117,14 @@ def regions(a: Arena) -> dict[str, list[tuple[int, int]]]:
     r["stats slots"].append((off_stats, off_stats + info["stats_slots"] * 1088))
     for si in range(info["shards"]):
         s = off_shards + si * stride
-        r["shard mutex"].append((s, s + 64))
+        r["shard mutex"].append((s, s + 64))  # with the seqlock version at +40
         r["shard header"].append((s + 64, s + 104 + 20 * 32))
         r["index buckets"].append((s + 4096, s + 4096 + nb * 4))
         pd = s + 4096 + nb * 4
-        r["page descriptors"].append((pd, pd + pages * 8))
+        # the CLOCK bits: the pages' ref bytes (in their descriptors) and the blocks' hit map
+        r["page descriptors and hit map"].append((pd, pd + pages * 8))
+        hits = s + pages_off + pages * PAGE
+        r["page descriptors and hit map"].append((hits, hits + pages * 128))
         for p in range(pages):
             c = raw[pd + p * 8]
             if c == 0xFF:

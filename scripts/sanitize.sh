@@ -33,5 +33,6 @@ env LD_PRELOAD="$LIBASAN $LIBUBSAN" PYTHONPATH="$PWD" PYTHONMALLOC=malloc \
 env LD_PRELOAD="$LIBASAN $LIBUBSAN" PYTHONPATH="$PWD" PYTHONMALLOC=malloc \
     $PY -m pytest -q -p no:cacheprovider \
     tests/unit/test_arena.py tests/unit/test_arena_hardening.py tests/unit/test_arena_fuzz.py tests/unit/test_arena_layout.py \
+    tests/unit/test_arena_optimistic.py \
     tests/property tests/multiprocess "$@"
 echo "ASan + UBSan: clean"

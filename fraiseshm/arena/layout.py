@@ -11,13 +11,13 @@ kept in process memory; every ref, length, class and link is bounds-checked
 before use; every walk is bounded; an inconsistency found under a shard lock
 wipes that shard (counted, logged) instead of being acted on (I12, I13).
 
-Byte diagram (all integers little-endian, offsets in bytes), layout version 2
+Byte diagram (all integers little-endian, offsets in bytes), layout version 3
 -----------------------------------------------------------------------------
 ::
 
     +0        header, 4096 B
               +0   u64 magic "FISESHM1"        written LAST by create
-              +8   u32 layout version (2)      attach refuses another one
+              +8   u32 layout version (3)      attach refuses another one
               +12  u32 header size (4096)
               +16  u64 segment size            attach refuses a mismatch
               +24  u64 max_entry               largest value accepted, bytes
@@ -57,18 +57,28 @@ Byte diagram (all integers little-endian, offsets in bytes), layout version 2
               +64 u64 v[64]     counters 0..31 (Counter), histogram 32..48, sum ns 49
               +576 u64 base[64] v at claim time: the current owner's share is v - base
     off_shards  shards x shard_stride, each:
-              +0    shard header, 4096 B: robust process-shared pthread mutex (64 B),
-                    u64 entries, u64 used bytes, u64 wipes, u32 free page list head,
-                    u32 free pages, u32 page CLOCK hand, then 20 size classes x 32 B
-                    {free list head, page list head, pages, live, CLOCK hand page,
-                    hand block, eviction ticks}
+              +0    shard header, 4096 B:
+                    +0    robust process-shared pthread mutex (40 B)
+                    +40   u64 version  seqlock: odd while a lock holder may be editing the
+                          shard (see "Optimistic reads"); in the mutex's cache line, so a
+                          reader's start (type word, lock word, version) reads one line
+                    +64   u64 entries  +72 u64 used bytes  +80 u64 wipes
+                    +88   u32 free page list head  +92 u32 free pages  +96 u32 page CLOCK hand
+                    +104  20 size classes x 32 B {free list head, page list head, pages, live,
+                          CLOCK hand page, hand block, eviction ticks}
               +4096 u32 buckets[nb]         block ref of the first entry, 0 = empty
-              then  page descriptors u64[pages] {u8 class (255 = free), u8 ref, u32 next}
+              then  page descriptors u64[pages] {u8 class (255 = free), u8 ref (page
+                    CLOCK bit, set lock-free by reads), u16 pad, u32 next}
               then  (4096-aligned) pages x 64 KiB, each carved into blocks of one class
+              then  hit map: pages x 128 B (4096-aligned), one CLOCK reference bit per
+                    64 B unit of the pages; block ref r owns bit (r - 1) / 4 (every block
+                    starts in its own unit: blocks are >= 64 B)
 
 Blocks (class sizes 64 B .. 64 KiB, see CLASS_SIZES) start with a 72 B header::
 
-    +0 u8 state (0 FREE, 1 LIVE head, 2 CHUNK, 3 WRITING)  +1 u8 ref (CLOCK bit)
+    +0 u8 state (0 FREE, 1 LIVE head, 2 CHUNK, 3 WRITING)  +1 u8 unused, 0 (the CLOCK
+    bit moved to the hit map in layout 3: a block's bytes may belong to another class
+    by the time a lock-free reader would write them; the hit map's never do)
     +2 u16 ndeps  +4 u32 next  +8 u32 aux  +12 u32 key_len  +16 u32 value_len
     +20 u32 gen (++ at every allocation of the block)
     +24 u64 key hash  +32 u64 fill_seq  +40 u64 expiry ns  +48 u64 created ns
@@ -127,10 +137,61 @@ I12. Anything read from a shard (a ref, a class, a length, a link, a lock
 I13. A flight is (slot, generation): claim and takeover bump the generation;
     end, takeover and release are each ONE compare-and-swap of ``ctl`` from
     the exact value they judged, so none of them can act on a newer flight.
+I14. A shard's version is even whenever its lock is free, and only grows:
+    taking the lock makes it odd, releasing it makes it even. A version
+    found odd by a locker that got the lock normally (no EOWNERDEAD) is a
+    bad byte; the locker's own odd/even step repairs it and check() reports
+    it. (Lock-free readers never change it.)
+
+Optimistic reads (seqlock; get, get_with_checksum, get_stale)
+-------------------------------------------------------------
+Gets take no lock and write no shared cache line on a hit to an entry
+already marked. Writer side (every holder of a shard lock, so no edit can
+forget it): right after the lock is taken ``version = (version + 1) | 1``
+(odd, and above any odd value a dead holder left), then a release fence;
+right before the unlock ``version = (version | 1) + 1`` with a release store.
+Reader side, at most 4 attempts (``_native.OPT_TRIES``):
+
+1. Start on a quiet shard: the mutex type word is intact, ``v0`` (acquire
+   load) is even and the lock word is 0; otherwise spin (``pause``, 256 at
+   most) and retry.
+2. Walk the bucket and copy the entry out, as if every byte could change
+   under us (a block freed, reused, its page handed to another class, the
+   shard wiped): each header is loaded once into a private snapshot (relaxed
+   atomic loads) and validated there, refs go through the same bounds and
+   class checks as under the lock, lengths are checked against the block
+   before any memcmp/memcpy, walks are bounded by CHAIN_MAX and the chunk
+   count. Nothing read is acted on before step 3.
+3. Acquire fence, then re-load the version: not ``v0`` means a lock holder
+   edited the shard meanwhile: drop the copy and retry.
+4. Verify the copy's value hash, exactly as the locked path does.
+
+Anything a check rejects is judged by the same re-check: if the version
+moved it was a torn read (retry); if not, the shard really is inconsistent
+and the get takes the lock, whose path re-walks and wipes (I12). An
+invalidated entry also goes to the lock (freeing it is an edit), as does a
+get after 4 attempts, so a writer that keeps the shard busy (or died with
+the version odd) cannot starve readers: they queue on the mutex, and
+EOWNERDEAD recovery (below) makes the version even again. Why it is safe:
+an edit's stores follow the odd store and a release fence; a reader that saw
+any of them has its version re-load ordered after them by its acquire fence,
+so it sees an odd or larger version (Boehm 2012, "Can seqlocks get along with
+programming language memory models?"). Bulk value bytes are copied with
+memcpy between the two version loads, the usual practice for seqlocks; every
+decision is taken on the snapshot and only after the re-check.
+
+CLOCK reference bits are set only by gets, without the lock, in two places
+whose addresses never hold anything else: the entry's bit in the hit map and
+its page's ``ref`` byte. Each is tested first and written only when clear
+(a relaxed ``fetch_or`` / store), so the steady state of a hot entry writes
+nothing shared; the CLOCK hand clears them under the lock. A bit set on a
+block that was just freed and reused only gives the new entry one unearned
+second chance; allocation clears the block's bit, page assignment its page's.
 
 Lock order
 ----------
-One kind of lock: the shard mutex. A thread holds at most ONE at a time, so
+One kind of lock: the shard mutex (gets normally take none: "Optimistic
+reads"). A thread holds at most ONE at a time, so
 there is no order to get wrong. check() and stats() take them one after the
 other; check() holds each only for one memcpy of the shard (a snapshot) and
 checks the snapshot unlocked. Tags, sequences, flights and stats slots are
@@ -150,10 +211,16 @@ Crash recovery (a process SIGKILLed at any instruction)
   is robust; the next locker gets EOWNERDEAD, *wipes* the shard (all pages
   free, index empty: an empty cache is always correct), marks the mutex
   consistent, counts ``lock_wipes`` and logs an error. No repair is attempted.
+  The dead holder left the version odd: lock-free readers spin briefly, then
+  queue on the mutex; the recovering locker raises the version to the next
+  odd value before it wipes and makes it even at its unlock, so readers go
+  back to the lock-free path at once. A reader that dies is harmless: it
+  holds nothing and wrote at most a reference bit.
 - Half-written entry: its blocks are WRITING and not yet in the index
   (published last, after the block is complete), and the shard is wiped
-  anyway. Readers copy out under the lock and verify the value hash on the
-  copy, so a torn entry is never returned even if memory were corrupted.
+  anyway. Readers copy out (lock-free with a version re-check, or under the
+  lock) and verify the value hash on the copy, so a torn entry is never
+  returned even if memory were corrupted.
 - Tag bump: the sequence is raised first, then each tag (both copies) by an
   atomic max. A death midway leaves some tags bumped: those entries miss,
   the others stay valid exactly as if the invalidation had not happened. The

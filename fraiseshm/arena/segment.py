@@ -363,6 +363,11 @@ class Arena:
         problems += self._h.check()
         return problems
 
+    def shard_versions(self) -> list[int]:
+        """Each shard's seqlock version, read without its lock: even while no lock holder
+        is editing the shard (layout.py, "Optimistic reads")."""
+        return self._h.shard_versions()
+
     # --- flights (cross-process request coalescing) ---------------------------
 
     def flight_begin(self, key: bytes, lease_seconds: float) -> tuple[FlightRole, int, int]:

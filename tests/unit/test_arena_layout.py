@@ -46,7 +46,7 @@ def test_header_words(arena: Arena) -> None:
     arena.invalidate(["T"])
     arena.flush()
     b = raw(arena)
-    assert b[:8] == b"FISESHM1" and u32(b, 8) == LAYOUT_VERSION == 2 and u32(b, 12) == 4096
+    assert b[:8] == b"FISESHM1" and u32(b, 8) == LAYOUT_VERSION == 3 and u32(b, 12) == 4096
     assert (u32(b, 32), u32(b, 36), u32(b, 40), u32(b, 44)) == (1, 1024, 16, 4)
     assert u64(b, 104) == 0x1234  # the hash seed
     assert u64(b, 128) == u64(b, 176) == 2  # global_seq, both copies
