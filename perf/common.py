@@ -94,12 +94,7 @@ def gunicorn(app: str | None = None, *, env: Mapping[str, str] | None = None, wo
         _wait_ready(url, proc)
         yield Stack(url=url, proc=proc, arena_name=arena if app is None else None)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 YOGA_DIR = ROOT / "perf" / "yoga"
@@ -130,12 +125,16 @@ def yoga(dsn: str, *, workers: int = 0, redis_url: str = "") -> Iterator[Stack]:
         _wait_ready(url, proc)
         yield Stack(url=url, proc=proc)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
