@@ -206,6 +206,8 @@ class Pusher:
         """One at a time, in arrival order: plain-SQL changes -> entities re-read -> pushed."""
         while True:
             changes = await self._changes.get()
+            if not self.hub.connections:
+                continue  # nobody subscribed on this worker: no rows re-read for nothing
             if isinstance(changes, dict):
                 try:
                     self.hub.publish(await self._completed(changes))
