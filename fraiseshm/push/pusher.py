@@ -207,7 +207,7 @@ class Pusher:
         while True:
             changes = await self._changes.get()
             if not self.hub.connections:
-                continue  # nobody subscribed on this worker: no rows re-read for nothing
+                continue  # the last subscriber left while this waited: no rows re-read for nobody
             if isinstance(changes, dict):
                 try:
                     self.hub.publish(await self._completed(changes))
