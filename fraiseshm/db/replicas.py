@@ -38,6 +38,7 @@ from fraiseshm import _native
 from fraiseshm.db.lsn import format_lsn, parse_lsn
 from fraiseshm.db.pool import Database, ReadRoute, RequestSession
 from fraiseshm.errors import DatabaseError, DatabaseUnavailable, FraiseshmError, ReplicaPromoted
+from fraiseshm.pids import alive
 
 log = logging.getLogger("fraiseshm.replicas")
 
@@ -175,7 +176,7 @@ class LsnBoard:
                 if owner == pid:
                     self._row = base
                     return
-                if free < 0 and (owner == 0 or not _alive(owner)):
+                if free < 0 and (owner == 0 or not alive(owner)):
                     free = base
             if free >= 0:
                 words[free] = pid
@@ -197,16 +198,6 @@ class LsnBoard:
             for c in range(len(COUNTER_NAMES)):
                 sums[c] += words[base + 1 + c]
         return dict(zip(COUNTER_NAMES, sums))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # The replica's position is read in its own statement BEFORE the data statement, on

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from fraiseshm.pids import alive
 from fraiseshm.push.hub import Hub, host_connections
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class PushCollector(Collector):
@@ -31,7 +21,7 @@ class PushCollector(Collector):
         if hub is None:
             return
         yield GaugeMetricFamily("fraiseshm_push_connections", "open cascadeUpdates subscriptions, every worker of the host",
-                                value=host_connections(self._prefix, _alive))
+                                value=host_connections(self._prefix, alive))
         yield CounterMetricFamily("fraiseshm_push_slow_closed", "subscribers closed for falling behind (this worker)",
                                   value=hub.dropped_slow)
         yield CounterMetricFamily("fraiseshm_push_cascades", "cascades fanned out (this worker)", value=hub.published)
