@@ -252,10 +252,11 @@ class Listener:
         if self._on_heard is not None:
             self._on_heard(now - signed.ts, now)
         if signed.flush is not None:
+            # Logged first so whoever sees the flush can already read why.
+            log.warning("the database changed %s: flushing the arena; every worker re-binds the schema within "
+                        "schema_recheck_interval", signed.flush[:500])
             # INVARIANT: no entry built by an old view definition may be served.
             self._invalidate(None)
-            log.warning("the database changed %s: arena flushed; every worker re-binds the schema within "
-                        "schema_recheck_interval", signed.flush[:500])
             return
         if parse_payload is not None:
             try:

@@ -154,6 +154,6 @@ def test_create_or_replace_view_flushes_through_the_kits_event_trigger(
         definition = pg_cluster.psql("SELECT pg_get_viewdef('v_comment'::regclass)").strip()
         pg_cluster.psql(f"CREATE OR REPLACE VIEW v_comment AS {definition}")
         _await_gone(arena, probe, "CREATE OR REPLACE VIEW v_comment")
-        assert "arena flushed; every worker re-binds" in server.log()
+        assert "flushing the arena; every worker re-binds" in server.log()
     finally:
         arena.close()
