@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 
 from fraiseshm.arena import Arena
+from fraiseshm.arena.handled import HandledTransactions
 from fraiseshm.coalesce.doorbell import Doorbells
 from fraiseshm.config import ENV_PREFIX, Settings
 from fraiseshm.db.embedded import EmbeddedCluster
@@ -46,6 +47,7 @@ class Master:
             name = self.arena.name
             self.arena.close()
             Arena.unlink(name)
+            HandledTransactions.unlink(name)
             listener_board.unlink(name)
             self.arena = None
             log.info("arena %s unlinked", name)
@@ -114,6 +116,7 @@ def start_master(settings: Settings, _log: object = None) -> Master:
             tag_slots=settings.tag_slots,
         )
         log.info("arena %s created: %d MiB", settings.arena_name, settings.arena_size >> 20)
+        HandledTransactions.create(settings.arena_name)
         if settings.coalesce:
             bells = Doorbells.create(settings.arena_name)
     if settings.replica_dsns:

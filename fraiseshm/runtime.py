@@ -12,6 +12,7 @@ from collections.abc import Callable
 from graphql import GraphQLObjectType
 
 from fraiseshm.arena import Arena
+from fraiseshm.arena.handled import HandledTransactions
 from fraiseshm.cascade.audit import Auditor, FailureWindow
 from fraiseshm.coalesce.coalescer import Coalescer
 from fraiseshm.coalesce.doorbell import Doorbells
@@ -59,6 +60,7 @@ class Runtime:
         self.served: ServedSchema | None = None
         self.db: Database | None = None
         self.arena: Arena | None = None
+        self.handled: HandledTransactions | None = None  # mutations' transactions, for the listener
         self.coalescer: Coalescer | None = None
         self._service: GraphQLService | None = None
         self.audit: AuditWriter | None = None
@@ -107,6 +109,7 @@ class Runtime:
         elif s.cache_enabled:
             self.arena = Arena.attach(s.arena_name)
             self.arena.register_process()
+            self.handled = HandledTransactions.open(s.arena_name)
             if s.coalesce:
                 self.coalescer = Coalescer(
                     self.arena,
@@ -138,6 +141,7 @@ class Runtime:
                 max_age=s.notify_max_age,
                 on_heard=listener_board.recorder(s.arena_name),
                 board=self.board,
+                handled=self.handled,
             )
             self.listener.start()
             if self.listener.elected:
@@ -150,7 +154,8 @@ class Runtime:
         if s.push_enabled:
             await self._start_push()
         self._service = GraphQLService(s, self.served, executor, self.arena, coalescer=self.coalescer,
-                                       on_cascade=self._cascade_hooks(), persisted=persisted, replicas=self.replicas)
+                                       on_cascade=self._cascade_hooks(), persisted=persisted, replicas=self.replicas,
+                                       handled=self.handled)
         if s.schema_recheck_interval > 0:
             self._recheck = asyncio.get_running_loop().create_task(self._recheck_views(s.schema_recheck_interval),
                                                                     name="fraiseshm-schema-recheck")
@@ -230,6 +235,9 @@ class Runtime:
             self.coalescer.close()
             self.coalescer.bells.close()
             self.coalescer = None
+        if self.handled is not None:
+            self.handled.close()
+            self.handled = None
         if self.arena is not None:
             self.arena.close()
             self.arena = None

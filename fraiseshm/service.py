@@ -27,6 +27,7 @@ import msgspec
 from graphql import ExecutionResult, GraphQLError
 
 from fraiseshm.arena import Arena, Counter
+from fraiseshm.arena.handled import HandledTransactions
 from fraiseshm.cascade import spec
 from fraiseshm.cascade.changes import Changes, parse_setting, verify
 from fraiseshm.cascade.tags import CascadePlan, plan_invalidation, wide_tags
@@ -149,7 +150,9 @@ class GraphQLService:
         on_cascade: Callable[[RootMutation, Any, CascadePlan, int | None, MutationCall, Changes | None], None] | None = None,
         persisted: PersistedQueries | None = None,
         replicas: ReplicaSet | None = None,
+        handled: HandledTransactions | None = None,
     ) -> None:
+        self.handled = handled  # mutations' transactions, so the listener does not invalidate them again
         self.replicas = replicas if replicas is not None and replicas.board is not None else None  # misses may read them
         self.settings = settings
         self.served = served
@@ -602,6 +605,9 @@ class GraphQLService:
                 seq = arena.flush()
             if plan.is_failure:
                 arena.incr(Counter.CASCADE_FAILURES)
+            if changes is not None and call.transaction_id is not None and self.handled is not None:
+                # INVARIANT (arena/handled.py T1): after the invalidation of every recorded item.
+                self.handled.add(call.transaction_id)
         if plan.is_failure:
             log.error("cascade failure in %s (%s): %s; invalidated %s", mutation.field, plan.verdict, plan.detail, sorted(plan.tags))
         plan.spec = self._spec_cascade(mutation, parsed, plan, call)

@@ -45,6 +45,7 @@ import asyncpg
 import msgspec
 
 from fraiseshm.arena import Arena
+from fraiseshm.arena.handled import HandledTransactions
 from fraiseshm.db import kit
 from fraiseshm.db.lsn import primary_position
 from fraiseshm.errors import CascadeError
@@ -76,6 +77,7 @@ class _Signed(msgspec.Struct, forbid_unknown_fields=False):
     ts: float
     tags: list[str]
     flush: str | None = None  # the kit's event trigger: these definitions changed
+    tx: str | None = None  # txid_current() of the writing transaction
 
 
 _decode_signed = msgspec.json.Decoder(_Signed).decode
@@ -95,8 +97,11 @@ class Listener:
         clock: Callable[[], float] = time.time,  # wall clock: payloads carry the database's epoch time
         on_heard: Callable[[float, float], None] | None = None,  # (lag seconds, heard at): the metrics' board
         board: Any = None,  # replicas.LsnBoard: each invalidation also records a WAL position
+        handled: HandledTransactions | None = None,  # transactions a mutation on this host invalidated
     ) -> None:
         self.board = board
+        self.handled = handled
+        self.already_invalidated = 0  # notifications skipped: their mutation invalidated them first
         self._pending: list[set[str] | None] = []  # heard, waiting for their WAL position (None: a flush)
         self._draining: asyncio.Task[None] | None = None
         self._conn_lock = asyncio.Lock()  # one statement at a time on the listener's connection
@@ -267,6 +272,11 @@ class Listener:
                 return
         else:
             tags = {t.removeprefix("+") for t in signed.tags}  # derived items are bumped alike
+        if self.handled is not None and signed.tx is not None and signed.tx in self.handled:
+            # Invalidating again would refuse the fills of every miss since the mutation's
+            # invalidation: fresh reads (they began after the commit), re-run for nothing.
+            self.already_invalidated += 1
+            return
         if tags:
             self._invalidate(set(tags))
 

@@ -1,0 +1,147 @@
+"""Transactions whose changes a mutation on this host has already invalidated.
+
+The change listener hears every commit's trigger notification, a mutation's too,
+about a millisecond after the mutation invalidated the same items itself. Invalidating
+them a second time adds nothing and costs a lot: it refuses the fill of every miss that
+started in between (the arena's fill check), which is exactly the herd that follows a
+hot key's mutation, so its leader's result is thrown away and the key runs again.
+
+So the service records a mutation's transaction id here once the arena invalidation of
+everything its triggers recorded has returned, and the listener skips a notification
+whose transaction is recorded. Safe because fraiseshm.changes (read in the mutation's
+own transaction) holds every item the same transaction's triggers notified, or the
+exact rows where a notification fell back to wide items (fraiseshm/db/sql/kit.sql,
+_emit); a flush notification is never skipped.
+
+Layout of /dev/shm/<arena>.tx, native-endian 8-byte words:
+
+    word 0        magic "HANDLDTX"
+    word 1        ids written so far (the next slot is this modulo SLOTS)
+    words 2..     SLOTS transaction ids, 0 = empty
+
+Invariants:
+    T1  an id is written only after arena.invalidate of its recorded items returned;
+    T2  every access (add, contains) holds flock on the file: one per mutation and one
+        per notification, microseconds each; no torn or half-written id is ever read;
+    T3  an id that is missing (overwritten after SLOTS later mutations, the file gone,
+        another host's mutation) only means the listener invalidates again: the
+        behaviour without this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import mmap
+import os
+import sys
+from collections.abc import Iterator
+
+log = logging.getLogger("fraiseshm.arena")
+
+SHM_DIR = "/dev/shm"
+MAGIC = 0x48414E444C445458  # "HANDLDTX"
+SLOTS = 4096  # at 250 mutations/s, 16 s of them: the listener hears a commit within milliseconds
+_HEADER_WORDS = 2
+_SIZE = 8 * (_HEADER_WORDS + SLOTS)
+
+
+class HandledTransactions:
+    """The ring of recently handled transaction ids, shared by the host's processes."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._map = mmap.mmap(fd, _SIZE)
+        self._words = memoryview(self._map).cast("Q")
+
+    @staticmethod
+    def path_for(arena_name: str) -> str:
+        return os.path.join(SHM_DIR, arena_name.lstrip("/") + ".tx")
+
+    @classmethod
+    def create(cls, arena_name: str) -> None:
+        """A new, empty ring (the master, before forking: ids of this run only)."""
+        fd = os.open(cls.path_for(arena_name), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, _SIZE)
+            os.pwrite(fd, MAGIC.to_bytes(8, "little"), 0)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def open(cls, arena_name: str) -> HandledTransactions | None:
+        """Attached per process (flock belongs to an open file description). A process no
+        master started (tests, tools) creates it. None, logged, when it cannot: T3."""
+        path = cls.path_for(arena_name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            log.warning("%s: %s; the listener will invalidate what mutations already did", path, exc)
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_size == 0:
+                os.ftruncate(fd, _SIZE)
+                os.pwrite(fd, MAGIC.to_bytes(8, "little"), 0)
+            header = os.pread(fd, 8, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            if os.fstat(fd).st_size != _SIZE or int.from_bytes(header, "little") != MAGIC:
+                raise ValueError("not a fraiseshm transaction ring")
+            return cls(path, fd)
+        except (OSError, ValueError) as exc:
+            os.close(fd)
+            log.warning("%s: %s; the listener will invalidate what mutations already did", path, exc)
+            return None
+
+    @staticmethod
+    def unlink(arena_name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(HandledTransactions.path_for(arena_name))
+
+    def close(self) -> None:
+        self._words.release()
+        self._map.close()
+        os.close(self._fd)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[memoryview]:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # LOCK: T2
+        try:
+            yield self._words
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def add(self, transaction_id: str) -> None:
+        """Record a transaction whose recorded items were invalidated (T1: call after)."""
+        txid = _txid(transaction_id)
+        if txid is None:
+            return
+        with self._locked() as words:
+            n = words[1]
+            words[_HEADER_WORDS + n % SLOTS] = txid
+            words[1] = n + 1
+
+    def __contains__(self, transaction_id: object) -> bool:
+        txid = _txid(transaction_id)
+        if txid is None:
+            return False
+        needle = txid.to_bytes(8, sys.byteorder)
+        with self._locked():
+            ids = self._map[8 * _HEADER_WORDS:_SIZE]  # 32 KiB copied: a scan in C, not 4,096 Python steps
+        at = ids.find(needle)
+        while at >= 0:
+            if at % 8 == 0:  # a whole slot, never bytes straddling two
+                return True
+            at = ids.find(needle, at + 1)
+        return False
+
+
+def _txid(value: object) -> int | None:
+    """A transaction id as PostgreSQL prints txid_current() (a positive 64-bit integer)."""
+    try:
+        txid = int(str(value))
+    except ValueError:
+        return None
+    return txid if 0 < txid < 1 << 64 else None
