@@ -30,8 +30,10 @@ COUNT = "query($a: ID!) { booksCount(authorId: $a) }"
 
 @pytest.fixture(scope="module")
 def listening(books_dsn: str) -> Iterator[httpx.Client]:  # noqa: F811
-    env = {"FRAISESHM_SCHEMA_SDL": str(SCHEMAS / "filters.graphql"), "FRAISESHM_LISTEN_CHANGES": "true"}
+    env = {"FRAISESHM_SCHEMA_SDL": str(SCHEMAS / "filters.graphql"), "FRAISESHM_LISTEN_CHANGES": "true",
+           "FRAISESHM_LOG_LEVEL": "info"}  # flushes and listener (re)connects in the log a failure shows
     with Server(books_dsn, workers=2, env=env, tag="filtersl") as srv, srv.client() as client:
+        client.server = srv  # type: ignore[attr-defined]
         yield client
 
 
@@ -77,7 +79,9 @@ def _check_moved(client: httpx.Client, query: str, book: int, src: str, dst: str
             break
     assert fresh == want, (query, fresh, want)
     r = graphql(client, query, {"a": bystander})
-    assert r.headers["X-Cache"] == "HIT" and _book_ids(r.json()) == before[bystander], (query, r.headers)
+    server = getattr(client, "server", None)
+    assert r.headers["X-Cache"] == "HIT" and _book_ids(r.json()) == before[bystander], (
+        query, r.headers, server.log()[-3000:] if server is not None else "")
 
 
 @pytest.mark.parametrize("query", [LIST, LEGACY, CONN, COUNT])
