@@ -129,12 +129,11 @@ class HandledTransactions:
             return False
         needle = txid.to_bytes(8, sys.byteorder)
         with self._locked():
-            ids = self._map[8 * _HEADER_WORDS:_SIZE]  # 32 KiB copied: a scan in C, not 4,096 Python steps
-        at = ids.find(needle)
-        while at >= 0:
-            if at % 8 == 0:  # a whole slot, never bytes straddling two
-                return True
-            at = ids.find(needle, at + 1)
+            at = self._map.find(needle, 8 * _HEADER_WORDS)  # a scan in C, not 4,096 Python steps
+            while at >= 0:
+                if at % 8 == 0:  # a whole slot, never bytes straddling two
+                    return True
+                at = self._map.find(needle, at + 1)
         return False
 
 
