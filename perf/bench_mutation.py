@@ -81,7 +81,7 @@ def main() -> int:
             for name in order:
                 asyncio.run(_round(urls[name], args.round, users, posts, rnd, samples[name]))
         audited = psql(db.dsn, "SELECT count(*) FILTER (WHERE NOT failure) || ' ok, ' || count(*) FILTER (WHERE failure) "
-                               "|| ' failures' FROM fraiseshm_audit")
+                               "|| ' failures' FROM fraiseshm.audit")
     figures = {}
     for name, ms in samples.items():
         ms.sort()
