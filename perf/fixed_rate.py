@@ -89,12 +89,14 @@ def ratedrive() -> Path:
 
 
 def write_plan(path: Path, host: str, ids: list[str], rate: float, seconds: float, op: str,
-               seed: int) -> list[tuple[str, int]]:
+               seed: int, mix: tuple[tuple[str, int], ...] = MIX, uniform: bool = False) -> list[tuple[str, int]]:
     """Every request of the run, drawn before the clock starts: (kind, user index) by plan index. A rename's
-    new name is fr-<its plan index>; its fallback (sent if that user's previous rename is in flight) is a read."""
+    new name is fr-<its plan index>; its fallback (sent if that user's previous rename is in flight) is a read.
+    Users are drawn from Zipf(1.1), or uniformly."""
     zipf, rng = Zipf(len(ids), seed=seed), random.Random(seed + 1)
-    kinds = [k for k, w in MIX for _ in range(w)]
-    plan = [(rng.choice(kinds), zipf.sample()) for _ in range(int(rate * seconds))]
+    draw = (lambda: rng.randrange(len(ids))) if uniform else zipf.sample
+    kinds = [k for k, w in mix for _ in range(w)]
+    plan = [(rng.choice(kinds), draw()) for _ in range(int(rate * seconds))]
     head = b"POST /graphql HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
     documents = {"user": queries.user_q(op), "posts": queries.posts_q(op), "rename": queries.rename_q(op)}
     reads: dict[tuple[str, int], bytes] = {}
@@ -211,12 +213,13 @@ def judge(plan: list[tuple[str, int]], records: list[tuple[int, str, int, int, b
     }
 
 
-def drive(url: str, ids: list[str], rate: float, seconds: float, op: str, seed: int = 17) -> dict[str, Any]:
+def drive(url: str, ids: list[str], rate: float, seconds: float, op: str, seed: int = 17,
+          mix: tuple[tuple[str, int], ...] = MIX, uniform: bool = False) -> dict[str, Any]:
     """One open-loop run: plan, send with ratedrive (its own process), judge."""
     host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
     with tempfile.TemporaryDirectory() as tmp:
         plan_file, out_file = Path(tmp) / "plan", Path(tmp) / "records"
-        plan = write_plan(plan_file, host, ids, rate, seconds, op, seed)
+        plan = write_plan(plan_file, host, ids, rate, seconds, op, seed, mix, uniform)
         run = subprocess.run([str(ratedrive()), host, port, str(plan_file), str(out_file), str(rate),
                               str(MAX_CONNECTIONS), str(PREOPEN), str(ABORT_BACKLOG_S)],
                              capture_output=True, text=True, timeout=seconds + 120, check=False)
