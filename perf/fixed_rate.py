@@ -202,7 +202,7 @@ def judge(plan: list[tuple[str, int]], records: list[tuple[int, str, int, int, b
         "completed": len(lat) - unanswered - dropped, "errors": errors, "unanswered": unanswered,
         "connections_dropped": dropped, "error_statuses": {str(k): v for k, v in statuses.items()},
         "reads": reads, "hit_rate": hits / reads if reads else None,
-        "p50_ms": pct(lat, 0.50), "p99_ms": pct(lat, 0.99), "p999_ms": pct(lat, 0.999),
+        "p50_ms": pct(lat, 0.50), "p90_ms": pct(lat, 0.90), "p99_ms": pct(lat, 0.99), "p999_ms": pct(lat, 0.999),
         "max_ms": lat[-1] * 1000 if lat else None, "send_lag_p99_ms": pct(lags, 0.99),
         "renames": renames, "renames_sent_as_reads": converted,
         "stale_reads": stale, "reads_checked": checked, "stale_by_document": dict(stale_kinds),
@@ -344,6 +344,32 @@ def scenario(urls: dict[str, str], ids_file: Path, dsn: str, *, rate: float = 50
         search = step_search(url, ids_file, op, step_seconds, start=rate, dsn=dsn)
         results[target] = {"at_rate": main_run, **search}
     return results
+
+
+RENAMES_ONLY = (("rename", 1),)
+MUTATION_RATE = 200.0  # updateUser/s offered, as the locust scenario this replaced
+
+
+def mutation_latency(urls: dict[str, str], ids_file: Path, *, rounds: int, seconds: float,
+                     rate: float = MUTATION_RATE) -> dict[str, list[dict[str, Any]]]:
+    """updateUser alone at a fixed offered rate, open loop, on uniformly drawn users: what the cache adds
+    to a write (cascade verification, invalidation, the listener hearing it). Targets interleaved per
+    round (order reversed every other round); each round's runs share a seed, so they send the same
+    renames. Returns, per target, one result per round (the shape of a locust run's summary)."""
+    ids = json.loads(ids_file.read_text())
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in urls}
+    for t, url in urls.items():  # warm: connections, prepared statements, the audit writer
+        drive(url, ids, 50, 2, "mw", seed=1, mix=RENAMES_ONLY, uniform=True)
+    for r in range(rounds):
+        for t in (list(urls) if r % 2 == 0 else list(reversed(urls))):
+            settle(urls[t])
+            res = drive(urls[t], ids, rate, seconds, "mw", seed=100 + r, mix=RENAMES_ONLY, uniform=True)
+            missed = [f"{res['errors']} failed mutations"] if res["errors"] else []
+            runs[t].append({"rps": res["achieved_rate"], "p50_ms": res["p50_ms"], "p90_ms": res["p90_ms"],
+                            "p99_ms": res["p99_ms"], "errors": res["errors"], "missed": missed,
+                            "exit_code": 1 if missed else 0,
+                            "generator_cpu_core_share": res["generator_cpu_core_share"]})
+    return runs
 
 
 def print_table(results: dict[str, dict[str, Any]], rate: float, seconds: float) -> None:
