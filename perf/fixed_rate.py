@@ -88,11 +88,18 @@ def ratedrive() -> Path:
     return RATEDRIVE_BIN
 
 
+def run_base() -> int:
+    """Where this run's rename numbers start: above every earlier run's (milliseconds since the epoch x 10^7)."""
+    return time.time_ns() // 1_000_000 * 10_000_000
+
+
 def write_plan(path: Path, host: str, ids: list[str], rate: float, seconds: float, op: str,
-               seed: int, mix: tuple[tuple[str, int], ...] = MIX, uniform: bool = False) -> list[tuple[str, int]]:
+               seed: int, base: int, mix: tuple[tuple[str, int], ...] = MIX,
+               uniform: bool = False) -> list[tuple[str, int]]:
     """Every request of the run, drawn before the clock starts: (kind, user index) by plan index. A rename's
-    new name is fr-<its plan index>; its fallback (sent if that user's previous rename is in flight) is a read.
-    Users are drawn from Zipf(1.1), or uniformly."""
+    new name is fr-<base + its plan index>, base growing from run to run (run_base), so a name left by an
+    earlier run always reads as older; its fallback (sent if that user's previous rename is in flight) is a
+    read. Users are drawn from Zipf(1.1), or uniformly."""
     zipf, rng = Zipf(len(ids), seed=seed), random.Random(seed + 1)
     draw = (lambda: rng.randrange(len(ids))) if uniform else zipf.sample
     kinds = [k for k, w in mix for _ in range(w)]
@@ -106,7 +113,7 @@ def write_plan(path: Path, host: str, ids: list[str], rate: float, seconds: floa
             return reads[kind, user]
         variables: dict[str, str] = {"id": ids[user]}
         if kind == "rename":
-            variables["n"] = f"fr-{seq}"
+            variables["n"] = f"fr-{base + seq}"
         body = json.dumps({"query": documents[kind], "variables": variables}).encode()
         payload = head % (host.encode(), len(body)) + body
         if kind != "rename":
@@ -141,7 +148,7 @@ def _names(kind: str, body: bytes) -> list[Any]:
 
 
 def judge(plan: list[tuple[str, int]], records: list[tuple[int, str, int, int, bool, float, float, float, bytes]],
-          ids: list[str]) -> dict[str, Any]:
+          ids: list[str], base: int) -> dict[str, Any]:
     """Latency from due time, hit rate, and stale reads: a read older than a rename of its user acknowledged
     before the read was sent (renames of one user never overlap, so acknowledgement order is commit order)."""
     acked: dict[int, list[tuple[float, int]]] = collections.defaultdict(list)
@@ -187,7 +194,7 @@ def judge(plan: list[tuple[str, int]], records: list[tuple[int, str, int, int, b
         newest = history[before - 1][1]
         for name in _names(kind, body):
             checked += 1
-            got = int(name[3:]) if isinstance(name, str) and name.startswith("fr-") else -1
+            got = int(name[3:]) - base if isinstance(name, str) and name.startswith("fr-") else -1
             if got < newest:
                 stale += 1
                 stale_kinds[kind] += 1
@@ -196,7 +203,7 @@ def judge(plan: list[tuple[str, int]], records: list[tuple[int, str, int, int, b
     def pct(values: list[float], p: float) -> float | None:
         return values[min(len(values) - 1, int(p * len(values)))] * 1000 if values else None
 
-    last_names = {ids[u]: f"fr-{history[-1][1]}" for u, history in acked.items()}
+    last_names = {ids[u]: f"fr-{base + history[-1][1]}" for u, history in acked.items()}
     answered_renames = {index for index, kind, outcome, *_ in records if kind == "rename" and outcome == ANSWERED}
     return {
         "completed": len(lat) - unanswered - dropped, "errors": errors, "unanswered": unanswered,
@@ -208,7 +215,7 @@ def judge(plan: list[tuple[str, int]], records: list[tuple[int, str, int, int, b
         "stale_reads": stale, "reads_checked": checked, "stale_by_document": dict(stale_kinds),
         "last_names": last_names,
         # renames sent but never answered (run stopped, connection lost): the database may hold these names instead
-        "unacked_names": {ids[plan[index][1]]: f"fr-{index}" for index, kind, *_ in records
+        "unacked_names": {ids[plan[index][1]]: f"fr-{base + index}" for index, kind, *_ in records
                           if kind == "rename" and index not in answered_renames},
     }
 
@@ -219,14 +226,15 @@ def drive(url: str, ids: list[str], rate: float, seconds: float, op: str, seed: 
     host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
     with tempfile.TemporaryDirectory() as tmp:
         plan_file, out_file = Path(tmp) / "plan", Path(tmp) / "records"
-        plan = write_plan(plan_file, host, ids, rate, seconds, op, seed, mix, uniform)
+        base = run_base()
+        plan = write_plan(plan_file, host, ids, rate, seconds, op, seed, base, mix, uniform)
         run = subprocess.run([str(ratedrive()), host, port, str(plan_file), str(out_file), str(rate),
                               str(MAX_CONNECTIONS), str(PREOPEN), str(ABORT_BACKLOG_S)],
                              capture_output=True, text=True, timeout=seconds + 120, check=False)
         if run.returncode != 0:
             raise RuntimeError(f"ratedrive failed ({run.returncode}): {run.stderr[-3000:]}")
         summary = json.loads(run.stdout)
-        result = judge(plan, read_records(out_file), ids)
+        result = judge(plan, read_records(out_file), ids, base)
     wall = summary["wall_s"]
     return {
         "rate": rate, "seconds": seconds, "scheduled": summary["scheduled"], "aborted_after_s": summary["aborted_after_s"],
@@ -341,7 +349,10 @@ def scenario(urls: dict[str, str], ids_file: Path, dsn: str, *, rate: float = 50
                                 for i in ids for q in (queries.user_q(op), queries.posts_q(op))])
         main_run = run_once(url, ids_file, rate, seconds, op, dsn)
         main_run["pass"] = passes(main_run)
-        search = step_search(url, ids_file, op, step_seconds, start=rate, dsn=dsn)
+        # PERF: an overloaded main run says what the server kept up with: search from just below it,
+        # not by halving from `rate` (each failing step costs its length plus the queue it leaves).
+        start = rate if main_run["pass"] else max(50.0, round(0.8 * main_run["achieved_rate"], -1))
+        search = step_search(url, ids_file, op, step_seconds, start=start, dsn=dsn)
         results[target] = {"at_rate": main_run, **search}
     return results
 
