@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fraiseshm.db.embedded import EmbeddedCluster  # noqa: E402
+from fraiseshm.db.embedded import DB_NAME, EmbeddedCluster  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -51,6 +51,20 @@ def database(seed_users: int = 10_000) -> Iterator[EmbeddedCluster]:
     finally:
         cluster.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def database_copies(cluster: EmbeddedCluster, names: Iterable[str]) -> dict[str, str]:
+    """One copy of the seeded database per stack (CREATE DATABASE ... TEMPLATE): same rows, and
+    NOTIFY is per database, so no stack's listener or push channel wakes for another stack's writes
+    (with one shared database, every write woke every idle stack on the same 2 cores). Call before
+    anything connects to the seeded database. Database executions are still counted cluster-wide."""
+    dsns = {}
+    for name in names:
+        copy = "perf_" + "".join(c if c.isalnum() else "_" for c in name)
+        cluster.psql(f"DROP DATABASE IF EXISTS {copy}")
+        cluster.psql(f"CREATE DATABASE {copy} TEMPLATE {DB_NAME}")
+        dsns[name] = cluster.dsn_of(copy)
+    return dsns
 
 
 @dataclass

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -298,12 +299,16 @@ def passes(r: dict[str, Any]) -> bool:
 
 
 def step_search(url: str, ids_file: Path, op: str, seconds: float, start: float = 5000, lo_floor: float = 50,
-                ceiling: float = 40_000, bisections: int = 2, dsn: str = "") -> dict[str, Any]:
-    """The highest rate (req/s) whose p99 stays under 50 ms: double (or halve) from start, then bisect."""
+                ceiling: float = 40_000, bisections: int = 2, dsn: str = "",
+                warm: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """The highest rate (req/s) whose p99 stays under 50 ms: double (or halve) from start, then bisect.
+    warm() runs before each step: a step after an overloaded one would otherwise start with the cache
+    that overload left (entries invalidated and never refilled), not in the main run's steady state."""
     steps: list[dict[str, Any]] = []
 
     def probe(rate: float) -> bool:
-        r = run_once(url, ids_file, rate, seconds, op, dsn)  # the prewarmed documents: steady state, as the main run
+        warm()
+        r = run_once(url, ids_file, rate, seconds, op, dsn)
         r["pass"] = passes(r)
         steps.append(r)
         return r["pass"]
@@ -335,24 +340,32 @@ def step_search(url: str, ids_file: Path, op: str, seconds: float, start: float 
     return {"max_rate_p99_under_50ms": good, "first_failing_rate": bad, "steps": steps}
 
 
-def scenario(urls: dict[str, str], ids_file: Path, dsn: str, *, rate: float = 5000, seconds: float = 60,
-             step_seconds: float = 10, prewarm: bool = True) -> dict[str, dict[str, Any]]:
-    """Every target: one run at `rate` for `seconds`, then the step search. Targets run one after another."""
+def scenario(urls: dict[str, str], ids_file: Path, dsns: dict[str, str], *, rate: float = 5000, seconds: float = 60,
+             step_seconds: float = 10, uncached: tuple[str, ...] = ("no-cache",)) -> dict[str, dict[str, Any]]:
+    """Every target: one run at `rate` for `seconds`, then the step search. Targets run one after another,
+    each on its own database (dsns: the renames are checked there). Targets with a cache start every run
+    warm: one pass over every user with the scenario's reads, not measured (steady state)."""
     import common
 
     ids = json.loads(ids_file.read_text())
     results: dict[str, dict[str, Any]] = {}
     for target, url in urls.items():
-        op = f"fr{list(urls).index(target)}"
-        if prewarm:  # steady state: one pass over every user with the scenario's reads, not measured
-            common.replay(url, [json.dumps({"query": q, "variables": {"id": i}}).encode()
-                                for i in ids for q in (queries.user_q(op), queries.posts_q(op))])
+        op, dsn = f"fr{list(urls).index(target)}", dsns[target]
+        bodies = [json.dumps({"query": q, "variables": {"id": i}}).encode()
+                  for i in ids for q in (queries.user_q(op), queries.posts_q(op))]
+
+        def warm(url: str = url, target: str = target, bodies: list[bytes] = bodies) -> None:
+            if target not in uncached:
+                settle(url)
+                common.replay(url, bodies)
+
+        warm()
         main_run = run_once(url, ids_file, rate, seconds, op, dsn)
         main_run["pass"] = passes(main_run)
         # PERF: an overloaded main run says what the server kept up with: search from just below it,
         # not by halving from `rate` (each failing step costs its length plus the queue it leaves).
         start = rate if main_run["pass"] else max(50.0, round(0.8 * main_run["achieved_rate"], -1))
-        search = step_search(url, ids_file, op, step_seconds, start=start, dsn=dsn)
+        search = step_search(url, ids_file, op, step_seconds, start=start, dsn=dsn, warm=warm)
         results[target] = {"at_rate": main_run, **search}
     return results
 
@@ -418,9 +431,10 @@ def main() -> int:
         ids = cluster.psql("SELECT id FROM tb_user ORDER BY pk_user").split()
         ids_file = Path(stack.enter_context(__import__("tempfile").TemporaryDirectory())) / "ids.json"
         ids_file.write_text(json.dumps(ids))
-        db = {"FRAISESHM_DATABASE_DSN": cluster.dsn}
+        dsns = common.database_copies(cluster, targets)
         urls: dict[str, str] = {}
         for t in targets:
+            db = {"FRAISESHM_DATABASE_DSN": dsns[t]}
             if t == "fraiseshm":
                 urls[t] = stack.enter_context(common.gunicorn(env=db)).url
             elif t == "no-cache":
@@ -433,7 +447,7 @@ def main() -> int:
                     **db, "FRAISESHM_PERF_STORE": "redis", "FRAISESHM_PERF_REDIS_URL": redis_url})).url
             else:
                 raise SystemExit(f"unknown target {t!r}")
-        results = scenario(urls, ids_file, cluster.dsn, rate=a.rate, seconds=a.seconds, step_seconds=a.step_seconds)
+        results = scenario(urls, ids_file, dsns, rate=a.rate, seconds=a.seconds, step_seconds=a.step_seconds)
     print_table(results, a.rate, a.seconds)
     load = os.getloadavg()
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")

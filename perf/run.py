@@ -323,17 +323,20 @@ def main() -> int:
         ids_file = out / "ids.json"
         ids_file.write_text(json.dumps(ids))
         redis_url = stack.enter_context(common.redis_server())
-        db = {"FRAISESHM_DATABASE_DSN": dsn}
+        dsns = common.database_copies(cluster, TARGETS)  # each stack its own copy: no cross-stack NOTIFY
         urls = {
-            "fraiseshm": stack.enter_context(common.gunicorn(env=db)).url,
-            "no-cache": stack.enter_context(common.gunicorn(env={**db, "FRAISESHM_CACHE_ENABLED": "false"})).url,
-            "local-lru": stack.enter_context(common.gunicorn("alt_app:app", env={**db, "FRAISESHM_PERF_STORE": "local"})).url,
+            "fraiseshm": stack.enter_context(common.gunicorn(env=_db(dsns, "fraiseshm"))).url,
+            "no-cache": stack.enter_context(common.gunicorn(env={**_db(dsns, "no-cache"),
+                                                                "FRAISESHM_CACHE_ENABLED": "false"})).url,
+            "local-lru": stack.enter_context(common.gunicorn("alt_app:app", env={
+                **_db(dsns, "local-lru"), "FRAISESHM_PERF_STORE": "local"})).url,
             "redis": stack.enter_context(common.gunicorn("alt_app:app", env={
-                **db, "FRAISESHM_PERF_STORE": "redis", "FRAISESHM_PERF_REDIS_URL": redis_url})).url,
-            "yoga": stack.enter_context(common.yoga(dsn)).url,
-            "yoga-cluster": stack.enter_context(common.yoga(dsn, workers=2)).url,
+                **_db(dsns, "redis"), "FRAISESHM_PERF_STORE": "redis", "FRAISESHM_PERF_REDIS_URL": redis_url})).url,
+            "yoga": stack.enter_context(common.yoga(dsns["yoga"])).url,
+            "yoga-cluster": stack.enter_context(common.yoga(dsns["yoga-cluster"], workers=2)).url,
             # its own Redis database: the fraiseshm redis stack flushes and scans db 0
-            "yoga-redis": stack.enter_context(common.yoga(dsn, workers=2, redis_url=redis_url[:-1] + "1")).url,
+            "yoga-redis": stack.enter_context(common.yoga(dsns["yoga-redis"], workers=2,
+                                                          redis_url=redis_url[:-1] + "1")).url,
         }
         print(f"stacks up after {time.monotonic() - started:.0f}s: " + ", ".join(f"{t} {u}" for t, u in urls.items()))
         lua = zipf_lua(ids)
@@ -358,7 +361,7 @@ def main() -> int:
 
         if not only or "fixed" in only:
             print("fixed rate (open loop, perf/fixed_rate.py) ...", flush=True)
-            fixed = fixed_rate.scenario(urls, ids_file, dsn, rate=FIXED_RATE, seconds=20 if args.quick else 60,
+            fixed = fixed_rate.scenario(urls, ids_file, dsns, rate=FIXED_RATE, seconds=20 if args.quick else 60,
                                         step_seconds=5 if args.quick else 10)
 
         if not only or "mutation" in only:
@@ -404,6 +407,10 @@ def main() -> int:
         indent=2))
     print(f"\nwrote {out / 'results.json'}, " + ", ".join(str(p) for p in pngs))
     return 0 if all(ok for _, ok in targets) else 1
+
+
+def _db(dsns: dict[str, str], target: str) -> dict[str, str]:
+    return {"FRAISESHM_DATABASE_DSN": dsns[target]}
 
 
 FIXED_RATE = 5000  # req/s: the launch criteria's load
