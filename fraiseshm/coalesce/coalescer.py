@@ -6,7 +6,9 @@ Two levels:
    future: at most one of them talks to the flight table, so at most one
    thread per process ever blocks on a doorbell.
 2. Across workers, the arena's flight table decides who leads
-   (``flight_begin`` -> LEAD / FOLLOW / NONE). The leader executes, stores the
+   (``flight_begin`` -> LEAD / FOLLOW / NONE). The leader first reads the arena
+   again (a flight that ended after this request's miss left its answer there),
+   then executes, stores the
    result in the arena, publishes DONE_OK or DONE_ERROR and rings the doorbell.
    Followers wait on the doorbell in a thread, with a deadline, in short
    slices, and re-read the flight table each time: a lost ring costs one slice.
@@ -132,6 +134,14 @@ class Coalescer(Generic[R]):
             if role == FlightRole.NONE:  # flight table full: no coalescing for this one
                 return await execute()
             if role == FlightRole.LEAD:
+                # A leader that finished between this request's arena miss and its flight_begin
+                # stored the answer already: serve that (a valid entry, as any hit) instead of
+                # executing again. Without this re-check a herd ran 2 executions in 1 of 4.
+                reply = read()
+                if reply is not None:
+                    arena.flight_end(slot, generation, True, "")
+                    self._ring(slot)
+                    return Filled(reply, fill_seq=arena.current_seq(), ok=True)
                 return await self._lead(slot, generation, execute)
             outcome = await self._follow(key, slot, generation, deadline, execute, read)
             if outcome == "again":
