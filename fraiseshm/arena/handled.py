@@ -3,8 +3,8 @@
 The change listener hears every commit's trigger notification, a mutation's too,
 about a millisecond after the mutation invalidated the same items itself. Invalidating
 them a second time adds nothing and costs a lot: it refuses the fill of every miss that
-started in between (the arena's fill check), which is exactly the herd that follows a
-hot key's mutation, so its leader's result is thrown away and the key runs again.
+started in between (the arena's fill check): after a hot key's mutation, that is the
+herd's leader, whose result is thrown away, so the key runs again.
 
 So the service records a mutation's transaction id here once the arena invalidation of
 everything its triggers recorded has returned, and the listener skips a notification
@@ -25,7 +25,10 @@ Invariants:
         per notification, a microsecond or two each; no torn id is ever read;
     T3  an id that is missing (overwritten by a later id of its slot, the file gone,
         another host's mutation) only means the listener invalidates again: the
-        behaviour without this file.
+        behaviour without this file;
+    T4  the listener clears the table whenever it (re)connects: a database restored to
+        an earlier point hands out ids again, and an id recorded before must not make
+        the listener skip another transaction's change.
 """
 
 from __future__ import annotations
@@ -118,6 +121,11 @@ class HandledTransactions:
             return
         with self._locked() as words:
             words[1 + txid % SLOTS] = txid
+
+    def clear(self) -> None:
+        """Forget every id (T4)."""
+        with self._locked() as words:
+            words[1:] = memoryview(bytes(8 * SLOTS)).cast("Q")
 
     def __contains__(self, transaction_id: object) -> bool:
         txid = _txid(transaction_id)

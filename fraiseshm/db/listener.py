@@ -223,6 +223,8 @@ class Listener:
                 self.board.raise_all(await primary_position(conn.fetchrow))
             self._pending.clear()
         self.arena.flush()
+        if self.handled is not None:
+            self.handled.clear()  # arena/handled.py T4: ids may repeat after a restore
         self._listening.set()
         log.info("change listener: LISTEN %s (connection %d); arena flushed", CHANNEL, self.connects)
         while not lost.is_set():

@@ -18,6 +18,7 @@ after the commit.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 
@@ -88,6 +89,38 @@ def test_the_listener_skips_what_a_mutation_already_invalidated(pg_cluster: Embe
                 else:
                     assert arena.get(fresh) is None, "a transaction no mutation recorded was not invalidated"
             assert listener.already_invalidated == 1
+        finally:
+            await listener.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        handled.close()
+        arena.close()
+        Arena.unlink(name)
+        HandledTransactions.unlink(name)
+
+
+def test_a_reconnecting_listener_forgets_every_recorded_transaction(pg_cluster: EmbeddedCluster) -> None:
+    """T4: a database restored to an earlier point hands transaction ids out again."""
+    name = f"/fraiseshm-handled-{uuid.uuid4().hex[:8]}"
+    arena = Arena.create(name, size=4 << 20, max_entry=64 * 1024, shards=1)
+    handled = HandledTransactions.open(name)
+    assert handled is not None
+
+    async def main() -> None:
+        listener = Listener(pg_cluster.dsn, arena, handled=handled, retry_interval=0.05)
+        listener.start()
+        try:
+            assert await listener.wait_listening(DEADLINE)
+            handled.add("4242")
+            pg_cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            f"WHERE application_name = 'fraiseshm-listener {name} {os.getpid()}'")
+            end = time.monotonic() + DEADLINE
+            while "4242" in handled:
+                assert time.monotonic() < end, f"an id recorded before the reconnect survived it ({listener.connects} connects)"
+                await asyncio.sleep(0.01)  # lets the listener run; polls an observable condition
+            assert listener.connects == 2
         finally:
             await listener.stop()
 

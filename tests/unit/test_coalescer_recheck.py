@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
@@ -39,18 +39,24 @@ def _coalescer(arena: Arena, bells: Doorbells) -> Coalescer[bytes]:
     return Coalescer(arena, bells, lease=5.0, wait=5.0, execute_on_timeout=False, workers=2)
 
 
+def _executor(arena: Arena, executions: list[str], answer: Callable[[str], bytes]
+              ) -> Callable[[str], Callable[[], Awaitable[Filled[bytes]]]]:
+    """execute(who): a leader's execution that counts itself, stores its answer and returns it."""
+    def execute(who: str) -> Callable[[], Awaitable[Filled[bytes]]]:
+        async def run() -> Filled[bytes]:
+            executions.append(who)
+            fill_seq = arena.current_seq()
+            assert arena.put(KEY, answer(who), DEPS, fill_seq, 60.0)
+            return Filled(answer(who), fill_seq=fill_seq, ok=True)
+        return run
+    return execute
+
+
 def test_a_late_leader_serves_the_answer_the_previous_flight_stored(shared: tuple[Arena, Doorbells]) -> None:
     arena, bells = shared
     worker_a, worker_b = _coalescer(arena, bells), _coalescer(arena, bells)
     executions: list[str] = []
-
-    def execute(who: str) -> object:
-        async def run() -> Filled[bytes]:
-            executions.append(who)
-            fill_seq = arena.current_seq()
-            assert arena.put(KEY, b"answer", DEPS, fill_seq, 60.0)
-            return Filled(b"answer", fill_seq=fill_seq, ok=True)
-        return run
+    execute = _executor(arena, executions, lambda who: b"answer")
 
     async def main() -> None:
         # B's request misses the arena (as GraphQLService.handle does before coalescing) ...
@@ -71,14 +77,7 @@ def test_a_leader_still_executes_when_the_stored_answer_was_invalidated(shared: 
     arena, bells = shared
     worker_a, worker_b = _coalescer(arena, bells), _coalescer(arena, bells)
     executions: list[str] = []
-
-    def execute(who: str) -> object:
-        async def run() -> Filled[bytes]:
-            executions.append(who)
-            fill_seq = arena.current_seq()
-            arena.put(KEY, who.encode(), DEPS, fill_seq, 60.0)
-            return Filled(who.encode(), fill_seq=fill_seq, ok=True)
-        return run
+    execute = _executor(arena, executions, lambda who: who.encode())
 
     async def main() -> None:
         await worker_a.fetch(KEY, arena.current_seq(), execute("a"), lambda: arena.get(KEY), lambda m: m.encode())
