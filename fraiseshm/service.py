@@ -349,7 +349,7 @@ class GraphQLService:
         key = scoped_key(base, scope)
         if meta.no_cache and self.settings.honour_no_cache:
             # revalidate, through the coalescer: one execution per key however many ask
-            reply = self._own(await self._fill(key, prepared, variables, meta), meta)
+            reply = self._own(await self._fill(key, prepared, variables, meta, revalidate=True), meta)
             reply.headers["X-Cache"] = "MISS"
             return reply
         probe = PROBE.get()
@@ -379,8 +379,10 @@ class GraphQLService:
             own.status = 304
         return own
 
-    async def _fill(self, key: bytes, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta) -> Reply:
-        """Execute and store, once per key per host when coalescing is on."""
+    async def _fill(self, key: bytes, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta,
+                    revalidate: bool = False) -> Reply:
+        """Execute and store, once per key per host when coalescing is on. revalidate: a client
+        asked for a fresh answer, so a new leader executes even if the arena holds one."""
         if self.coalescer is None or self.arena is None:
             return (await self._execute(prepared, variables, meta, key=key)).reply
         return await self.coalescer.fetch(
@@ -389,6 +391,7 @@ class GraphQLService:
             execute=lambda: self._execute(prepared, variables, meta, key=key),
             read=lambda: self._read(key, meta, _is_private(prepared)),
             failed=lambda message: self._leader_failed(message, meta),
+            recheck=None if revalidate else lambda: self._read(key, meta, _is_private(prepared), counted=False),
         )
 
     def _refresh_in_background(self, key: bytes, prepared: Prepared, variables: dict[str, Any] | None, meta: RequestMeta) -> None:
@@ -410,9 +413,11 @@ class GraphQLService:
             return Reply(304, b"", meta.media_type, headers)
         return Reply(200, body, meta.media_type, headers)
 
-    def _read(self, key: bytes, meta: RequestMeta, private: bool) -> Reply | None:
-        """A coalesced follower's answer: the leader's result, as the arena holds it now."""
-        body = self.arena.get(key) if self.arena is not None else None
+    def _read(self, key: bytes, meta: RequestMeta, private: bool, counted: bool = True) -> Reply | None:
+        """A coalesced follower's answer: the leader's result, as the arena holds it now
+        (counted=False: a new leader's second look, its miss already counted)."""
+        arena = self.arena
+        body = None if arena is None else arena.get(key) if counted else arena.peek(key)
         if body is None:
             return None
         headers = {"ETag": etag_of(body)}

@@ -990,7 +990,7 @@ static int get_seconds(PyObject *o, const char *what, uint64_t *ns) {
  * get / put                                                             *
  *************************************************************************/
 
-enum { MODE_GET = 0, MODE_ETAG = 1, MODE_STALE = 2 };
+enum { MODE_GET = 0, MODE_ETAG = 1, MODE_STALE = 2, MODE_PEEK = 3 }; /* PEEK: as GET, counts nothing */
 
 /* CLOCK reference bits of a hit: the entry's bit in the hit map and its
  * page's ref byte (page stealing). Both sit at addresses that never hold
@@ -1233,9 +1233,10 @@ static PyObject *do_get(Handle *h, PyObject *const *args, Py_ssize_t nargs, int 
     }
 counted:
     if (!out) {
-        if (mode != MODE_STALE) count(h, C_MISSES, 1);
+        if (mode != MODE_STALE && mode != MODE_PEEK) count(h, C_MISSES, 1);
         Py_RETURN_NONE;
     }
+    if (mode == MODE_PEEK) return out;
     count(h, mode == MODE_STALE ? C_STALE_HITS : C_HITS, 1);
     count(h, C_BYTES_READ, (uint64_t)PyBytes_GET_SIZE(out));
     if (mode != MODE_ETAG) return out;
@@ -1245,6 +1246,7 @@ counted:
 static PyObject *H_get(Handle *h, PyObject *const *a, Py_ssize_t n) { return do_get(h, a, n, MODE_GET); }
 static PyObject *H_get_with_checksum(Handle *h, PyObject *const *a, Py_ssize_t n) { return do_get(h, a, n, MODE_ETAG); }
 static PyObject *H_get_stale(Handle *h, PyObject *const *a, Py_ssize_t n) { return do_get(h, a, n, MODE_STALE); }
+static PyObject *H_peek(Handle *h, PyObject *const *a, Py_ssize_t n) { return do_get(h, a, n, MODE_PEEK); }
 
 static int cmp_u32(const void *a, const void *b) {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -2310,7 +2312,7 @@ static PyObject *M_proc_start(PyObject *Py_UNUSED(m), PyObject *arg) {
         if (!h->base) return PyErr_Format(PyExc_ValueError, "arena is closed");          \
         return H_##fn(h, a);                                                              \
     }
-GUARD(get) GUARD(get_with_checksum) GUARD(get_stale) GUARD(put) GUARD(invalidate) GUARD(incr)
+GUARD(get) GUARD(get_with_checksum) GUARD(get_stale) GUARD(peek) GUARD(put) GUARD(invalidate) GUARD(incr)
 GUARD(flight_begin) GUARD(flight_poll) GUARD(flight_takeover) GUARD(flight_end) GUARD(flight_join)
 GUARD(flight_leave)
 GUARD0(flush) GUARD0(current_seq) GUARD0(observe) GUARD0(register) GUARD0(forked) GUARD0(reap)
@@ -2321,7 +2323,7 @@ GUARD0(shard_versions)
 #define NOARG(name) {#name, (PyCFunction)G_##name, METH_NOARGS, NULL}
 #define ONEARG(name) {#name, (PyCFunction)G_##name, METH_O, NULL}
 static PyMethodDef H_methods[] = {
-    FAST(get), FAST(get_with_checksum), FAST(get_stale), FAST(put), FAST(invalidate), FAST(incr),
+    FAST(get), FAST(get_with_checksum), FAST(get_stale), FAST(peek), FAST(put), FAST(invalidate), FAST(incr),
     FAST(flight_begin), FAST(flight_poll), FAST(flight_takeover), FAST(flight_end), FAST(flight_join),
     FAST(flight_leave), NOARG(flush), NOARG(current_seq), ONEARG(observe), NOARG(register),
     NOARG(forked), ONEARG(reap), ONEARG(release_flights_of), NOARG(stats_slots), NOARG(info),

@@ -255,6 +255,10 @@ class Arena:
         """Like get(), with the stored 64-bit value hash (usable as an ETag)."""
         return self._h.get_with_checksum(key, self._now())
 
+    def peek(self, key: bytes) -> bytes | None:
+        """As get(), counting nothing: a second look by a request whose miss is already counted."""
+        return self._h.peek(key, self._now())
+
     def get_stale(self, key: bytes) -> bytes | None:
         """A value whose only fault is an expired TTL (stale-while-revalidate)."""
         return self._h.get_stale(key, self._now())

@@ -86,12 +86,16 @@ class Coalescer(Generic[R]):
         execute: Callable[[], Awaitable[Filled[R]]],
         read: Callable[[], R | None],
         failed: Callable[[str], R],
+        recheck: Callable[[], R | None] | None = None,
     ) -> R:
         """The reply for key: from the arena, a local leader, a remote leader, or by executing.
 
         execute: run the query, store it, return Filled (called by the leader only)
         read:    the arena's current valid entry as a reply, or None
         failed:  the reply a follower gets when its leader failed with a message
+        recheck: as read, without counting a hit or miss: a new leader's second look (its
+                 request's miss is already counted); None: the leader always executes
+                 (a client's revalidation must not be answered from the arena)
         """
         future = self._local.get(key)
         if future is not None:
@@ -103,12 +107,12 @@ class Coalescer(Generic[R]):
             reply = read()
             if reply is not None:
                 return reply
-            return await self.fetch(key, self.arena.current_seq(), execute, read, failed)
+            return await self.fetch(key, self.arena.current_seq(), execute, read, failed, recheck)
 
         future = asyncio.get_running_loop().create_future()
         self._local[key] = future
         try:
-            filled = await self._across_processes(key, execute, read, failed)
+            filled = await self._across_processes(key, execute, read, failed, recheck)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning when nobody waits
@@ -126,6 +130,7 @@ class Coalescer(Generic[R]):
         execute: Callable[[], Awaitable[Filled[R]]],
         read: Callable[[], R | None],
         failed: Callable[[str], R],
+        recheck: Callable[[], R | None] | None,
     ) -> Filled[R]:
         arena = self.arena
         deadline = time.monotonic() + self.wait
@@ -137,7 +142,7 @@ class Coalescer(Generic[R]):
                 # A leader that finished between this request's arena miss and its flight_begin
                 # stored the answer already: serve that (a valid entry, as any hit) instead of
                 # executing again. Without this re-check a herd ran 2 executions in 1 of 4.
-                reply = read()
+                reply = recheck() if recheck is not None else None
                 if reply is not None:
                     arena.flight_end(slot, generation, True, "")
                     self._ring(slot)

@@ -66,8 +66,10 @@ def test_a_late_leader_serves_the_answer_the_previous_flight_stored(shared: tupl
         assert await worker_a.fetch(KEY, arena.current_seq(), execute("a"), lambda: arena.get(KEY),
                                     lambda m: m.encode()) == b"answer"
         # ... and only now does B reach the flight table: it leads the next flight.
-        assert await worker_b.fetch(KEY, start_b, execute("b"), lambda: arena.get(KEY),
-                                    lambda m: m.encode()) == b"answer"
+        misses = arena.stats()["totals"]["misses"]
+        assert await worker_b.fetch(KEY, start_b, execute("b"), lambda: arena.get(KEY), lambda m: m.encode(),
+                                    recheck=lambda: arena.peek(KEY)) == b"answer"
+        assert arena.stats()["totals"]["misses"] == misses, "the second look counted a miss"
 
     asyncio.run(main())
     assert executions == ["a"], "the second leader executed although the answer was stored"
@@ -83,7 +85,23 @@ def test_a_leader_still_executes_when_the_stored_answer_was_invalidated(shared: 
         await worker_a.fetch(KEY, arena.current_seq(), execute("a"), lambda: arena.get(KEY), lambda m: m.encode())
         arena.invalidate(DEPS)  # a mutation after A's fill
         assert await worker_b.fetch(KEY, arena.current_seq(), execute("b"), lambda: arena.get(KEY),
-                                    lambda m: m.encode()) == b"b"
+                                    lambda m: m.encode(), recheck=lambda: arena.peek(KEY)) == b"b"
+
+    asyncio.run(main())
+    assert executions == ["a", "b"]
+
+
+def test_a_revalidation_always_executes(shared: tuple[Arena, Doorbells]) -> None:
+    """No second look (recheck=None): a client's Cache-Control: no-cache must reach the database."""
+    arena, bells = shared
+    worker_a, worker_b = _coalescer(arena, bells), _coalescer(arena, bells)
+    executions: list[str] = []
+    execute = _executor(arena, executions, lambda who: who.encode())
+
+    async def main() -> None:
+        await worker_a.fetch(KEY, arena.current_seq(), execute("a"), lambda: arena.get(KEY), lambda m: m.encode())
+        assert await worker_b.fetch(KEY, arena.current_seq(), execute("b"), lambda: arena.get(KEY),
+                                    lambda m: m.encode(), recheck=None) == b"b"
 
     asyncio.run(main())
     assert executions == ["a", "b"]
