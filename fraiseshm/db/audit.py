@@ -29,6 +29,7 @@ import msgspec
 from fraiseshm.cascade.audit import AuditRecord
 from fraiseshm.db.kit import AUDIT_SQL
 from fraiseshm.db.pool import Database
+from fraiseshm.tasks import cancel_and_wait
 
 log = logging.getLogger("fraiseshm.audit")
 
@@ -197,13 +198,8 @@ class AuditWriter:
         return total
 
     async def stop(self, timeout: float = 5.0) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._buffer and self._lock is not None:
             try:
                 await asyncio.wait_for(self.flush(), timeout)

@@ -49,6 +49,7 @@ from fraiseshm.arena.handled import HandledTransactions
 from fraiseshm.db import kit
 from fraiseshm.db.lsn import primary_position
 from fraiseshm.errors import CascadeError
+from fraiseshm.tasks import cancel_and_wait
 
 try:  # the payload parser of fraiseshm.cascade.changes (issue 12, graphql side), once merged
     from fraiseshm.cascade.changes import parse_payload
@@ -355,13 +356,8 @@ class Listener:
             conn.terminate()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._draining is not None:
             self._draining.cancel()
             self._draining = None

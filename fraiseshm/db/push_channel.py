@@ -35,6 +35,7 @@ import asyncpg
 import msgspec
 
 from fraiseshm.db import kit
+from fraiseshm.tasks import cancel_and_wait
 
 log = logging.getLogger("fraiseshm.push.channel")
 
@@ -188,12 +189,9 @@ class PushChannel:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
+            task.cancel()  # all at once, then each awaited
         for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(task)
         self._tasks = []
         conn, self._conn = self._conn, None
         if conn is not None:

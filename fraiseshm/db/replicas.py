@@ -39,6 +39,7 @@ from fraiseshm.db.lsn import format_lsn, parse_lsn
 from fraiseshm.db.pool import Database, ReadRoute, RequestSession
 from fraiseshm.errors import DatabaseError, DatabaseUnavailable, FraiseshmError, ReplicaPromoted
 from fraiseshm.pids import alive
+from fraiseshm.tasks import cancel_and_wait
 
 log = logging.getLogger("fraiseshm.replicas")
 
@@ -332,13 +333,8 @@ class ReplicaSet:
             self._task = asyncio.get_running_loop().create_task(self._check_loop(), name="fraiseshm-replicas")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for r in self.replicas:
             await r.db.close()
 

@@ -39,6 +39,7 @@ from fraiseshm.errors import CascadeError, DatabaseError, DatabaseUnavailable, R
 from fraiseshm.graphql.schema import RootMutation, ServedSchema
 from fraiseshm.push.hub import Hub
 from fraiseshm.push.shape import fit, for_subscriber, graphql_entity, spec_cascade, with_types
+from fraiseshm.tasks import cancel_and_wait
 
 log = logging.getLogger("fraiseshm.push")
 
@@ -97,13 +98,8 @@ class Pusher:
 
     async def stop(self) -> None:
         self.hub.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                pass
-            self._reader = None
+        await cancel_and_wait(self._reader)
+        self._reader = None
         await self.channel.stop()
 
     # --- the mutation side (the worker that ran it) -------------------------------
