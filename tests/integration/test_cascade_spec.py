@@ -24,10 +24,10 @@ import httpx
 import pytest
 
 from fraiseshm.cascade import spec
-from fraiseshm.db import kit
 from fraiseshm.db.embedded import EmbeddedCluster
 from tests.integration.cascade_spec_rules import SPEC_VERSION, assert_conforms, check, mutation
 from tests.integration.server import Server, graphql
+from tests.integration.shop_db import shop_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -208,26 +208,10 @@ def test_truncation_removes_whole_types_and_the_server_cache_stays_fresh(pg_dsn:
 
 @pytest.fixture(scope="module")
 def shop(pg_cluster: EmbeddedCluster) -> Iterator[tuple[httpx.Client, str]]:
-    db = f"shop_spec_{os.getpid()}"
-    dsn = pg_cluster.fresh_database(db)
-
-    async def load() -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await kit.install(conn)
-            async with conn.transaction():
-                await conn.execute((ROOT / "examples/shop/schema.sql").read_text())
-            await conn.fetchval("SELECT fn_seed(20, 10, 2)")
-        finally:
-            await conn.close()
-
-    asyncio.run(load())
     env = {"FRAISESHM_SCHEMA_SDL": str(ROOT / "examples/shop/schema.graphql")}
-    try:
-        with Server(dsn, workers=2, tag="shopspec", env=env) as server, server.client() as client:
-            yield client, dsn
-    finally:
-        pg_cluster.psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", database="postgres")
+    with (shop_database(pg_cluster, f"shop_spec_{os.getpid()}", 20, 10) as dsn,
+          Server(dsn, workers=2, tag="shopspec", env=env) as server, server.client() as client):
+        yield client, dsn
 
 
 def test_shop_mutations(shop: tuple[httpx.Client, str]) -> None:

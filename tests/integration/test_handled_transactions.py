@@ -21,8 +21,10 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
+import pytest
 
 from fraiseshm.arena import Arena
 from fraiseshm.arena.handled import SLOTS, HandledTransactions
@@ -60,77 +62,80 @@ async def _until_gone(arena: Arena, key: bytes, what: str) -> None:
         await asyncio.sleep(0.005)  # lets the listener run; polls an observable condition
 
 
-def test_the_listener_skips_what_a_mutation_already_invalidated(pg_cluster: EmbeddedCluster) -> None:
+@pytest.fixture
+def shared() -> Iterator[tuple[str, Arena, HandledTransactions]]:
+    """An arena and its handled-transactions table, as a master creates them."""
     name = f"/fraiseshm-handled-{uuid.uuid4().hex[:8]}"
     arena = Arena.create(name, size=4 << 20, max_entry=64 * 1024, shards=1)
     handled = HandledTransactions.open(name)
     assert handled is not None
+    try:
+        yield name, arena, handled
+    finally:
+        handled.close()
+        arena.close()
+        Arena.unlink(name)
+        HandledTransactions.unlink(name)
+
+
+def _with_listener(dsn: str, arena: Arena, handled: HandledTransactions,
+                   body: Callable[[Listener], Awaitable[None]], **options: float) -> None:
+    """Run body with a listening Listener in this test's own event loop, then stop it."""
+    async def main() -> None:
+        listener = Listener(dsn, arena, handled=handled, **options)
+        listener.start()
+        try:
+            assert await listener.wait_listening(DEADLINE)
+            await body(listener)
+        finally:
+            await listener.stop()
+
+    asyncio.run(main())
+
+
+def test_the_listener_skips_what_a_mutation_already_invalidated(
+        pg_cluster: EmbeddedCluster, shared: tuple[str, Arena, HandledTransactions]) -> None:
+    _, arena, handled = shared
     users = pg_cluster.psql("SELECT id FROM tb_user ORDER BY pk_user LIMIT 3").split()
 
-    async def main() -> None:
-        listener = Listener(pg_cluster.dsn, arena, handled=handled)
-        listener.start()
-        try:
-            assert await listener.wait_listening(DEADLINE)
-            for recorded in (True, False):
-                changes, tx = _write(pg_cluster, users[0], f"handled {recorded} {uuid.uuid4().hex[:6]}")
-                assert tx, "the write got no transaction id"
-                # What the service does after a mutation's commit (GraphQLService._apply_cascade):
-                arena.invalidate(parse_setting(changes, tx).tags())
-                if recorded:
-                    handled.add(tx)
-                fresh = _probe(arena, f"r:public.tb_user:{users[0]}")  # a miss that read after the commit
-                sentinel = _probe(arena, f"r:public.tb_user:{users[1]}")
-                _write(pg_cluster, users[1], f"sentinel {uuid.uuid4().hex[:6]}")
-                await _until_gone(arena, sentinel, "the sentinel write")  # notifications arrive in commit order
-                if recorded:
-                    assert arena.get(fresh) == b"probe", "the listener invalidated a mutation's items a second time"
-                    assert listener.already_invalidated == 1
-                else:
-                    assert arena.get(fresh) is None, "a transaction no mutation recorded was not invalidated"
-            assert listener.already_invalidated == 1
-        finally:
-            await listener.stop()
+    async def body(listener: Listener) -> None:
+        for recorded in (True, False):
+            changes, tx = _write(pg_cluster, users[0], f"handled {recorded} {uuid.uuid4().hex[:6]}")
+            assert tx, "the write got no transaction id"
+            # What the service does after a mutation's commit (GraphQLService._apply_cascade):
+            arena.invalidate(parse_setting(changes, tx).tags())
+            if recorded:
+                handled.add(tx)
+            fresh = _probe(arena, f"r:public.tb_user:{users[0]}")  # a miss that read after the commit
+            sentinel = _probe(arena, f"r:public.tb_user:{users[1]}")
+            _write(pg_cluster, users[1], f"sentinel {uuid.uuid4().hex[:6]}")
+            await _until_gone(arena, sentinel, "the sentinel write")  # notifications arrive in commit order
+            if recorded:
+                assert arena.get(fresh) == b"probe", "the listener invalidated a mutation's items a second time"
+                assert listener.already_invalidated == 1
+            else:
+                assert arena.get(fresh) is None, "a transaction no mutation recorded was not invalidated"
+        assert listener.already_invalidated == 1
 
-    try:
-        asyncio.run(main())
-    finally:
-        handled.close()
-        arena.close()
-        Arena.unlink(name)
-        HandledTransactions.unlink(name)
+    _with_listener(pg_cluster.dsn, arena, handled, body)
 
 
-def test_a_reconnecting_listener_forgets_every_recorded_transaction(pg_cluster: EmbeddedCluster) -> None:
+def test_a_reconnecting_listener_forgets_every_recorded_transaction(
+        pg_cluster: EmbeddedCluster, shared: tuple[str, Arena, HandledTransactions]) -> None:
     """T4: a database restored to an earlier point hands transaction ids out again."""
-    name = f"/fraiseshm-handled-{uuid.uuid4().hex[:8]}"
-    arena = Arena.create(name, size=4 << 20, max_entry=64 * 1024, shards=1)
-    handled = HandledTransactions.open(name)
-    assert handled is not None
+    name, arena, handled = shared
 
-    async def main() -> None:
-        listener = Listener(pg_cluster.dsn, arena, handled=handled, retry_interval=0.05)
-        listener.start()
-        try:
-            assert await listener.wait_listening(DEADLINE)
-            handled.add("4242")
-            pg_cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            f"WHERE application_name = 'fraiseshm-listener {name} {os.getpid()}'")
-            end = time.monotonic() + DEADLINE
-            while "4242" in handled:
-                assert time.monotonic() < end, f"an id recorded before the reconnect survived it ({listener.connects} connects)"
-                await asyncio.sleep(0.01)  # lets the listener run; polls an observable condition
-            assert listener.connects == 2
-        finally:
-            await listener.stop()
+    async def body(listener: Listener) -> None:
+        handled.add("4242")
+        pg_cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        f"WHERE application_name = 'fraiseshm-listener {name} {os.getpid()}'")
+        end = time.monotonic() + DEADLINE
+        while "4242" in handled:
+            assert time.monotonic() < end, f"an id recorded before the reconnect survived it ({listener.connects} connects)"
+            await asyncio.sleep(0.01)  # lets the listener run; polls an observable condition
+        assert listener.connects == 2
 
-    try:
-        asyncio.run(main())
-    finally:
-        handled.close()
-        arena.close()
-        Arena.unlink(name)
-        HandledTransactions.unlink(name)
+    _with_listener(pg_cluster.dsn, arena, handled, body, retry_interval=0.05)
 
 
 def test_the_table_keeps_the_last_slots_ids() -> None:

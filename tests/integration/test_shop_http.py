@@ -15,20 +15,18 @@ with a deadline.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
-from fraiseshm.db import kit
 from fraiseshm.db.embedded import EmbeddedCluster
 from tests.integration.server import Server, graphql
+from tests.integration.shop_db import shop_database
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 5.0  # seconds for a plain-SQL write to reach the cache
@@ -38,23 +36,8 @@ DEADLINE = 5.0  # seconds for a plain-SQL write to reach the cache
 def shop(pg_cluster: EmbeddedCluster) -> Iterator[tuple[str, str]]:
     """(dsn, database) of a fresh shop database: kit, schema, 50 customers."""
     db = f"shop_http_{os.getpid()}"
-    dsn = pg_cluster.fresh_database(db)
-
-    async def load() -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await kit.install(conn)
-            async with conn.transaction():
-                await conn.execute((ROOT / "examples/shop/schema.sql").read_text())
-            await conn.fetchval("SELECT fn_seed(50, 40, 2)")
-        finally:
-            await conn.close()
-
-    asyncio.run(load())
-    try:
+    with shop_database(pg_cluster, db, 50, 40) as dsn:
         yield dsn, db
-    finally:
-        pg_cluster.psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", database="postgres")
 
 
 @pytest.fixture(scope="module")
